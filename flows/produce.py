@@ -1,0 +1,56 @@
+"""The parent flow: one reference photo and a name in, a dataset, a LoRA and renders out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from likeness.artifacts import ArtifactRef, get_bytes, get_store
+from likeness.config import RunConfig
+from likeness.inputs import check_reference_bytes, normalise_trigger
+from likeness.profiles import load_profile
+from likeness.records import CharacterResult
+from flows.dataset import build_dataset
+from flows.render import render
+from flows.train import train_lora
+
+
+def reference_from_store(key: str) -> ArtifactRef:
+    """The reference photo's artifact, refused now if it is not a usable image."""
+    info = get_store().info(key)
+    ref = ArtifactRef(key=info.key, sha256=info.sha256, size=info.size)
+    check_reference_bytes(get_bytes(ref), f"reference {key}")
+    return ref
+
+
+@flow(name="produce-character", log_prints=True)
+def produce_character(name: str, reference: str, profile: str = "tiny",
+                      overrides: dict[str, Any] | None = None) -> CharacterResult:
+    """Dataset, LoRA and renders for one character; `reference` is the photo's key in the artifact store."""
+    trigger = normalise_trigger(name)
+    model_profile = load_profile(profile)
+    config = RunConfig.from_profile(model_profile, overrides)
+    reference_ref = reference_from_store(reference)
+
+    dataset = build_dataset(trigger, reference_ref, config.dataset, model_profile)
+    lora = train_lora(dataset, config.train, model_profile)
+    renders = render(lora, config.render, model_profile)
+
+    create_markdown_artifact(
+        key=f"{trigger.lower().replace('_', '-')}-summary",
+        markdown=summary_markdown(trigger, profile, dataset.items, lora, renders),
+        description=f"{trigger}: what was produced",
+    )
+    return CharacterResult(dataset=dataset, lora=lora, renders=tuple(renders))
+
+
+def summary_markdown(trigger, profile, items, lora, renders) -> str:
+    lines = [f"# {trigger} ({profile} profile)", "", "| image | caption |", "|---|---|"]
+    lines += [f"| `{item.image.key}` | {item.caption} |" for item in items]
+    lines += ["", "| LoRA step | loss | weights |", "|---|---|---|"]
+    lines += [f"| {c.step} | {c.loss:.4f} | `{c.weights.key}` |" for c in lora.checkpoints]
+    lines += ["", "| render | prompt | seed | output |", "|---|---|---|---|"]
+    lines += [f"| {r.kind} | {r.prompt} | {r.seed} | `{r.output.key}` |" for r in renders]
+    return "\n".join(lines)

@@ -1,0 +1,24 @@
+"""The render flow: images and videos of the character with its LoRA."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from likeness.config import ModelProfile, RenderConfig
+from likeness.progress import StageProgress
+from likeness.records import LoraRef, RenderItem
+from tasks.render import render_media
+
+
+@flow(name="render", log_prints=True)
+def render(lora: LoraRef, config: RenderConfig, profile: ModelProfile) -> list[RenderItem]:
+    """Render every image prompt as a PNG and every video prompt as an MP4."""
+    jobs = [("image", prompt) for prompt in config.image_prompts]
+    jobs += [("video", prompt) for prompt in config.video_prompts]
+    progress = StageProgress("render", len(jobs), artifact_key=f"{lora.trigger}-render")
+    items = []
+    for kind, template in jobs:
+        prompt = template.format(trigger=lora.trigger)
+        items.append(render_media(lora.final.weights, kind, prompt, config, config.seed, profile))
+        progress.advance(kind)
+    return items

@@ -1,0 +1,64 @@
+"""Image and video helpers shared by the stages: square crops, contact sheets, MP4 encoding."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+def square(image: Image.Image, size: int) -> Image.Image:
+    """Centre-crop to a square and resize: the stages work on square frames."""
+    return ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+
+
+def to_pil(frame: np.ndarray) -> Image.Image:
+    """A float frame in [0, 1], HxWx3, as an 8-bit image."""
+    return Image.fromarray((np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8))
+
+
+def contact_sheet(images: Sequence[Image.Image], labels: Sequence[str], cell: int = 256) -> Image.Image:
+    """A grid of thumbnails with a label under each, for a person to judge a dataset at a glance."""
+    columns = min(len(images), 4) or 1
+    rows = math.ceil(len(images) / columns)
+    label_height = 18
+    sheet = Image.new("RGB", (columns * cell, rows * (cell + label_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        x, y = (index % columns) * cell, (index // columns) * (cell + label_height)
+        sheet.paste(ImageOps.contain(image.convert("RGB"), (cell, cell)), (x, y))
+        draw.text((x + 4, y + cell + 3), label, fill="black")
+    return sheet
+
+
+def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
+    """H.264 MP4 bytes of float frames (T, H, W, 3) in [0, 1], through the ffmpeg imageio-ffmpeg ships."""
+    import imageio_ffmpeg
+
+    uint8 = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+    height, width = uint8.shape[1:3]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "video.mp4"
+        writer = imageio_ffmpeg.write_frames(
+            str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
+            macro_block_size=1, output_params=["-crf", "16"],
+        )
+        writer.send(None)
+        for frame in uint8:
+            writer.send(np.ascontiguousarray(frame))
+        writer.close()
+        return path.read_bytes()
+
+
+def decode_mp4(path: Path) -> np.ndarray:
+    """Frames (T, H, W, 3) uint8 of an MP4 file."""
+    import imageio_ffmpeg
+
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    width, height = meta["size"]
+    frames = [np.frombuffer(frame, np.uint8).reshape(height, width, 3) for frame in reader]
+    return np.stack(frames)

@@ -1,0 +1,102 @@
+"""The process-wide pipeline cache: each model is loaded once per process and shared by every task.
+
+GPU work in one process is serialised through `gpu_lock`; loads are serialised too, so two threads
+asking for the same role wait for one load instead of doing two.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from likeness.config import ModelProfile, Role
+from likeness.profiles import device_for, model_path
+from likeness.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+gpu_lock = threading.RLock()
+load_counts: Counter[str] = Counter()
+_loaded: dict[tuple[str, str, str], Any] = {}
+_loading = threading.Lock()
+
+
+def _torch_dtype(profile: ModelProfile) -> Any:
+    import torch
+
+    return getattr(torch, profile.dtype)
+
+
+def _load_editor(path: Path, profile: ModelProfile, device: str) -> Any:
+    from likeness.qwen_edit import QwenEditPlusPipeline
+
+    return QwenEditPlusPipeline.from_pretrained(path, dtype=_torch_dtype(profile)).to(device)
+
+
+def _load_refiner(path: Path, profile: ModelProfile, device: str) -> Any:
+    from diffusers import FluxImg2ImgPipeline
+
+    return FluxImg2ImgPipeline.from_pretrained(path, dtype=_torch_dtype(profile)).to(device)
+
+
+def _load_upscaler(path: Path, profile: ModelProfile, device: str) -> Any:
+    from likeness.spandrel_compat import import_spandrel
+
+    spandrel = import_spandrel()
+    descriptor = spandrel.ModelLoader(device=device).load_from_file(path)
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise TypeError(f"{path} is not an image-to-image model spandrel can run")
+    return descriptor.eval()
+
+
+def _load_captioner(path: Path, profile: ModelProfile, device: str) -> Any:
+    from transformers import AutoProcessor, BlipForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(path)
+    model = BlipForConditionalGeneration.from_pretrained(path, dtype=_torch_dtype(profile)).to(device).eval()
+    return processor, model
+
+
+def _load_video(path: Path, profile: ModelProfile, device: str) -> Any:
+    from diffusers import WanPipeline
+
+    return WanPipeline.from_pretrained(path, dtype=_torch_dtype(profile)).to(device)
+
+
+LOADERS: dict[Role, Callable[[Path, ModelProfile, str], Any]] = {
+    "editor": _load_editor,
+    "refiner": _load_refiner,
+    "upscaler": _load_upscaler,
+    "captioner": _load_captioner,
+    "video": _load_video,
+}
+
+
+def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = None) -> Any:
+    """The loaded model for `role` under `profile`, loading it on first use in this process."""
+    settings = settings or get_settings()
+    spec = profile.models[role]
+    key = (role, spec.source, profile.dtype)
+    with _loading:
+        if key not in _loaded:
+            device = device_for(profile, settings)
+            path = model_path(role, profile, settings)
+            log.info("loading %s from %s on %s", role, spec.source, device)
+            model = LOADERS[role](path, profile, device)
+            if hasattr(model, "set_progress_bar_config"):
+                # Stage progress is reported per image and step; per-denoise-step bars are noise.
+                model.set_progress_bar_config(disable=True)
+            _loaded[key] = model
+            load_counts[role] += 1
+        return _loaded[key]
+
+
+def clear() -> None:
+    """Forget every loaded model (tests; a worker between unrelated jobs)."""
+    with _loading:
+        _loaded.clear()
+        load_counts.clear()

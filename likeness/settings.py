@@ -1,0 +1,41 @@
+"""Process-wide settings: one object, read from `LIKENESS_*` environment variables and `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Where data lives, which models to use, and the secrets to reach remote services."""
+
+    model_config = SettingsConfigDict(env_prefix="LIKENESS_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("likeness-data")
+    store_uri: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    models_dir: Path | None = None
+    profile: str = "tiny"
+    device: str | None = None
+    download_models: bool = False
+    hf_token: SecretStr | None = None
+    runpod_api_key: SecretStr | None = None
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.data_dir / "models").resolve()
+
+    @property
+    def results_dir(self) -> Path:
+        """Prefect results and cache records: beside the artifacts, so a cache hit finds both."""
+        return (self.data_dir / "prefect-results").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,52 @@
+"""Variations: Qwen-Image-Edit-2509 edits the reference photo into one view, pose, emotion or framing.
+
+    from likeness.profiles import load_profile
+    from likeness.artifacts import put_file
+    ref = put_file(Path("ada.jpg"))
+    item = edit_variation.fn(ref, "side", load_profile("tiny").edit, 0, load_profile("tiny"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from prefect import task
+
+from likeness.artifacts import ArtifactRef, load_image, put_image
+from likeness.caching import stage_cache
+from likeness.catalogue import get_variation
+from likeness.config import EditConfig, ModelProfile
+from likeness.imaging import square
+from likeness.pipelines import get_pipeline, gpu_lock
+
+STAGE_VERSION = 1
+
+
+def variation_seed(seed: int, variation_id: str) -> int:
+    """A seed per variation, stable across runs and independent of the catalogue's order."""
+    digest = hashlib.sha256(f"{seed}:{variation_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+@task(name="edit-variation", retries=2, retry_delay_seconds=10, cache_policy=stage_cache(STAGE_VERSION),
+      persist_result=True, tags=["gpu"])
+def edit_variation(reference: ArtifactRef, variation_id: str, config: EditConfig, seed: int,
+                   profile: ModelProfile) -> ArtifactRef:
+    """Edit the reference photo into one catalogue variation."""
+    variation = get_variation(variation_id)
+    source = square(load_image(reference), config.size)
+    pipe = get_pipeline("editor", profile)
+    with gpu_lock:
+        pipe.register_to_config(vae_image_area=config.condition_area, vl_image_area=config.vl_condition_area)
+        image = pipe(
+            image=[source],
+            prompt=variation.prompt,
+            negative_prompt=" ",
+            true_cfg_scale=config.true_cfg_scale,
+            num_inference_steps=config.steps,
+            height=config.size,
+            width=config.size,
+            generator=torch.Generator("cpu").manual_seed(variation_seed(seed, variation_id)),
+        ).images[0]
+    return put_image(image, f"{variation_id}.png")
