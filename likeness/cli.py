@@ -111,11 +111,18 @@ def produce(
         listener = _progress_listener(bar)
         progress.add_listener(listener)
         try:
-            result = produce_character(name=trigger, reference=reference_ref.key, profile=profile,
-                                       overrides=override_dict)
+            state = produce_character(name=trigger, reference=reference_ref.key, profile=profile,
+                                      overrides=override_dict, return_state=True)
         finally:
             progress.remove_listener(listener)
-    stats = {"seconds": round(time.perf_counter() - started, 2), "model_loads": dict(pipelines.load_counts)}
+    if not state.is_completed():
+        _fail(f"the run ended {state.name}: {state.message}")
+    result = state.result()
+    stats = {
+        "flow_run_id": str(state.state_details.flow_run_id),
+        "seconds": round(time.perf_counter() - started, 2),
+        "model_loads": dict(pipelines.load_counts),
+    }
     try:
         manifest = export_outputs(result, out, identity, get_store(), stats)
     except OutputConflict as exc:
@@ -137,7 +144,7 @@ def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from likeness.catalogue import CATALOGUE
+
 Role = Literal["editor", "refiner", "upscaler", "captioner", "video"]
 ROLES: tuple[Role, ...] = ("editor", "refiner", "upscaler", "captioner", "video")
 
@@ -109,6 +111,17 @@ class DatasetConfig(Frozen):
     edit: EditConfig
     upscale: UpscaleConfig
     caption: CaptionConfig
+
+    @model_validator(mode="after")
+    def _known_variations(self) -> DatasetConfig:
+        if not self.variations:
+            raise ValueError("the dataset needs at least one variation")
+        unknown = [v for v in self.variations if v not in CATALOGUE]
+        if unknown:
+            raise ValueError(f"unknown variation {unknown[0]!r}; known: {', '.join(CATALOGUE)}")
+        if len(set(self.variations)) != len(self.variations):
+            raise ValueError(f"variations repeat: {', '.join(self.variations)}")
+        return self
 
 
 class ModelProfile(Frozen):

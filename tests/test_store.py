@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.request import url2pathname
 
 import pytest
@@ -26,11 +25,7 @@ from likeness.store import (
     open_store,
     validate_key,
 )
-if TYPE_CHECKING:  # imported for real by pytest_plugins, so pytest can rewrite its asserts
-    from tests.s3server import S3ServerInfo
-
-# Registers the session-scoped `s3_server` fixture; a conftest that imports it takes precedence.
-pytest_plugins = ["tests.s3server"]
+from tests.s3server import S3ServerInfo  # the `s3_server` fixture comes from conftest.py
 
 BAD_KEYS = ["", "/abs", "a//b", "..", "a/../b", "./a", "a/.", "a\\b", "a\x00b", "a\nb", "a/", "x" * 1025]
 

@@ -1,0 +1,161 @@
+"""End to end: `likeness produce` on the tiny profile with a real face photo, against a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from likeness.imaging import decode_mp4
+from tests.conftest import cli_env
+
+LIKENESS = str(Path(sys.executable).parent / "likeness")
+STAGES = ("edit-variation", "upscale-image", "caption-image", "assemble-dataset", "fit-lora", "render-media")
+
+
+def likeness(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LIKENESS, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def api_post(api: str, path: str, body: dict) -> list[dict]:
+    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def task_states(api: str, parent_flow_run_id: str) -> dict[str, list[str]]:
+    """Stage name -> the state names of its task runs, across the subflows of one produce run."""
+    subflows = api_post(api, "/flow_runs/filter",
+                        {"flow_runs": {"parent_flow_run_id": {"any_": [parent_flow_run_id]}}})
+    assert {run["name"] for run in subflows} and len(subflows) == 3
+    runs = api_post(api, "/task_runs/filter",
+                    {"task_runs": {"flow_run_id": {"any_": [run["id"] for run in subflows]}}})
+    states: dict[str, list[str]] = {}
+    for run in runs:
+        states.setdefault(run["name"].rsplit("-", 1)[0], []).append(run["state"]["name"])
+    return states
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, models_dir, prefect_api):
+    """A working folder with the first run of `likeness produce` done in it."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    env = cli_env(tmp, models_dir, prefect_api)
+    photo = tmp / "grace.jpg"
+    import matplotlib
+
+    shutil.copyfile(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", photo)
+    first = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--profile", "tiny",
+                     "--out", "out")
+    assert first.returncode == 0, first.stderr[-4000:]
+    return tmp, env, photo
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "likeness.json").read_text())
+
+
+def test_first_run_writes_the_documented_layout(workdir):
+    tmp, _, _ = workdir
+    out = tmp / "out"
+    variations = ["front", "side", "back", "smile", "surprised", "closeup"]
+    for variation in variations:
+        image = Image.open(out / "dataset" / f"Grace_Hopper_{variation}.png")
+        assert image.size == (128, 128)
+        caption = (out / "dataset" / f"Grace_Hopper_{variation}.txt").read_text().strip()
+        assert caption.startswith("Grace_Hopper, ")
+    assert "side view" in (out / "dataset" / "Grace_Hopper_side.txt").read_text()
+    assert "smiling" in (out / "dataset" / "Grace_Hopper_smile.txt").read_text()
+    assert "close-up" in (out / "dataset" / "Grace_Hopper_closeup.txt").read_text()
+    lines = [json.loads(line) for line in (out / "dataset" / "manifest.jsonl").read_text().splitlines()]
+    assert [line["variation"] for line in lines] == variations
+    assert Image.open(out / "dataset" / "contact_sheet.png").size[0] >= 4 * 128
+
+    assert sorted(p.name for p in (out / "lora").iterdir()) == [
+        "Grace_Hopper_000000003.safetensors", "Grace_Hopper_000000006.safetensors"]
+
+    renders = manifest(out)["renders"]
+    assert sorted(entry["kind"] for entry in renders) == ["image", "video"]
+    image = next(entry for entry in renders if entry["kind"] == "image")
+    assert Image.open(out / image["file"]).size == (64, 64)
+    video = next(entry for entry in renders if entry["kind"] == "video")
+    assert decode_mp4(out / video["file"]).shape == (5, 64, 64, 3)
+    assert video["prompt"].startswith("Grace_Hopper ")
+
+
+def test_first_run_loads_each_model_once_and_reports_progress(workdir, prefect_api):
+    tmp, _, _ = workdir
+    last_run = manifest(tmp / "out")["last_run"]
+    assert last_run["model_loads"] == {"editor": 1, "upscaler": 1, "refiner": 1, "captioner": 1, "video": 1}
+    states = task_states(prefect_api, last_run["flow_run_id"])
+    assert set(states) == set(STAGES)
+    assert len(states["edit-variation"]) == 6
+    assert all(state == "Completed" for names in states.values() for state in names)
+    artifacts = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]}}})
+    assert {"grace-hopper-dataset", "grace-hopper-train", "grace-hopper-render"} <= {a["key"] for a in artifacts}
+    assert all(a["data"] == 100.0 for a in artifacts if a["key"].startswith("grace-hopper"))
+
+
+def test_the_lora_loads_into_wan_and_changes_its_output(workdir, models_dir):
+    import torch
+    from diffusers import WanPipeline
+
+    tmp, _, _ = workdir
+    pipe = WanPipeline.from_pretrained(models_dir / "tiny" / "video", dtype=torch.float32)
+
+    def frame():
+        return pipe("Grace_Hopper smiling", height=64, width=64, num_frames=1, num_inference_steps=2,
+                    guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
+
+    base = frame()
+    pipe.load_lora_weights(tmp / "out" / "lora", weight_name="Grace_Hopper_000000006.safetensors")
+    assert not np.allclose(base, frame())
+
+
+def test_rerun_is_cached_and_a_render_change_reruns_only_rendering(workdir, prefect_api):
+    tmp, env, photo = workdir
+    out = tmp / "out"
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "likeness.json"}
+
+    again = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out")
+    assert again.returncode == 0, again.stderr[-4000:]
+    last_run = manifest(out)["last_run"]
+    assert last_run["model_loads"] == {}
+    states = task_states(prefect_api, last_run["flow_run_id"])
+    assert all(state == "Cached" for names in states.values() for state in names), states
+    assert {p: p.read_bytes() for p in before} == before
+
+    reseeded = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out",
+                        "--set", "render.seed=7")
+    assert reseeded.returncode == 0, reseeded.stderr[-4000:]
+    last_run = manifest(out)["last_run"]
+    assert last_run["model_loads"] == {"video": 1}
+    states = task_states(prefect_api, last_run["flow_run_id"])
+    assert states.pop("render-media") == ["Completed", "Completed"]
+    assert all(state == "Cached" for names in states.values() for state in names), states
+    renders = manifest(out)["renders"]
+    assert sorted(entry["seed"] for entry in renders) == [0, 0, 7, 7]
+    assert all((out / entry["file"]).exists() for entry in renders)
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_another_character_is_refused_in_the_same_folder(workdir):
+    tmp, env, photo = workdir
+    out = tmp / "out"
+    before = (out / "likeness.json").read_text()
+    other = likeness(env, tmp, "produce", "Ada", "--image", str(photo), "--out", "out")
+    assert other.returncode == 2
+    assert "holds the outputs of 'Grace_Hopper'" in other.stderr and "trigger" in other.stderr
+    retrained = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out",
+                         "--set", "train.steps=9")
+    assert retrained.returncode == 2
+    assert "different train" in retrained.stderr
+    assert (out / "likeness.json").read_text() == before

@@ -1,0 +1,122 @@
+"""Bad input is refused before any model loads, with a message that names the problem."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from likeness.cli import app
+
+
+@pytest.fixture
+def run(likeness_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Invoke the CLI in-process from tmp_path; afterwards check no model folder was made."""
+    models = tmp_path / "fresh-models"
+    monkeypatch.setenv("LIKENESS_MODELS_DIR", str(models))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    from likeness import settings
+
+    settings.get_settings.cache_clear()
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*args: str):
+        result = CliRunner().invoke(app, list(args))
+        assert not models.exists(), "a model was built or loaded for bad input"
+        return result
+
+    return invoke
+
+
+def photo(tmp_path: Path, size=(512, 512), name="photo.png") -> Path:
+    path = tmp_path / name
+    Image.new("RGB", size, "tan").save(path)
+    return path
+
+
+def truncated_jpeg(tmp_path: Path) -> Path:
+    buffer = io.BytesIO()
+    Image.effect_noise((512, 512), 40).convert("RGB").save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make_image", "message"),
+    [
+        (lambda tmp: tmp / "missing.png", "reference image not found"),
+        (lambda tmp: (tmp / "notes.png").write_text("hello") and tmp / "notes.png", "is not an image"),
+        (truncated_jpeg, "is truncated or corrupt"),
+        (lambda tmp: photo(tmp, (120, 90)), "is 120x90 px; a reference photo needs at least 256 px"),
+    ],
+    ids=["missing", "not-an-image", "truncated", "too-small"],
+)
+def test_bad_reference_image(run, tmp_path, make_image, message):
+    result = run("produce", "Ada", "--image", str(make_image(tmp_path)))
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../x", "is not a safe trigger word"),
+        ("", "character name is empty"),
+        ("   ", "character name is empty"),
+        ("ada\x1b[31m", "contains control characters"),
+        ("ada/lovelace", "is not a safe trigger word"),
+        ("7up", "is not a safe trigger word"),
+    ],
+)
+def test_bad_name(run, tmp_path, name, message):
+    result = run("produce", name, "--image", str(photo(tmp_path)))
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--profile", "huge"], "unknown profile 'huge'; known: permissive, production, tiny"),
+        (["--set", "dataset.upscale.start_step=4"], "start_step (4) must be below steps (4)"),
+        (["--set", "render.video_frames=6"], "video_frames must be 4k+1"),
+        (["--set", "render.fps"], "is not of the form section.field=value"),
+        (["--set", "dataset.variations=[front, cartwheel]"], "unknown variation 'cartwheel'"),
+    ],
+)
+def test_bad_settings(run, tmp_path, args, message):
+    result = run("produce", "Ada", "--image", str(photo(tmp_path)), *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())
+
+
+def test_production_profile_needs_a_gpu(run, tmp_path):
+    result = run("produce", "Ada", "--image", str(photo(tmp_path)), "--profile", "production")
+    assert result.exit_code == 2
+    assert "runs on a CUDA GPU and this machine has none" in " ".join(result.stderr.split())
+
+
+def test_production_profile_names_missing_weights(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIKENESS_DEVICE", "cpu")
+    from likeness import settings
+
+    settings.get_settings.cache_clear()
+    result = run("produce", "Ada", "--image", str(photo(tmp_path)), "--profile", "production")
+    assert result.exit_code == 2
+    text = " ".join(result.stderr.split())
+    assert "the editor weights (Qwen/Qwen-Image-Edit-2509) are not in the Hugging Face cache" in text
+
+
+def test_a_foreign_output_folder_is_left_alone(run, tmp_path):
+    out = tmp_path / "holiday"
+    out.mkdir()
+    (out / "beach.jpg").write_bytes(b"precious")
+    result = run("produce", "Ada", "--image", str(photo(tmp_path)), "--out", str(out))
+    assert result.exit_code == 2
+    assert "holds no likeness.json: it is not a Likeness output folder" in " ".join(result.stderr.split())
+    assert (out / "beach.jpg").read_bytes() == b"precious"
