@@ -72,13 +72,15 @@ def _progress_listener(progress: Progress):
 def produce(
     name: Annotated[str, typer.Argument(help="Character name; it becomes the trigger word (spaces -> '_').")],
     image: Annotated[Path, typer.Option("--image", help="The reference photo.")],
-    profile: Annotated[str, typer.Option(help="Model profile: tiny, production, permissive, or a .yaml path.")] = "tiny",
+    profile: Annotated[str | None, typer.Option(
+        help="Model profile: tiny, production, permissive, or a .yaml path [default: $LIKENESS_PROFILE or tiny].")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: likeness-out/<name>).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: render.seed=3, train.steps=500.")] = None,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")] = False,
 ) -> None:
     """Make the dataset, train the LoRA and render images and a video, all locally."""
     settings = get_settings()
+    profile = profile or settings.profile
     try:
         trigger = normalise_trigger(name)
         reference = read_reference_image(image)

@@ -30,9 +30,9 @@ from tests.s3server import S3ServerInfo  # the `s3_server` fixture comes from co
 BAD_KEYS = ["", "/abs", "a//b", "..", "a/../b", "./a", "a/.", "a\\b", "a\x00b", "a\nb", "a/", "x" * 1025]
 
 
-def _s3_store(server: S3ServerInfo, **kwargs: object) -> S3Store:
+def _s3_store(server: S3ServerInfo, prefix: str = "") -> S3Store:
     bucket = f"t-{uuid.uuid4().hex[:16]}"  # a fresh bucket per test
-    return S3Store(server.endpoint, server.access_key, server.secret_key, bucket=bucket, **kwargs)  # type: ignore[arg-type]
+    return S3Store(server.endpoint, server.access_key, server.secret_key, bucket=bucket, prefix=prefix)
 
 
 @pytest.fixture(params=["local", "s3"])
