@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/tiny_run.py
 
-Each run is `likeness produce` as a user types it, in a fresh folder, with Prefect's temporary
-local server (the default when PREFECT_API_URL is unset). The first run includes building the
+Each run is `likeness produce` as a user types it, in a fresh folder: once with Prefect's temporary
+local server (the default when PREFECT_API_URL is unset, which costs a few seconds to start on
+every run), once against a running `prefect server start`. The first run includes building the
 tiny models. Figures vary with machine load: compare the ratios.
 """
 
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import matplotlib
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.prefect_server import prefect_server  # noqa: E402
+
 LIKENESS = str(Path(sys.executable).parent / "likeness")
 
 
@@ -31,22 +35,34 @@ def produce(cwd: Path, env: dict[str, str], *extra: str) -> tuple[float, dict]:
     return wall, json.loads((cwd / "out" / "likeness.json").read_text())["last_run"]
 
 
-def main() -> None:
+def measure(api: str | None) -> list[tuple[str, float, dict]]:
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         shutil.copyfile(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", cwd / "grace.jpg")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LIKENESS_", "PREFECT_"))}
         env.update(PREFECT_HOME=str(cwd / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-        runs = [
-            ("first run", produce(cwd, env)),
-            ("cached re-run", produce(cwd, env)),
-            ("render.seed changed", produce(cwd, env, "--set", "render.seed=1")),
+        if api:
+            env["PREFECT_API_URL"] = api
+        return [
+            ("first run", *produce(cwd, env)),
+            ("cached re-run", *produce(cwd, env)),
+            ("render.seed changed", *produce(cwd, env, "--set", "render.seed=1")),
         ]
-    first = runs[0][1][0]
+
+
+def report(title: str, runs: list[tuple[str, float, dict]]) -> None:
+    first = runs[0][1]
+    print(f"\n{title}")
     print(f"{'run':<22}{'wall s':>8}{'in-flow s':>11}{'x first':>9}  model loads")
-    for name, (wall, last_run) in runs:
+    for name, wall, last_run in runs:
         loads = ", ".join(f"{role} x{n}" for role, n in last_run["model_loads"].items()) or "none"
         print(f"{name:<22}{wall:>8.1f}{last_run['seconds']:>11.1f}{wall / first:>9.2f}  {loads}")
+
+
+def main() -> None:
+    report("Prefect temporary server (no PREFECT_API_URL)", measure(None))
+    with tempfile.TemporaryDirectory() as home, prefect_server(Path(home)) as api:
+        report("running Prefect server", measure(api))
 
 
 if __name__ == "__main__":

@@ -97,10 +97,6 @@ def produce(
         _fail(str(exc))
 
     _configure_environment(settings.results_dir, verbose)
-    if not verbose:
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.disable_progress_bar()
     from flows.produce import produce_character
     from likeness import pipelines, progress
     from likeness.artifacts import get_store, put_bytes

@@ -7,6 +7,7 @@ asking for the same role wait for one load instead of doing two.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -83,6 +84,11 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
     key = (role, spec.source, profile.dtype)
     with _loading:
         if key not in _loaded:
+            if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
+                # diffusers has its own switch for its loading bars and ignores the hub's variable.
+                from diffusers.utils import logging as diffusers_logging
+
+                diffusers_logging.disable_progress_bar()
             device = device_for(profile, settings)
             path = model_path(role, profile, settings)
             log.info("loading %s from %s on %s", role, spec.source, device)

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import torch
 from prefect import task
 
 from likeness.artifacts import ArtifactRef, load_image
@@ -20,6 +19,8 @@ CAPTION_PROMPT = "a photo of"
 
 def describe(processor, model, image, max_new_tokens: int) -> str:
     """The captioner's own description of the image, without the prompt it was given."""
+    import torch
+
     inputs = processor(images=image, text=CAPTION_PROMPT, return_tensors="pt").to(model.device, dtype=model.dtype)
     with torch.inference_mode():
         tokens = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)

@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-import torch
 from prefect import task
 
 from likeness.artifacts import ArtifactRef, get_bytes, put_bytes, put_image
@@ -37,6 +36,8 @@ def render_filename(kind: str, prompt: str, seed: int, lora: ArtifactRef, config
 def render_media(lora: ArtifactRef, kind: Literal["image", "video"], prompt: str, config: RenderConfig,
                  seed: int, profile: ModelProfile) -> RenderItem:
     """Render one image or video with the LoRA at `config.lora_scale`."""
+    import torch
+
     frames = 1 if kind == "image" else config.video_frames
     pipe = get_pipeline("video", profile)
     with gpu_lock, tempfile.TemporaryDirectory() as tmp:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from prefect import task
 
 from likeness.artifacts import load_image, put_file
@@ -24,6 +24,9 @@ from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.progress import StageProgress
 from likeness.records import DatasetRef, LoraCheckpoint, LoraRef
 
+if TYPE_CHECKING:
+    import torch
+
 STAGE_VERSION = 1
 ADAPTER = "likeness_training"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -31,6 +34,8 @@ LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 def encode_frames(pipe, images, size: int) -> torch.Tensor:
     """Normalised Wan VAE latents (N, C, 1, h, w) of the images, each as a one-frame video."""
+    import torch
+
     vae = pipe.vae
     pixels = np.stack([np.asarray(square(image, size), dtype=np.float32) / 127.5 - 1.0 for image in images])
     video = torch.from_numpy(pixels).permute(0, 3, 1, 2)[:, :, None].to(vae.device, vae.dtype)
@@ -42,6 +47,8 @@ def encode_frames(pipe, images, size: int) -> torch.Tensor:
 
 def flow_matching_loss(pipe, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Velocity loss at a random noise level: the transformer predicts noise - data."""
+    import torch
+
     transformer = pipe.transformer
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     sigma = torch.rand((latents.shape[0],), generator=generator).to(latents)
@@ -73,6 +80,8 @@ def save_checkpoint(pipe, folder: Path, filename: str) -> Path:
       persist_result=True, tags=["gpu"])
 def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) -> LoraRef:
     """Train the character LoRA, saving a checkpoint every `checkpoint_every` steps."""
+    import torch
+
     from peft import LoraConfig
 
     pipe = get_pipeline("video", profile)

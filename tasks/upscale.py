@@ -9,7 +9,6 @@ character, an early one adds skin and eye detail at the risk of drifting from th
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 from prefect import task
 
@@ -23,6 +22,8 @@ STAGE_VERSION = 1
 
 def esrgan_upscale(model, image: Image.Image) -> Image.Image:
     """Run a spandrel image model on one RGB image."""
+    import torch
+
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     parameter = next(model.model.parameters())
     with torch.inference_mode():
@@ -36,6 +37,8 @@ def esrgan_upscale(model, image: Image.Image) -> Image.Image:
 def upscale_image(image: ArtifactRef, config: UpscaleConfig, prompt: str, seed: int,
                   profile: ModelProfile) -> ArtifactRef:
     """ESRGAN 4x, resize to `config.size`, then refine with FLUX img2img from `start_step`."""
+    import torch
+
     source = load_image(image)
     upscaler = get_pipeline("upscaler", profile)
     refiner = get_pipeline("refiner", profile)

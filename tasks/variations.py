@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 
-import torch
 from prefect import task
 
 from likeness.artifacts import ArtifactRef, load_image, put_image
@@ -34,6 +33,8 @@ def variation_seed(seed: int, variation_id: str) -> int:
 def edit_variation(reference: ArtifactRef, variation_id: str, config: EditConfig, seed: int,
                    profile: ModelProfile) -> ArtifactRef:
     """Edit the reference photo into one catalogue variation."""
+    import torch
+
     variation = get_variation(variation_id)
     source = square(load_image(reference), config.size)
     pipe = get_pipeline("editor", profile)
