@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,14 @@ from pathlib import Path
 import pytest
 
 STARTUP_TIMEOUT_S = 90
+
+
+def api_post(api: str, path: str, body: dict) -> list[dict]:
+    """POST a JSON body to the Prefect REST API; returns the decoded answer."""
+    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
 
 
 def free_port() -> int:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from PIL import Image
 
 from likeness.imaging import decode_mp4
 from tests.conftest import cli_env
+from tests.prefect_server import api_post
 
 LIKENESS = str(Path(sys.executable).parent / "likeness")
 STAGES = ("edit-variation", "upscale-image", "caption-image", "assemble-dataset", "fit-lora", "render-media")
@@ -22,13 +21,6 @@ STAGES = ("edit-variation", "upscale-image", "caption-image", "assemble-dataset"
 
 def likeness(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([LIKENESS, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
-
-
-def api_post(api: str, path: str, body: dict) -> list[dict]:
-    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
 
 
 def task_states(api: str, parent_flow_run_id: str) -> dict[str, list[str]]:
@@ -45,14 +37,11 @@ def task_states(api: str, parent_flow_run_id: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, models_dir, prefect_api):
+def workdir(tmp_path_factory, models_dir, prefect_api, face_photo):
     """A working folder with the first run of `likeness produce` done in it."""
     tmp = tmp_path_factory.mktemp("e2e")
     env = cli_env(tmp, models_dir, prefect_api)
-    photo = tmp / "grace.jpg"
-    import matplotlib
-
-    shutil.copyfile(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", photo)
+    photo = face_photo
     first = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--profile", "tiny",
                      "--out", "out")
     assert first.returncode == 0, first.stderr[-4000:]

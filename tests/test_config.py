@@ -1,0 +1,75 @@
+"""Profiles, run configuration, settings and cache keys: the data that decides what a run does."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from likeness.caching import stage_key
+from likeness.config import ROLES, RunConfig
+from likeness.profiles import available_profiles, load_profile
+from likeness.settings import Settings
+
+
+def test_every_profile_names_a_model_for_every_role():
+    assert available_profiles() == ["permissive", "production", "tiny"]
+    for name in available_profiles():
+        profile = load_profile(name)
+        assert set(profile.models) == set(ROLES)
+        RunConfig.from_profile(profile)
+
+
+def test_production_names_the_real_models():
+    models = load_profile("production").models
+    assert models["editor"].source == "Qwen/Qwen-Image-Edit-2509"
+    assert models["video"].source.startswith("Wan-AI/Wan2.2-")
+    assert (models["upscaler"].source, models["upscaler"].file) == ("Kim2091/UltraSharp", "4x-UltraSharp.pth")
+
+
+def test_the_permissive_profile_has_no_non_commercial_model():
+    for role, spec in load_profile("permissive").models.items():
+        assert "non-commercial" not in spec.licence and "-nc" not in spec.licence, role
+
+
+def test_overrides_merge_into_the_profile_defaults():
+    tiny = load_profile("tiny")
+    config = RunConfig.from_profile(tiny, {"dataset": {"upscale": {"start_step": 3}}, "render": {"seed": 5}})
+    assert config.dataset.upscale.start_step == 3
+    assert config.dataset.upscale.steps == tiny.upscale.steps
+    assert config.render.seed == 5
+    assert config.train == tiny.train
+
+
+def test_unknown_override_fields_are_refused():
+    with pytest.raises(ValidationError, match="render.colour"):
+        RunConfig.from_profile(load_profile("tiny"), {"render": {"colour": "red"}})
+
+
+def test_start_step_becomes_img2img_strength():
+    upscale = load_profile("tiny").upscale.model_copy(update={"steps": 20, "start_step": 15})
+    assert upscale.strength == 0.25
+
+
+def test_cache_keys_follow_inputs_parameters_version_and_models():
+    tiny = load_profile("tiny")
+    inputs = {"image": {"key": "objects/ab/x.png", "sha256": "ab", "size": 3}, "config": tiny.upscale, "profile": tiny}
+    key = stage_key("upscale-image", 1, inputs)
+    assert stage_key("upscale-image", 1, dict(inputs)) == key
+    assert stage_key("upscale-image", 2, inputs) != key
+    assert stage_key("upscale-image", 1, {**inputs, "image": {**inputs["image"], "sha256": "cd"}}) != key
+    assert stage_key("upscale-image", 1, {**inputs, "config": tiny.upscale.model_copy(update={"start_step": 1})}) != key
+    other_models = tiny.model_copy(update={"models": {**tiny.models, "refiner": load_profile("production").models["refiner"]}})
+    assert stage_key("upscale-image", 1, {**inputs, "profile": other_models}) != key
+    reworded = tiny.model_copy(update={"description": "same models, new words", "device": "cuda"})
+    assert stage_key("upscale-image", 1, {**inputs, "profile": reworded}) == key
+
+
+def test_settings_read_the_prefix_and_dotenv_and_hide_secrets(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("LIKENESS_PROFILE=production\nLIKENESS_RUNPOD_API_KEY=rp-secret-123\n")
+    monkeypatch.setenv("LIKENESS_DATA_DIR", str(tmp_path / "data"))
+    settings = Settings()
+    assert settings.profile == "production"
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.runpod_api_key.get_secret_value() == "rp-secret-123"
+    assert "rp-secret-123" not in repr(settings) and "rp-secret-123" not in settings.model_dump_json()

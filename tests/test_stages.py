@@ -1,0 +1,128 @@
+"""Each stage on the tiny profile, called directly (no Prefect run): real model calls, real outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from likeness import pipelines
+from likeness.artifacts import get_bytes, load_image, put_file, put_image
+from likeness.profiles import load_profile
+from likeness.records import DatasetItem, DatasetRef
+
+TINY = load_profile("tiny")
+
+
+@pytest.fixture
+def reference(likeness_env, face_photo):
+    return put_file(face_photo)
+
+
+def test_the_pipeline_cache_loads_a_model_once(likeness_env):
+    pipelines.clear()
+    first = pipelines.get_pipeline("captioner", TINY)
+    assert pipelines.get_pipeline("captioner", TINY) is first
+    assert pipelines.load_counts == {"captioner": 1}
+
+
+def test_variations_edit_the_reference(reference):
+    from tasks.variations import edit_variation
+
+    side = edit_variation.fn(reference, "side", TINY.edit, 1, TINY)
+    back = edit_variation.fn(reference, "back", TINY.edit, 1, TINY)
+    assert load_image(side).size == (TINY.edit.size, TINY.edit.size)
+    assert side.sha256 != back.sha256
+    assert edit_variation.fn(reference, "side", TINY.edit, 1, TINY) == side
+
+
+def test_upscale_reaches_the_target_and_a_later_start_step_changes_less(reference):
+    from likeness.imaging import square
+    from tasks.upscale import esrgan_upscale, upscale_image
+
+    small = put_image(square(load_image(reference), 32), "small.png")
+    plain = np.asarray(
+        esrgan_upscale(pipelines.get_pipeline("upscaler", TINY), load_image(small)).resize((128, 128)), dtype=float)
+
+    def drift(start_step: int) -> float:
+        config = TINY.upscale.model_copy(update={"start_step": start_step, "steps": 4})
+        refined = load_image(upscale_image.fn(small, config, "photo of Ada", 0, TINY))
+        assert refined.size == (TINY.upscale.size, TINY.upscale.size)
+        return float(np.abs(np.asarray(refined, dtype=float) - plain).mean())
+
+    assert drift(3) < drift(0)
+
+
+def test_captions_start_with_the_trigger_and_what_the_stage_knows(reference):
+    from tasks.caption import caption_image
+
+    caption = caption_image.fn(reference, "Ada", "side", TINY.caption, TINY)
+    assert caption.startswith("Ada, side view, neutral expression, full body, ")
+    assert len(caption) > len("Ada, side view, neutral expression, full body, ")
+
+
+@pytest.fixture
+def dataset(reference):
+    images = [load_image(reference).rotate(angle).resize((64, 64)) for angle in (0, 90)]
+    items = tuple(
+        DatasetItem(variation=variation, image=put_image(image, f"{variation}.png"),
+                    caption=f"Ada, {variation}", edit_prompt="", seed=0)
+        for variation, image in zip(("front", "side"), images, strict=True)
+    )
+    return DatasetRef(trigger="Ada", reference=reference, items=items, manifest=reference, contact_sheet=reference)
+
+
+def test_training_checkpoints_every_k_steps_and_leaves_the_pipeline_clean(dataset, tmp_path):
+    from tasks.train import ADAPTER, fit_lora
+
+    config = TINY.train.model_copy(update={"steps": 5, "checkpoint_every": 2})
+    lora = fit_lora.fn(dataset, config, TINY)
+    assert [c.step for c in lora.checkpoints] == [2, 4, 5]
+    assert [c.weights.filename for c in lora.checkpoints] == [
+        "Ada_000000002.safetensors", "Ada_000000004.safetensors", "Ada_000000005.safetensors"]
+    assert all(np.isfinite(c.loss) for c in lora.checkpoints)
+    path = tmp_path / "final.safetensors"
+    path.write_bytes(get_bytes(lora.final.weights))
+    with safe_open(str(path), "pt") as weights:
+        keys = list(weights.keys())
+    assert keys and all(key.startswith("transformer.") and "lora_" in key for key in keys)
+    transformer = pipelines.get_pipeline("video", TINY).transformer
+    assert ADAPTER not in getattr(transformer, "peft_config", {})
+
+
+def test_render_applies_the_lora_at_its_scale(dataset):
+    from tasks.render import render_media
+    from tasks.train import fit_lora
+
+    lora = fit_lora.fn(dataset, TINY.train.model_copy(update={"steps": 2, "checkpoint_every": 2}), TINY)
+    # Scale 0 is rendered again after scale 1: the adapter must not outlive its render.
+    outputs = {
+        scale: np.asarray(load_image(render_media.fn(
+            lora.final.weights, "image", "Ada smiling", TINY.render.model_copy(update={"lora_scale": scale}), 0, TINY
+        ).output), dtype=float)
+        for scale in (0.0, 1.0, 0.0)
+    }
+    pipe = pipelines.get_pipeline("video", TINY)
+    import torch
+
+    base = pipe("Ada smiling", negative_prompt=TINY.render.negative_prompt, height=64, width=64, num_frames=1,
+                num_inference_steps=TINY.render.steps, guidance_scale=TINY.render.guidance_scale,
+                generator=torch.Generator("cpu").manual_seed(0), output_type="np").frames[0][0]
+    base_png = np.asarray(Image.fromarray((np.clip(base, 0, 1) * 255).round().astype(np.uint8)), dtype=float)
+    assert np.array_equal(outputs[0.0], base_png)
+    assert not np.array_equal(outputs[1.0], base_png)
+
+
+def test_a_video_render_is_an_mp4_of_the_requested_frames(dataset, tmp_path):
+    from likeness.imaging import decode_mp4
+    from tasks.render import render_media
+    from tasks.train import fit_lora
+
+    lora = fit_lora.fn(dataset, TINY.train.model_copy(update={"steps": 1, "checkpoint_every": 1}), TINY)
+    config = TINY.render.model_copy(update={"video_frames": 9})
+    item = render_media.fn(lora.final.weights, "video", "Ada waves", config, 3, TINY)
+    path = tmp_path / "video.mp4"
+    path.write_bytes(get_bytes(item.output))
+    assert decode_mp4(path).shape == (9, 64, 64, 3)
+    assert (item.kind, item.frames, item.seed, item.lora) == ("video", 9, 3, lora.final.weights)
