@@ -7,7 +7,7 @@ and ruinous for a tiny CPU profile (20-50 s a call). `QwenEditPlusPipeline` make
 pipeline config values, `vae_image_area` and `vl_image_area`, defaulting to the diffusers
 constants. They are saved in `model_index.json` and can be overridden when loading:
 
-    QwenEditPlusPipeline.from_pretrained(repo, torch_dtype=..., vae_image_area=64 * 64, vl_image_area=56 * 56)
+    QwenEditPlusPipeline.from_pretrained(repo, dtype=..., vae_image_area=64 * 64, vl_image_area=56 * 56)
 
 or afterwards with `pipe.register_to_config(vae_image_area=..., vl_image_area=...)`.
 

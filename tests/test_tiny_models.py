@@ -71,19 +71,19 @@ def test_editor(tiny, reference_image):
             num_inference_steps=2, height=64, width=64, generator=generator(),
         ).images[0]  # fmt: skip
 
-    pipe = QwenEditPlusPipeline.from_pretrained(tiny["editor"], torch_dtype=torch.float32)
+    pipe = QwenEditPlusPipeline.from_pretrained(tiny["editor"], dtype=torch.float32)
     # The profile caps the condition-image areas (diffusers' defaults are 1024*1024 and 384*384).
     assert (pipe.config.vae_image_area, pipe.config.vl_image_area) == (64 * 64, 56 * 56)
     first = edit(pipe)
     assert isinstance(first, Image.Image) and first.size == (64, 64) and first.mode == "RGB"
 
-    reloaded = QwenEditPlusPipeline.from_pretrained(tiny["editor"], torch_dtype=torch.float32)
+    reloaded = QwenEditPlusPipeline.from_pretrained(tiny["editor"], dtype=torch.float32)
     assert np.array_equal(np.asarray(edit(reloaded)), np.asarray(first))
 
     # The areas are ordinary load-time overrides; the diffusers module constants stay untouched.
     from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus
 
-    bigger = QwenEditPlusPipeline.from_pretrained(tiny["editor"], torch_dtype=torch.float32, vae_image_area=128 * 128)
+    bigger = QwenEditPlusPipeline.from_pretrained(tiny["editor"], dtype=torch.float32, vae_image_area=128 * 128)
     assert bigger.config.vae_image_area == 128 * 128
     assert edit(bigger).size == (64, 64)
     assert pipeline_qwenimage_edit_plus.VAE_IMAGE_SIZE == 1024 * 1024
@@ -99,7 +99,7 @@ def test_refiner(tiny, reference_image):
             num_inference_steps=4, height=128, width=128, guidance_scale=3.5, generator=generator(),
         ).images[0]  # fmt: skip
 
-    pipe = FluxImg2ImgPipeline.from_pretrained(tiny["refiner"], torch_dtype=torch.float32)
+    pipe = FluxImg2ImgPipeline.from_pretrained(tiny["refiner"], dtype=torch.float32)
     first = refine(pipe)
     assert isinstance(first, Image.Image) and first.size == (128, 128)
     assert np.array_equal(np.asarray(refine(pipe)), np.asarray(first))
@@ -150,7 +150,7 @@ def test_video_frames_and_lora_round_trip(tiny, tmp_path):
             num_frames=num_frames, num_inference_steps=2, guidance_scale=1.0, generator=generator(), output_type="np",
         ).frames[0]  # fmt: skip
 
-    pipe = WanPipeline.from_pretrained(tiny["video"], torch_dtype=torch.float32)
+    pipe = WanPipeline.from_pretrained(tiny["video"], dtype=torch.float32)
     base = render(pipe)
     assert base.shape == (1, 64, 64, 3) and base.dtype == np.float32
     assert 0.0 <= base.min() and base.max() <= 1.0
@@ -167,7 +167,7 @@ def test_video_frames_and_lora_round_trip(tiny, tmp_path):
     assert not np.allclose(with_lora, base)
     WanPipeline.save_lora_weights(tmp_path, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
 
-    fresh = WanPipeline.from_pretrained(tiny["video"], torch_dtype=torch.float32)
+    fresh = WanPipeline.from_pretrained(tiny["video"], dtype=torch.float32)
     assert np.array_equal(render(fresh), base)
     fresh.load_lora_weights(tmp_path)
     np.testing.assert_allclose(render(fresh), with_lora, atol=1e-6)
