@@ -1,8 +1,12 @@
-"""The dataset flow: variations of the reference, upscaled and refined, captioned, assembled."""
+"""The dataset flow: variations of the reference, upscaled and refined, captioned, assembled.
+
+Stage by stage rather than image by image, so each model is busy for one block of work: with
+model offload on a GPU, one model at a time holds the GPU memory.
+"""
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, unmapped
 
 from likeness.artifacts import ArtifactRef
 from likeness.catalogue import get_variation
@@ -15,19 +19,29 @@ from tasks.upscale import upscale_image
 from tasks.variations import edit_variation, variation_seed
 
 
+def refine_prompt(trigger: str, variation_id: str) -> str:
+    variation = get_variation(variation_id)
+    return f"photo of {trigger}, {variation.view}, {variation.framing}, natural skin texture, sharp eyes"
+
+
 @flow(name="build-dataset", log_prints=True)
 def build_dataset(trigger: str, reference: ArtifactRef, config: DatasetConfig, profile: ModelProfile) -> DatasetRef:
     """Turn one reference photo into a captioned LoRA training dataset."""
-    progress = StageProgress("dataset", len(config.variations), artifact_key=f"{trigger}-dataset")
-    items = []
-    for variation_id in config.variations:
-        variation = get_variation(variation_id)
-        seed = variation_seed(config.seed, variation_id)
-        edited = edit_variation(reference, variation_id, config.edit, seed, profile)
-        refine_prompt = f"photo of {trigger}, {variation.view}, {variation.framing}, natural skin texture, sharp eyes"
-        refined = upscale_image(edited, config.upscale, refine_prompt, seed, profile)
-        caption = caption_image(refined, trigger, variation_id, config.caption, profile)
-        items.append(DatasetItem(variation=variation_id, image=refined, caption=caption,
-                                 edit_prompt=variation.prompt, seed=seed))
-        progress.advance(variation_id)
+    variations = list(config.variations)
+    seeds = [variation_seed(config.seed, variation_id) for variation_id in variations]
+    progress = StageProgress("dataset", 3 * len(variations), artifact_key=f"{trigger}-dataset")
+
+    edited = edit_variation.map(unmapped(reference), variations, unmapped(config.edit), seeds, unmapped(profile))
+    progress.wait(edited, "edit")
+    prompts = [refine_prompt(trigger, variation_id) for variation_id in variations]
+    refined = upscale_image.map(edited, unmapped(config.upscale), prompts, seeds, unmapped(profile))
+    progress.wait(refined, "upscale")
+    captions = caption_image.map(refined, unmapped(trigger), variations, unmapped(config.caption), unmapped(profile))
+    progress.wait(captions, "caption")
+
+    items = [
+        DatasetItem(variation=variation_id, image=image.result(), caption=caption.result(),
+                    edit_prompt=get_variation(variation_id).prompt, seed=seed)
+        for variation_id, image, caption, seed in zip(variations, refined, captions, seeds, strict=True)
+    ]
     return assemble_dataset(trigger, reference, items)

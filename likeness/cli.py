@@ -16,11 +16,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from likeness.artifacts import get_store
 from likeness.config import RunConfig
 from likeness.inputs import InvalidInput, normalise_trigger, read_reference_image
 from likeness.outputs import OutputConflict, check_output_folder, run_identity
 from likeness.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
 from likeness.settings import get_settings
+from likeness.store import StoreError
 
 # Locals in tracebacks could show secrets from the settings.
 app = typer.Typer(help="Likeness: consistent AI characters from one reference photo.", no_args_is_help=True,
@@ -91,19 +93,20 @@ def produce(
         identity = run_identity(trigger, hashlib.sha256(reference).hexdigest(), model_profile.name, config)
         check_output_folder(out, identity)
         preflight(model_profile, settings)
+        store = get_store()
     except ValidationError as exc:
         _fail(f"invalid settings: {exc}")
-    except (InvalidInput, ProfileUnavailable, OutputConflict) as exc:
+    except (InvalidInput, ProfileUnavailable, OutputConflict, StoreError) as exc:
         _fail(str(exc))
 
     _configure_environment(settings.results_dir, verbose)
     from flows.produce import produce_character
     from likeness import pipelines, progress
-    from likeness.artifacts import get_store, put_bytes
+    from likeness.artifacts import put_bytes
     from likeness.outputs import export_outputs
 
     started = time.perf_counter()
-    reference_ref = put_bytes(reference, f"reference{image.suffix.lower() or '.png'}")
+    reference_ref = put_bytes(reference, f"reference{image.suffix.lower() or '.png'}", store)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console) as bar:
         listener = _progress_listener(bar)
@@ -122,7 +125,7 @@ def produce(
         "model_loads": dict(pipelines.load_counts),
     }
     try:
-        manifest = export_outputs(result, out, identity, get_store(), stats)
+        manifest = export_outputs(result, out, identity, store, stats)
     except OutputConflict as exc:
         _fail(str(exc))
     _print_summary(out, manifest)

@@ -131,6 +131,9 @@ class ModelProfile(Frozen):
     description: str
     device: Literal["cpu", "cuda"]
     dtype: Literal["float32", "bfloat16", "float16"]
+    # "model": diffusers model CPU offload, so only the component at work holds GPU memory (the
+    # production models together are far larger than one GPU); "none": everything on `device`.
+    offload: Literal["none", "model"] = "none"
     models: dict[Role, ModelSpec]
     edit: EditConfig
     upscale: UpscaleConfig

@@ -32,16 +32,24 @@ def _torch_dtype(profile: ModelProfile) -> Any:
     return getattr(torch, profile.dtype)
 
 
+def _place(pipe: Any, profile: ModelProfile, device: str) -> Any:
+    """Put a diffusers pipeline on `device`, or let it move one component there at a time."""
+    if profile.offload == "model" and device != "cpu":
+        pipe.enable_model_cpu_offload(device=device)
+        return pipe
+    return pipe.to(device)
+
+
 def _load_editor(path: Path, profile: ModelProfile, device: str) -> Any:
     from likeness.qwen_edit import QwenEditPlusPipeline
 
-    return QwenEditPlusPipeline.from_pretrained(path, dtype=_torch_dtype(profile)).to(device)
+    return _place(QwenEditPlusPipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
 
 
 def _load_refiner(path: Path, profile: ModelProfile, device: str) -> Any:
     from diffusers import FluxImg2ImgPipeline
 
-    return FluxImg2ImgPipeline.from_pretrained(path, dtype=_torch_dtype(profile)).to(device)
+    return _place(FluxImg2ImgPipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
 
 
 def _load_upscaler(path: Path, profile: ModelProfile, device: str) -> Any:
@@ -65,7 +73,7 @@ def _load_captioner(path: Path, profile: ModelProfile, device: str) -> Any:
 def _load_video(path: Path, profile: ModelProfile, device: str) -> Any:
     from diffusers import WanPipeline
 
-    return WanPipeline.from_pretrained(path, dtype=_torch_dtype(profile)).to(device)
+    return _place(WanPipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
 
 
 LOADERS: dict[Role, Callable[[Path, ModelProfile, str], Any]] = {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 from uuid import UUID
 
 Listener = Callable[[str, int, int, str], None]
@@ -33,6 +34,12 @@ class StageProgress:
     def advance(self, detail: str = "", steps: int = 1) -> None:
         self.done = min(self.total, self.done + steps)
         self._notify(detail)
+
+    def wait(self, futures: Iterable[Any], detail: str) -> None:
+        """Advance once per finished future, in order; a failed one raises its error here."""
+        for future in futures:
+            future.result()
+            self.advance(detail)
 
     def _notify(self, detail: str) -> None:
         for listener in list(_listeners):

@@ -110,7 +110,8 @@ def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) ->
             order = torch.randperm(len(texts), generator=generator).tolist()
             for step in range(1, config.steps + 1):
                 index = order[(step - 1) % len(order)]
-                with torch.autocast(transformer.device.type, dtype=transformer.dtype,
+                # latents live where the model runs, also when offload keeps the weights on the CPU.
+                with torch.autocast(latents.device.type, dtype=transformer.dtype,
                                     enabled=transformer.dtype != torch.float32):
                     loss = flow_matching_loss(pipe, latents[index : index + 1], texts[index], generator)
                 loss.backward()

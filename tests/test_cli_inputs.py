@@ -120,3 +120,16 @@ def test_a_foreign_output_folder_is_left_alone(run, tmp_path):
     assert result.exit_code == 2
     assert "holds no likeness.json: it is not a Likeness output folder" in " ".join(result.stderr.split())
     assert (out / "beach.jpg").read_bytes() == b"precious"
+
+
+def test_an_incomplete_s3_store_setting_is_refused(run, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIKENESS_STORE_URI", "s3://characters/likeness")
+    monkeypatch.setenv("LIKENESS_S3_SECRET_KEY", "do-not-print-me")
+    from likeness import artifacts, settings
+
+    settings.get_settings.cache_clear()
+    artifacts.get_store.cache_clear()
+    result = run("produce", "Ada", "--image", str(photo(tmp_path)))
+    assert result.exit_code == 2
+    assert "opening s3://characters/likeness needs endpoint, access_key" in result.stderr
+    assert "do-not-print-me" not in result.output + result.stderr

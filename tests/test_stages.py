@@ -126,3 +126,25 @@ def test_a_video_render_is_an_mp4_of_the_requested_frames(dataset, tmp_path):
     path.write_bytes(get_bytes(item.output))
     assert decode_mp4(path).shape == (9, 64, 64, 3)
     assert (item.kind, item.frames, item.seed, item.lora) == ("video", 9, 3, lora.final.weights)
+
+
+def test_the_training_loss_handles_wan22_5b_per_token_timesteps(likeness_env, models_dir):
+    """Wan 2.2 TI2V-5B (production) sets expand_timesteps: one timestep per latent token."""
+    import torch
+    from diffusers import WanPipeline
+
+    from likeness.profiles import model_path
+    from likeness.settings import get_settings
+    from tasks.train import flow_matching_loss
+
+    pipe = WanPipeline.from_pretrained(model_path("video", TINY, get_settings()), dtype=torch.float32)
+    latents = torch.randn(1, 16, 1, 8, 8)
+    text = torch.randn(1, 8, 32)
+    losses = {}
+    for expand in (False, True):
+        pipe.register_to_config(expand_timesteps=expand)
+        loss = flow_matching_loss(pipe, latents, text, torch.Generator().manual_seed(0))
+        loss.backward()
+        losses[expand] = loss.item()
+    assert all(np.isfinite(value) for value in losses.values())
+    assert losses[False] == pytest.approx(losses[True], rel=1e-4)
