@@ -29,7 +29,7 @@ def describe(processor, model, image, max_new_tokens: int) -> str:
 
 
 @task(name="caption-image", retries=2, retry_delay_seconds=10, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, tags=["gpu"])
+      persist_result=True, result_serializer="json", tags=["gpu"])
 def caption_image(image: ArtifactRef, trigger: str, variation_id: str, config: CaptionConfig,
                   profile: ModelProfile) -> str:
     """A training caption that starts with the trigger word."""

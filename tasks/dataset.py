@@ -18,7 +18,7 @@ STAGE_VERSION = 1
 
 
 @task(name="assemble-dataset", retries=2, retry_delay_seconds=5, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True)
+      persist_result=True, result_serializer="json")
 def assemble_dataset(trigger: str, reference: ArtifactRef, items: list[DatasetItem]) -> DatasetRef:
     """Write the manifest and the contact sheet of a finished dataset."""
     lines = [

@@ -32,7 +32,7 @@ def render_filename(kind: str, prompt: str, seed: int, lora: ArtifactRef, config
 
 
 @task(name="render-media", retries=2, retry_delay_seconds=10, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, tags=["gpu"])
+      persist_result=True, result_serializer="json", tags=["gpu"])
 def render_media(lora: ArtifactRef, kind: Literal["image", "video"], prompt: str, config: RenderConfig,
                  seed: int, profile: ModelProfile) -> RenderItem:
     """Render one image or video with the LoRA at `config.lora_scale`."""

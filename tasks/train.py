@@ -77,7 +77,7 @@ def save_checkpoint(pipe, folder: Path, filename: str) -> Path:
 
 
 @task(name="fit-lora", retries=1, retry_delay_seconds=30, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, tags=["gpu"])
+      persist_result=True, result_serializer="json", tags=["gpu"])
 def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) -> LoraRef:
     """Train the character LoRA, saving a checkpoint every `checkpoint_every` steps."""
     import torch

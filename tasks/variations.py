@@ -29,7 +29,7 @@ def variation_seed(seed: int, variation_id: str) -> int:
 
 
 @task(name="edit-variation", retries=2, retry_delay_seconds=10, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, tags=["gpu"])
+      persist_result=True, result_serializer="json", tags=["gpu"])
 def edit_variation(reference: ArtifactRef, variation_id: str, config: EditConfig, seed: int,
                    profile: ModelProfile) -> ArtifactRef:
     """Edit the reference photo into one catalogue variation."""
