@@ -11,7 +11,8 @@ from likeness.artifacts import ArtifactRef, get_bytes, get_store
 from likeness.config import RunConfig
 from likeness.inputs import check_reference_bytes, normalise_trigger
 from likeness.profiles import load_profile
-from likeness.records import CharacterResult
+from likeness.progress import prefect_artifact_key
+from likeness.records import CharacterResult, DatasetItem, LoraRef, RenderItem
 from flows.dataset import build_dataset
 from flows.render import render
 from flows.train import train_lora
@@ -39,14 +40,16 @@ def produce_character(name: str, reference: str, profile: str = "tiny",
     renders = render(lora, config.render, model_profile)
 
     create_markdown_artifact(
-        key=f"{trigger.lower().replace('_', '-')}-summary",
+        key=prefect_artifact_key(f"{trigger}-summary"),
         markdown=summary_markdown(trigger, profile, dataset.items, lora, renders),
         description=f"{trigger}: what was produced",
     )
     return CharacterResult(dataset=dataset, lora=lora, renders=tuple(renders))
 
 
-def summary_markdown(trigger, profile, items, lora, renders) -> str:
+def summary_markdown(trigger: str, profile: str, items: tuple[DatasetItem, ...], lora: LoraRef,
+                     renders: list[RenderItem]) -> str:
+    """What a run made, as tables for the Prefect UI."""
     lines = [f"# {trigger} ({profile} profile)", "", "| image | caption |", "|---|---|"]
     lines += [f"| `{item.image.key}` | {item.caption} |" for item in items]
     lines += ["", "| LoRA step | loss | weights |", "|---|---|---|"]

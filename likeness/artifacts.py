@@ -49,6 +49,7 @@ def get_store() -> ArtifactStore:
 
 
 def put_bytes(data: bytes, filename: str, store: ArtifactStore | None = None) -> ArtifactRef:
+    """Store `data` under its content address; storing the same bytes again is free."""
     store = store or get_store()
     sha = hashlib.sha256(data).hexdigest()
     key = f"objects/{sha}/{filename}"
@@ -58,7 +59,14 @@ def put_bytes(data: bytes, filename: str, store: ArtifactStore | None = None) ->
 
 
 def put_file(path: Path, filename: str | None = None, store: ArtifactStore | None = None) -> ArtifactRef:
-    return put_bytes(path.read_bytes(), filename or path.name, store)
+    """Store a file under its content address, streaming it (LoRAs and videos can be large)."""
+    store = store or get_store()
+    with path.open("rb") as handle:
+        sha = hashlib.file_digest(handle, "sha256").hexdigest()
+    key = f"objects/{sha}/{filename or path.name}"
+    if not store.exists(key):
+        store.put_file(key, path)
+    return ArtifactRef(key=key, sha256=sha, size=path.stat().st_size)
 
 
 def get_bytes(ref: ArtifactRef, store: ArtifactStore | None = None) -> bytes:

@@ -28,7 +28,7 @@ class StageProgress:
     def __init__(self, stage: str, total: int, artifact_key: str | None = None) -> None:
         self.stage, self.total, self.done = stage, total, 0
         self._artifact: UUID | None = None
-        self._artifact_key = _artifact_key(artifact_key or stage)
+        self._artifact_key = prefect_artifact_key(artifact_key or stage)
         self._notify("")
 
     def advance(self, detail: str = "", steps: int = 1) -> None:
@@ -63,6 +63,6 @@ class StageProgress:
             log.warning("could not update the progress artifact for %s: %s", self.stage, exc)
 
 
-def _artifact_key(text: str) -> str:
+def prefect_artifact_key(text: str) -> str:
     """Prefect artifact keys allow only lowercase letters, digits and dashes."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-") or "progress"

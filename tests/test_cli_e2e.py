@@ -91,6 +91,8 @@ def test_first_run_loads_each_model_once_and_reports_progress(workdir, prefect_a
     artifacts = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]}}})
     assert {"grace-hopper-dataset", "grace-hopper-train", "grace-hopper-render"} <= {a["key"] for a in artifacts}
     assert all(a["data"] == 100.0 for a in artifacts if a["key"].startswith("grace-hopper"))
+    summaries = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["grace-hopper-summary"]}}})
+    assert summaries and "| LoRA step | loss | weights |" in summaries[0]["data"]
 
 
 def test_the_lora_loads_into_wan_and_changes_its_output(workdir, models_dir):
