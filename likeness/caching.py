@@ -2,7 +2,8 @@
 
 Inputs are small typed references (an `ArtifactRef` carries the sha256 of its bytes), so the key
 is a hash of JSON, never of pickled tensors or pipelines. Bump a stage's version when its code
-changes what it produces.
+changes what it produces. The key also names the artifact store: a cached reference is only
+good where its bytes are.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prefect.cache_policies import CacheKeyFnPolicy, CachePolicy
 from prefect.context import TaskRunContext
 from pydantic_core import to_jsonable_python
 
+from likeness.artifacts import get_store
 from likeness.config import ModelProfile
 
 
@@ -37,6 +39,6 @@ def stage_cache(version: int) -> CachePolicy:
     """The cache policy of a stage task at `version`."""
 
     def key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-        return stage_key(context.task.name, version, parameters)
+        return stage_key(context.task.name, version, {**parameters, "_store": get_store().uri})
 
     return CacheKeyFnPolicy(cache_key_fn=key)

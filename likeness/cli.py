@@ -22,7 +22,7 @@ from likeness.inputs import InvalidInput, normalise_trigger, read_reference_imag
 from likeness.outputs import OutputConflict, check_output_folder, run_identity
 from likeness.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
 from likeness.settings import get_settings
-from likeness.store import StoreError
+from likeness.store import MissingObject, StoreError
 
 # Locals in tracebacks could show secrets from the settings.
 app = typer.Typer(help="Likeness: consistent AI characters from one reference photo.", no_args_is_help=True,
@@ -78,6 +78,7 @@ def produce(
         help="Model profile: tiny, production, permissive, or a .yaml path [default: $LIKENESS_PROFILE or tiny].")] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: likeness-out/<name>).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: render.seed=3, train.steps=500.")] = None,
+    refresh: Annotated[bool, typer.Option(help="Run every stage again, ignoring cached results.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")] = False,
 ) -> None:
     """Make the dataset, train the LoRA and render images and a video, all locally."""
@@ -100,6 +101,8 @@ def produce(
         _fail(str(exc))
 
     _configure_environment(settings.results_dir, verbose)
+    if refresh:
+        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     from flows.produce import produce_character
     from likeness import pipelines, progress
     from likeness.artifacts import put_bytes
@@ -128,6 +131,8 @@ def produce(
         manifest = export_outputs(result, out, identity, store, stats)
     except OutputConflict as exc:
         _fail(str(exc))
+    except MissingObject as exc:
+        _fail(f"{exc}: a cached result points at an artifact the store no longer has; run again with --refresh")
     _print_summary(out, manifest)
 
 

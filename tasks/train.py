@@ -95,11 +95,14 @@ def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) ->
                 for item in dataset.items
             ]
         transformer = pipe.transformer
-        transformer.add_adapter(
-            LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
-                       target_modules=LORA_TARGETS),
-            adapter_name=ADAPTER,
-        )
+        # The LoRA's initial weights come from the global RNG: seed it, or a re-run differs.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            transformer.add_adapter(
+                LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
+                           target_modules=LORA_TARGETS),
+                adapter_name=ADAPTER,
+            )
         try:
             transformer.set_adapter(ADAPTER)
             trainable = [p for p in transformer.parameters() if p.requires_grad]

@@ -138,6 +138,19 @@ def test_rerun_is_cached_and_a_render_change_reruns_only_rendering(workdir, pref
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_refresh_recomputes_every_stage_to_the_same_bytes(workdir, prefect_api):
+    tmp, env, photo = workdir
+    out = tmp / "out"
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "likeness.json"}
+    refreshed = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out", "--refresh")
+    assert refreshed.returncode == 0, refreshed.stderr[-4000:]
+    last_run = manifest(out)["last_run"]
+    assert last_run["model_loads"] == {"editor": 1, "upscaler": 1, "refiner": 1, "captioner": 1, "video": 1}
+    states = task_states(prefect_api, last_run["flow_run_id"])
+    assert all(state == "Completed" for names in states.values() for state in names), states
+    assert {p: p.read_bytes() for p in before} == before
+
+
 def test_another_character_is_refused_in_the_same_folder(workdir):
     tmp, env, photo = workdir
     out = tmp / "out"
