@@ -1,6 +1,6 @@
 """Small typed references to big bytes in the artifact store, and helpers to move images through it.
 
-Objects are content-addressed (`objects/<sha256>/<filename>`), so two runs never write different
+Objects are content-addressed (`sha256/<hex digest>/<filename>`), so two runs never write different
 bytes under one key and a reference stays valid for as long as the store keeps the object.
 """
 
@@ -48,11 +48,16 @@ def get_store() -> ArtifactStore:
     return store_from_settings(get_settings())
 
 
+def content_key(sha256: str, filename: str) -> str:
+    """The store key of bytes with this digest; the file name is kept for people reading the store."""
+    return f"sha256/{sha256}/{filename}"
+
+
 def put_bytes(data: bytes, filename: str, store: ArtifactStore | None = None) -> ArtifactRef:
     """Store `data` under its content address; storing the same bytes again is free."""
     store = store or get_store()
     sha = hashlib.sha256(data).hexdigest()
-    key = f"objects/{sha}/{filename}"
+    key = content_key(sha, filename)
     if not store.exists(key):
         store.put_bytes(key, data)
     return ArtifactRef(key=key, sha256=sha, size=len(data))
@@ -63,7 +68,7 @@ def put_file(path: Path, filename: str | None = None, store: ArtifactStore | Non
     store = store or get_store()
     with path.open("rb") as handle:
         sha = hashlib.file_digest(handle, "sha256").hexdigest()
-    key = f"objects/{sha}/{filename or path.name}"
+    key = content_key(sha, filename or path.name)
     if not store.exists(key):
         store.put_file(key, path)
     return ArtifactRef(key=key, sha256=sha, size=path.stat().st_size)

@@ -33,7 +33,7 @@ def normalise_trigger(name: str) -> str:
         raise InvalidInput(f"character name {name!r} is longer than {MAX_TRIGGER_LENGTH} characters")
     if not _TRIGGER.fullmatch(trigger):
         raise InvalidInput(
-            f"character name {name!r} is not a safe trigger word: use letters, digits, '_' and '-', "
+            f"character name {name!r} is not a safe trigger word: use ASCII letters, digits, '_' and '-', "
             "starting with a letter (spaces become '_')"
         )
     return trigger

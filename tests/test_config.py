@@ -52,7 +52,7 @@ def test_start_step_becomes_img2img_strength():
 
 def test_cache_keys_follow_inputs_parameters_version_and_models():
     tiny = load_profile("tiny")
-    inputs = {"image": {"key": "objects/ab/x.png", "sha256": "ab", "size": 3}, "config": tiny.upscale, "profile": tiny}
+    inputs = {"image": {"key": "sha256/ab/x.png", "sha256": "ab", "size": 3}, "config": tiny.upscale, "profile": tiny}
     key = stage_key("upscale-image", 1, inputs)
     assert stage_key("upscale-image", 1, dict(inputs)) == key
     assert stage_key("upscale-image", 2, inputs) != key

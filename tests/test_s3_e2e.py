@@ -24,7 +24,7 @@ def test_a_run_on_s3_keeps_its_bytes_there_and_its_secrets_hidden(tmp_path, mode
 
     bucket = S3Store(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, bucket="likeness-e2e",
                      prefix="studio")
-    keys = bucket.list("objects/")
+    keys = bucket.list("sha256/")
     assert any(key.endswith("/front.png") for key in keys)
     assert any(key.endswith("/Ada_000000006.safetensors") for key in keys)
     assert not (tmp_path / "likeness-data" / "store").exists()
