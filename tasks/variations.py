@@ -48,6 +48,6 @@ def edit_variation(reference: ArtifactRef, variation_id: str, config: EditConfig
             num_inference_steps=config.steps,
             height=config.size,
             width=config.size,
-            generator=torch.Generator("cpu").manual_seed(variation_seed(seed, variation_id)),
+            generator=torch.Generator("cpu").manual_seed(seed),
         ).images[0]
     return put_image(image, f"{variation_id}.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -46,3 +47,6 @@ def test_pools_and_deployments_register(prefect_api, tmp_path, models_dir):
     assert deployments["produce"]["parameters"] == {"profile": "production"}
     limits = api_post(prefect_api, "/concurrency_limits/filter", {})
     assert {(limit["tag"], limit["concurrency_limit"]) for limit in limits} >= {("gpu", 2)}
+    # The server is shared by the suite: other tests' gpu-tagged tasks must not queue on this limit.
+    request = urllib.request.Request(f"{prefect_api}/concurrency_limits/tag/gpu", method="DELETE")
+    urllib.request.urlopen(request, timeout=30).close()
