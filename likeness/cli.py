@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from likeness.artifacts import get_store
+from likeness.artifacts import get_store, put_bytes
 from likeness.config import RunConfig
 from likeness.inputs import InvalidInput, normalise_trigger, read_reference_image
 from likeness.outputs import OutputConflict, check_output_folder, run_identity
@@ -105,7 +105,6 @@ def produce(
         os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
     from flows.produce import produce_character
     from likeness import pipelines, progress
-    from likeness.artifacts import put_bytes
     from likeness.outputs import export_outputs
 
     started = time.perf_counter()
