@@ -29,8 +29,13 @@ LIKENESS = str(Path(sys.executable).parent / "likeness")
 
 def produce(cwd: Path, env: dict[str, str], *extra: str) -> tuple[float, dict]:
     started = time.perf_counter()
-    subprocess.run([LIKENESS, "produce", "Grace Hopper", "--image", "grace.jpg", "--profile", "tiny",
-                    "--out", "out", *extra], cwd=cwd, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [LIKENESS, "produce", "Grace Hopper", "--image", "grace.jpg", "--profile", "tiny", "--out", "out", *extra],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     wall = time.perf_counter() - started
     return wall, json.loads((cwd / "out" / "likeness.json").read_text())["last_run"]
 

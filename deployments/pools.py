@@ -20,10 +20,12 @@ from prefect.exceptions import ObjectNotFound
 from prefect.workers.process import ProcessWorker
 
 POOLS: dict[str, dict[str, Any]] = {
-    "likeness-cpu": {"description": "Likeness: orchestration and training drivers", "concurrency": 8,
-                     "env": {}},
-    "likeness-gpu": {"description": "Likeness: model stages (one flow run per GPU)", "concurrency": 1,
-                     "env": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}},
+    "likeness-cpu": {"description": "Likeness: orchestration and training drivers", "concurrency": 8, "env": {}},
+    "likeness-gpu": {
+        "description": "Likeness: model stages (one flow run per GPU)",
+        "concurrency": 1,
+        "env": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
+    },
 }
 GPU_TAG = "gpu"
 
@@ -43,13 +45,24 @@ def ensure_pools(gpu_slots: int = 1) -> list[str]:
             try:
                 client.read_work_pool(name)
             except ObjectNotFound:
-                client.create_work_pool(WorkPoolCreate(
-                    name=name, type="process", description=spec["description"],
-                    base_job_template=template, concurrency_limit=spec["concurrency"]))
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=name,
+                        type="process",
+                        description=spec["description"],
+                        base_job_template=template,
+                        concurrency_limit=spec["concurrency"],
+                    )
+                )
             else:
-                client.update_work_pool(name, WorkPoolUpdate(
-                    description=spec["description"], base_job_template=template,
-                    concurrency_limit=spec["concurrency"]))
+                client.update_work_pool(
+                    name,
+                    WorkPoolUpdate(
+                        description=spec["description"],
+                        base_job_template=template,
+                        concurrency_limit=spec["concurrency"],
+                    ),
+                )
         client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=gpu_slots)
     return list(POOLS)
 

@@ -40,8 +40,13 @@ def build_dataset(trigger: str, reference: ArtifactRef, config: DatasetConfig, p
     progress.wait(captions, "caption")
 
     items = [
-        DatasetItem(variation=variation_id, image=image.result(), caption=caption.result(),
-                    edit_prompt=get_variation(variation_id).prompt, seed=seed)
+        DatasetItem(
+            variation=variation_id,
+            image=image.result(),
+            caption=caption.result(),
+            edit_prompt=get_variation(variation_id).prompt,
+            seed=seed,
+        )
         for variation_id, image, caption, seed in zip(variations, refined, captions, seeds, strict=True)
     ]
     return assemble_dataset(trigger, reference, items)

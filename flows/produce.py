@@ -7,15 +7,15 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.dataset import build_dataset
+from flows.render import render
+from flows.train import train_lora
 from likeness.artifacts import ArtifactRef, get_bytes, get_store
 from likeness.config import RunConfig
 from likeness.inputs import check_reference_bytes, normalise_trigger
 from likeness.profiles import load_profile
 from likeness.progress import prefect_artifact_key
 from likeness.records import CharacterResult, DatasetItem, LoraRef, RenderItem
-from flows.dataset import build_dataset
-from flows.render import render
-from flows.train import train_lora
 
 
 def reference_from_store(key: str) -> ArtifactRef:
@@ -27,8 +27,9 @@ def reference_from_store(key: str) -> ArtifactRef:
 
 
 @flow(name="produce-character", log_prints=True)
-def produce_character(name: str, reference: str, profile: str = "tiny",
-                      overrides: dict[str, Any] | None = None) -> CharacterResult:
+def produce_character(
+    name: str, reference: str, profile: str = "tiny", overrides: dict[str, Any] | None = None
+) -> CharacterResult:
     """Dataset, LoRA and renders for one character; `reference` is the photo's key in the artifact store."""
     trigger = normalise_trigger(name)
     model_profile = load_profile(profile)
@@ -47,8 +48,9 @@ def produce_character(name: str, reference: str, profile: str = "tiny",
     return CharacterResult(dataset=dataset, lora=lora, renders=tuple(renders))
 
 
-def summary_markdown(trigger: str, profile: str, items: tuple[DatasetItem, ...], lora: LoraRef,
-                     renders: list[RenderItem]) -> str:
+def summary_markdown(
+    trigger: str, profile: str, items: tuple[DatasetItem, ...], lora: LoraRef, renders: list[RenderItem]
+) -> str:
     """What a run made, as tables for the Prefect UI."""
     lines = [f"# {trigger} ({profile} profile)", "", "| image | caption |", "|---|---|"]
     lines += [f"| `{item.image.key}` | {item.caption} |" for item in items]

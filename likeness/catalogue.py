@@ -73,6 +73,4 @@ def get_variation(variation_id: str) -> Variation:
     try:
         return CATALOGUE[variation_id]
     except KeyError:
-        raise ValueError(
-            f"unknown variation {variation_id!r}; known: {', '.join(CATALOGUE)}"
-        ) from None
+        raise ValueError(f"unknown variation {variation_id!r}; known: {', '.join(CATALOGUE)}") from None

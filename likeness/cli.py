@@ -25,8 +25,11 @@ from likeness.settings import get_settings
 from likeness.store import MissingObject, StoreError
 
 # Locals in tracebacks could show secrets from the settings.
-app = typer.Typer(help="Likeness: consistent AI characters from one reference photo.", no_args_is_help=True,
-                  pretty_exceptions_show_locals=False)
+app = typer.Typer(
+    help="Likeness: consistent AI characters from one reference photo.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
 console = Console(stderr=True)
 
 
@@ -54,8 +57,12 @@ def _configure_environment(results_dir: Path, verbose: bool) -> None:
     # The local server would otherwise phone home; Likeness talks to nothing it was not pointed at.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not verbose:
-        for variable, value in (("PREFECT_LOGGING_LEVEL", "WARNING"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-                                ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
+        for variable, value in (
+            ("PREFECT_LOGGING_LEVEL", "WARNING"),
+            ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+            ("TRANSFORMERS_VERBOSITY", "error"),
+            ("DIFFUSERS_VERBOSITY", "error"),
+        ):
             os.environ.setdefault(variable, value)
 
 
@@ -74,10 +81,16 @@ def _progress_listener(progress: Progress):
 def produce(
     name: Annotated[str, typer.Argument(help="Character name; it becomes the trigger word (spaces -> '_').")],
     image: Annotated[Path, typer.Option("--image", help="The reference photo.")],
-    profile: Annotated[str | None, typer.Option(
-        help="Model profile: tiny, production, permissive, or a .yaml path [default: $LIKENESS_PROFILE or tiny].")] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="Model profile: tiny, production, permissive, or a .yaml path [default: $LIKENESS_PROFILE or tiny]."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Output folder (default: likeness-out/<name>).")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: render.seed=3, train.steps=500.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: render.seed=3, train.steps=500.")
+    ] = None,
     refresh: Annotated[bool, typer.Option(help="Run every stage again, ignoring cached results.")] = False,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")] = False,
 ) -> None:
@@ -109,13 +122,15 @@ def produce(
 
     started = time.perf_counter()
     reference_ref = put_bytes(reference, f"reference{image.suffix.lower() or '.png'}", store)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console) as bar:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
         listener = _progress_listener(bar)
         progress.add_listener(listener)
         try:
-            state = produce_character(name=trigger, reference=reference_ref.key, profile=profile,
-                                      overrides=override_dict, return_state=True)
+            state = produce_character(
+                name=trigger, reference=reference_ref.key, profile=profile, overrides=override_dict, return_state=True
+            )
         finally:
             progress.remove_listener(listener)
     if not state.is_completed():
@@ -143,7 +158,9 @@ def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
     table.add_row("lora checkpoints", ", ".join(entry["file"] for entry in manifest["lora"]))
     table.add_row("renders", "\n".join(entry["file"] for entry in manifest["renders"]))
     loads = manifest["last_run"]["model_loads"]
-    table.add_row("models loaded", ", ".join(f"{role} x{count}" for role, count in loads.items()) or "none (all cached)")
+    table.add_row(
+        "models loaded", ", ".join(f"{role} x{count}" for role, count in loads.items()) or "none (all cached)"
+    )
     table.add_row("seconds", str(manifest["last_run"]["seconds"]))
     Console().print(table)
 

@@ -88,12 +88,8 @@ class RenderConfig(Frozen):
     guidance_scale: float = Field(ge=0.0)
     seed: int = 0
     lora_scale: float = 1.0
-    image_prompts: tuple[str, ...] = (
-        "{trigger}, a candid photo in a sunlit cafe, natural skin texture, 35mm",
-    )
-    video_prompts: tuple[str, ...] = (
-        "{trigger} turns towards the camera and smiles, handheld, soft daylight",
-    )
+    image_prompts: tuple[str, ...] = ("{trigger}, a candid photo in a sunlit cafe, natural skin texture, 35mm",)
+    video_prompts: tuple[str, ...] = ("{trigger} turns towards the camera and smiles, handheld, soft daylight",)
     negative_prompt: str = "blurry, deformed, plastic skin, extra fingers, watermark"
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
+
 def square(image: Image.Image, size: int) -> Image.Image:
     """Centre-crop to a square and resize: the stages work on square frames."""
     return ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
@@ -43,8 +44,13 @@ def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "video.mp4"
         writer = imageio_ffmpeg.write_frames(
-            str(path), (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p",
-            macro_block_size=1, output_params=["-crf", "16"],
+            str(path),
+            (width, height),
+            fps=fps,
+            codec="libx264",
+            pix_fmt_out="yuv420p",
+            macro_block_size=1,
+            output_params=["-crf", "16"],
         )
         writer.send(None)
         for frame in uint8:

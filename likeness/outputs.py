@@ -46,7 +46,9 @@ def check_output_folder(out: Path, identity: dict[str, Any]) -> None:
     manifest = out / MANIFEST
     if not manifest.exists():
         if any(out.iterdir()):
-            raise OutputConflict(f"--out {out} is not empty and holds no {MANIFEST}: it is not a Likeness output folder")
+            raise OutputConflict(
+                f"--out {out} is not empty and holds no {MANIFEST}: it is not a Likeness output folder"
+            )
         return
     recorded = json.loads(manifest.read_text())["identity"]
     differences = sorted(key for key in identity.keys() | recorded.keys() if identity.get(key) != recorded.get(key))
@@ -69,8 +71,9 @@ def _write(path: Path, data: bytes, replace: bool = False) -> None:
     os.replace(tmp.name, path)
 
 
-def export_outputs(result: CharacterResult, out: Path, identity: dict[str, Any], store: ArtifactStore,
-                   run_stats: dict[str, Any]) -> dict[str, Any]:
+def export_outputs(
+    result: CharacterResult, out: Path, identity: dict[str, Any], store: ArtifactStore, run_stats: dict[str, Any]
+) -> dict[str, Any]:
     """Copy the run's artifacts from the store into `out` and record what is there."""
     dataset, lora = result.dataset, result.lora
     for item in dataset.items:
@@ -88,13 +91,19 @@ def export_outputs(result: CharacterResult, out: Path, identity: dict[str, Any],
     for item in result.renders:
         file = f"renders/{dataset.trigger}_{item.output.filename}"
         _write(out / file, get_bytes(item.output, store))
-        renders[file] = {"file": file, **item.model_dump(mode="json", exclude={"output", "lora"}),
-                         "lora_sha256": item.lora.sha256, "sha256": item.output.sha256}
+        renders[file] = {
+            "file": file,
+            **item.model_dump(mode="json", exclude={"output", "lora"}),
+            "lora_sha256": item.lora.sha256,
+            "sha256": item.output.sha256,
+        }
     manifest = {
         "identity": identity,
         "dataset": sorted(p.name for p in (out / "dataset").iterdir()),
-        "lora": [{"file": f"lora/{c.weights.filename}", "step": c.step, "loss": c.loss, "sha256": c.weights.sha256}
-                 for c in lora.checkpoints],
+        "lora": [
+            {"file": f"lora/{c.weights.filename}", "step": c.step, "loss": c.loss, "sha256": c.weights.sha256}
+            for c in lora.checkpoints
+        ],
         "renders": sorted(renders.values(), key=lambda entry: entry["file"]),
         "last_run": run_stats,
     }

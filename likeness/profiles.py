@@ -60,7 +60,9 @@ def _hub_path(role: Role, spec: ModelSpec, settings: Settings) -> Path:
     offline = not settings.download_models
     try:
         if spec.file:
-            return Path(hf_hub_download(spec.source, spec.file, revision=spec.revision, token=token, local_files_only=offline))
+            return Path(
+                hf_hub_download(spec.source, spec.file, revision=spec.revision, token=token, local_files_only=offline)
+            )
         return Path(snapshot_download(spec.source, revision=spec.revision, token=token, local_files_only=offline))
     except LocalEntryNotFoundError:
         raise ProfileUnavailable(

@@ -46,7 +46,7 @@ def _standin_modules() -> dict[str, ModuleType]:
     functional.normalize = _unavailable("normalize")
     root.transforms = transforms
     transforms.functional = functional
-    return dict(zip(_STANDIN_NAMES, (root, transforms, functional)))
+    return dict(zip(_STANDIN_NAMES, (root, transforms, functional), strict=True))
 
 
 def import_spandrel() -> ModuleType:

@@ -255,7 +255,9 @@ def _build_captioner(folder: Path) -> None:
         projection_dim=32,
     )  # fmt: skip
     model = _seeded(1, lambda: BlipForConditionalGeneration(config))
-    processor = BlipProcessor(image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer)
+    processor = BlipProcessor(
+        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    )
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
 

@@ -1,6 +1,6 @@
 """Caption: the trigger word, then what the stage knows (view, emotion, framing), then a VLM's words.
 
-    caption = caption_image.fn(ref, "ada", "side", load_profile("tiny").caption, load_profile("tiny"))
+caption = caption_image.fn(ref, "ada", "side", load_profile("tiny").caption, load_profile("tiny"))
 """
 
 from __future__ import annotations
@@ -28,10 +28,18 @@ def describe(processor, model, image, max_new_tokens: int) -> str:
     return text.removeprefix(CAPTION_PROMPT).strip(" ,.")
 
 
-@task(name="caption-image", retries=2, retry_delay_seconds=10, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, result_serializer="json", tags=["gpu"])
-def caption_image(image: ArtifactRef, trigger: str, variation_id: str, config: CaptionConfig,
-                  profile: ModelProfile) -> str:
+@task(
+    name="caption-image",
+    retries=2,
+    retry_delay_seconds=10,
+    cache_policy=stage_cache(STAGE_VERSION),
+    persist_result=True,
+    result_serializer="json",
+    tags=["gpu"],
+)
+def caption_image(
+    image: ArtifactRef, trigger: str, variation_id: str, config: CaptionConfig, profile: ModelProfile
+) -> str:
     """A training caption that starts with the trigger word."""
     variation = get_variation(variation_id)
     processor, model = get_pipeline("captioner", profile)

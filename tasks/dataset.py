@@ -17,19 +17,27 @@ from likeness.records import DatasetItem, DatasetRef
 STAGE_VERSION = 1
 
 
-@task(name="assemble-dataset", retries=2, retry_delay_seconds=5, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, result_serializer="json")
+@task(
+    name="assemble-dataset",
+    retries=2,
+    retry_delay_seconds=5,
+    cache_policy=stage_cache(STAGE_VERSION),
+    persist_result=True,
+    result_serializer="json",
+)
 def assemble_dataset(trigger: str, reference: ArtifactRef, items: list[DatasetItem]) -> DatasetRef:
     """Write the manifest and the contact sheet of a finished dataset."""
     lines = [
-        json.dumps({
-            "file": item.filename(trigger),
-            "caption": item.caption,
-            "variation": item.variation,
-            "sha256": item.image.sha256,
-            "edit_prompt": item.edit_prompt,
-            "seed": item.seed,
-        })
+        json.dumps(
+            {
+                "file": item.filename(trigger),
+                "caption": item.caption,
+                "variation": item.variation,
+                "sha256": item.image.sha256,
+                "edit_prompt": item.edit_prompt,
+                "seed": item.seed,
+            }
+        )
         for item in items
     ]
     manifest = put_bytes(("\n".join(lines) + "\n").encode(), "manifest.jsonl")

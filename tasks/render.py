@@ -1,6 +1,6 @@
 """Render: Wan text-to-image (one frame) and text-to-video with the character LoRA.
 
-    item = render_media.fn(lora.final.weights, "video", "ada waves", load_profile("tiny").render, 0, load_profile("tiny"))
+item = render_media.fn(lora.final.weights, "video", "ada waves", load_profile("tiny").render, 0, load_profile("tiny"))
 """
 
 from __future__ import annotations
@@ -25,16 +25,29 @@ ADAPTER = "likeness_character"
 
 def render_filename(kind: str, prompt: str, seed: int, lora: ArtifactRef, config: RenderConfig) -> str:
     """A name that differs whenever the output would: renders never overwrite each other."""
-    digest = hashlib.sha256(
-        f"{kind}|{prompt}|{seed}|{lora.sha256}|{config.model_dump_json()}".encode()
-    ).hexdigest()[:10]
+    digest = hashlib.sha256(f"{kind}|{prompt}|{seed}|{lora.sha256}|{config.model_dump_json()}".encode()).hexdigest()[
+        :10
+    ]
     return f"{kind}_s{seed}_{digest}.{'png' if kind == 'image' else 'mp4'}"
 
 
-@task(name="render-media", retries=2, retry_delay_seconds=10, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, result_serializer="json", tags=["gpu"])
-def render_media(lora: ArtifactRef, kind: Literal["image", "video"], prompt: str, config: RenderConfig,
-                 seed: int, profile: ModelProfile) -> RenderItem:
+@task(
+    name="render-media",
+    retries=2,
+    retry_delay_seconds=10,
+    cache_policy=stage_cache(STAGE_VERSION),
+    persist_result=True,
+    result_serializer="json",
+    tags=["gpu"],
+)
+def render_media(
+    lora: ArtifactRef,
+    kind: Literal["image", "video"],
+    prompt: str,
+    config: RenderConfig,
+    seed: int,
+    profile: ModelProfile,
+) -> RenderItem:
     """Render one image or video with the LoRA at `config.lora_scale`."""
     import torch
 
@@ -60,9 +73,19 @@ def render_media(lora: ArtifactRef, kind: Literal["image", "video"], prompt: str
         finally:
             pipe.delete_adapters(ADAPTER)
     filename = render_filename(kind, prompt, seed, lora, config)
-    output = put_image(to_pil(video[0]), filename) if kind == "image" else put_bytes(encode_mp4(video, config.fps), filename)
+    output = (
+        put_image(to_pil(video[0]), filename) if kind == "image" else put_bytes(encode_mp4(video, config.fps), filename)
+    )
     return RenderItem(
-        kind=kind, prompt=prompt, negative_prompt=config.negative_prompt, seed=seed, frames=frames,
-        steps=config.steps, size=config.size, lora=lora, lora_scale=config.lora_scale,
-        model=profile.models["video"].source, output=output,
+        kind=kind,
+        prompt=prompt,
+        negative_prompt=config.negative_prompt,
+        seed=seed,
+        frames=frames,
+        steps=config.steps,
+        size=config.size,
+        lora=lora,
+        lora_scale=config.lora_scale,
+        model=profile.models["video"].source,
+        output=output,
     )

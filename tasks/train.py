@@ -76,12 +76,18 @@ def save_checkpoint(pipe, folder: Path, filename: str) -> Path:
     return folder / filename
 
 
-@task(name="fit-lora", retries=1, retry_delay_seconds=30, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, result_serializer="json", tags=["gpu"])
+@task(
+    name="fit-lora",
+    retries=1,
+    retry_delay_seconds=30,
+    cache_policy=stage_cache(STAGE_VERSION),
+    persist_result=True,
+    result_serializer="json",
+    tags=["gpu"],
+)
 def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) -> LoraRef:
     """Train the character LoRA, saving a checkpoint every `checkpoint_every` steps."""
     import torch
-
     from peft import LoraConfig
 
     pipe = get_pipeline("video", profile)
@@ -90,17 +96,15 @@ def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) ->
     with gpu_lock, tempfile.TemporaryDirectory() as tmp:
         with torch.no_grad():
             latents = encode_frames(pipe, [load_image(item.image) for item in dataset.items], config.size)
-            texts = [
-                pipe.encode_prompt(item.caption, do_classifier_free_guidance=False)[0]
-                for item in dataset.items
-            ]
+            texts = [pipe.encode_prompt(item.caption, do_classifier_free_guidance=False)[0] for item in dataset.items]
         transformer = pipe.transformer
         # The LoRA's initial weights come from the global RNG: seed it, or a re-run differs.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             transformer.add_adapter(
-                LoraConfig(r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian",
-                           target_modules=LORA_TARGETS),
+                LoraConfig(
+                    r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
+                ),
                 adapter_name=ADAPTER,
             )
         try:
@@ -114,8 +118,9 @@ def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) ->
             for step in range(1, config.steps + 1):
                 index = order[(step - 1) % len(order)]
                 # latents live where the model runs, also when offload keeps the weights on the CPU.
-                with torch.autocast(latents.device.type, dtype=transformer.dtype,
-                                    enabled=transformer.dtype != torch.float32):
+                with torch.autocast(
+                    latents.device.type, dtype=transformer.dtype, enabled=transformer.dtype != torch.float32
+                ):
                     loss = flow_matching_loss(pipe, latents[index : index + 1], texts[index], generator)
                 loss.backward()
                 optimizer.step()

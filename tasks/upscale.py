@@ -32,10 +32,18 @@ def esrgan_upscale(model, image: Image.Image) -> Image.Image:
     return Image.fromarray(array)
 
 
-@task(name="upscale-image", retries=2, retry_delay_seconds=10, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, result_serializer="json", tags=["gpu"])
-def upscale_image(image: ArtifactRef, config: UpscaleConfig, prompt: str, seed: int,
-                  profile: ModelProfile) -> ArtifactRef:
+@task(
+    name="upscale-image",
+    retries=2,
+    retry_delay_seconds=10,
+    cache_policy=stage_cache(STAGE_VERSION),
+    persist_result=True,
+    result_serializer="json",
+    tags=["gpu"],
+)
+def upscale_image(
+    image: ArtifactRef, config: UpscaleConfig, prompt: str, seed: int, profile: ModelProfile
+) -> ArtifactRef:
     """ESRGAN 4x, resize to `config.size`, then refine with FLUX img2img from `start_step`."""
     import torch
 

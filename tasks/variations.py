@@ -1,9 +1,9 @@
 """Variations: Qwen-Image-Edit-2509 edits the reference photo into one view, pose, emotion or framing.
 
-    from likeness.profiles import load_profile
-    from likeness.artifacts import put_file
-    ref = put_file(Path("ada.jpg"))
-    item = edit_variation.fn(ref, "side", load_profile("tiny").edit, 0, load_profile("tiny"))
+from likeness.profiles import load_profile
+from likeness.artifacts import put_file
+ref = put_file(Path("ada.jpg"))
+item = edit_variation.fn(ref, "side", load_profile("tiny").edit, 0, load_profile("tiny"))
 """
 
 from __future__ import annotations
@@ -28,10 +28,18 @@ def variation_seed(seed: int, variation_id: str) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-@task(name="edit-variation", retries=2, retry_delay_seconds=10, cache_policy=stage_cache(STAGE_VERSION),
-      persist_result=True, result_serializer="json", tags=["gpu"])
-def edit_variation(reference: ArtifactRef, variation_id: str, config: EditConfig, seed: int,
-                   profile: ModelProfile) -> ArtifactRef:
+@task(
+    name="edit-variation",
+    retries=2,
+    retry_delay_seconds=10,
+    cache_policy=stage_cache(STAGE_VERSION),
+    persist_result=True,
+    result_serializer="json",
+    tags=["gpu"],
+)
+def edit_variation(
+    reference: ArtifactRef, variation_id: str, config: EditConfig, seed: int, profile: ModelProfile
+) -> ArtifactRef:
     """Edit the reference photo into one catalogue variation."""
     import torch
 

@@ -152,7 +152,9 @@ def _wait_ready(process: subprocess.Popen[bytes], info: S3ServerInfo) -> None:
     """Until a signed request succeeds: that proves S3, the filer behind it and our identity."""
     # No urllib3 retries: a refused connection should fail at once while we poll.
     http = urllib3.PoolManager(retries=False, timeout=2.0)
-    client = Minio(info.endpoint.removeprefix("http://"), info.access_key, info.secret_key, secure=False, http_client=http)
+    client = Minio(
+        info.endpoint.removeprefix("http://"), info.access_key, info.secret_key, secure=False, http_client=http
+    )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -25,11 +25,9 @@ def likeness(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Completed
 
 def task_states(api: str, parent_flow_run_id: str) -> dict[str, list[str]]:
     """Stage name -> the state names of its task runs, across the subflows of one produce run."""
-    subflows = api_post(api, "/flow_runs/filter",
-                        {"flow_runs": {"parent_flow_run_id": {"any_": [parent_flow_run_id]}}})
+    subflows = api_post(api, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [parent_flow_run_id]}}})
     assert {run["name"] for run in subflows} and len(subflows) == 3
-    runs = api_post(api, "/task_runs/filter",
-                    {"task_runs": {"flow_run_id": {"any_": [run["id"] for run in subflows]}}})
+    runs = api_post(api, "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [run["id"] for run in subflows]}}})
     states: dict[str, list[str]] = {}
     for run in runs:
         states.setdefault(run["name"].rsplit("-", 1)[0], []).append(run["state"]["name"])
@@ -42,8 +40,7 @@ def workdir(tmp_path_factory, models_dir, prefect_api, face_photo):
     tmp = tmp_path_factory.mktemp("e2e")
     env = cli_env(tmp, models_dir, prefect_api)
     photo = face_photo
-    first = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--profile", "tiny",
-                     "--out", "out")
+    first = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--profile", "tiny", "--out", "out")
     assert first.returncode == 0, first.stderr[-4000:]
     return tmp, env, photo
 
@@ -69,7 +66,9 @@ def test_first_run_writes_the_documented_layout(workdir):
     assert Image.open(out / "dataset" / "contact_sheet.png").size[0] >= 4 * 128
 
     assert sorted(p.name for p in (out / "lora").iterdir()) == [
-        "Grace_Hopper_000000003.safetensors", "Grace_Hopper_000000006.safetensors"]
+        "Grace_Hopper_000000003.safetensors",
+        "Grace_Hopper_000000006.safetensors",
+    ]
 
     renders = manifest(out)["renders"]
     assert sorted(entry["kind"] for entry in renders) == ["image", "video"]
@@ -103,8 +102,16 @@ def test_the_lora_loads_into_wan_and_changes_its_output(workdir, models_dir):
     pipe = WanPipeline.from_pretrained(models_dir / "tiny" / "video", dtype=torch.float32)
 
     def frame():
-        return pipe("Grace_Hopper smiling", height=64, width=64, num_frames=1, num_inference_steps=2,
-                    guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np").frames[0]
+        return pipe(
+            "Grace_Hopper smiling",
+            height=64,
+            width=64,
+            num_frames=1,
+            num_inference_steps=2,
+            guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).frames[0]
 
     base = frame()
     pipe.load_lora_weights(tmp / "out" / "lora", weight_name="Grace_Hopper_000000006.safetensors")
@@ -124,8 +131,9 @@ def test_rerun_is_cached_and_a_render_change_reruns_only_rendering(workdir, pref
     assert all(state == "Cached" for names in states.values() for state in names), states
     assert {p: p.read_bytes() for p in before} == before
 
-    reseeded = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out",
-                        "--set", "render.seed=7")
+    reseeded = likeness(
+        env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out", "--set", "render.seed=7"
+    )
     assert reseeded.returncode == 0, reseeded.stderr[-4000:]
     last_run = manifest(out)["last_run"]
     assert last_run["model_loads"] == {"video": 1}
@@ -158,8 +166,9 @@ def test_another_character_is_refused_in_the_same_folder(workdir):
     other = likeness(env, tmp, "produce", "Ada", "--image", str(photo), "--out", "out")
     assert other.returncode == 2
     assert "holds the outputs of 'Grace_Hopper'" in other.stderr and "trigger" in other.stderr
-    retrained = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out",
-                         "--set", "train.steps=9")
+    retrained = likeness(
+        env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out", "--set", "train.steps=9"
+    )
     assert retrained.returncode == 2
     assert "different train" in retrained.stderr
     assert (out / "likeness.json").read_text() == before

@@ -58,7 +58,9 @@ def test_cache_keys_follow_inputs_parameters_version_and_models():
     assert stage_key("upscale-image", 2, inputs) != key
     assert stage_key("upscale-image", 1, {**inputs, "image": {**inputs["image"], "sha256": "cd"}}) != key
     assert stage_key("upscale-image", 1, {**inputs, "config": tiny.upscale.model_copy(update={"start_step": 1})}) != key
-    other_models = tiny.model_copy(update={"models": {**tiny.models, "refiner": load_profile("production").models["refiner"]}})
+    other_models = tiny.model_copy(
+        update={"models": {**tiny.models, "refiner": load_profile("production").models["refiner"]}}
+    )
     assert stage_key("upscale-image", 1, {**inputs, "profile": other_models}) != key
     reworded = tiny.model_copy(update={"description": "same models, new words", "device": "cuda"})
     assert stage_key("upscale-image", 1, {**inputs, "profile": reworded}) == key

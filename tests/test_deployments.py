@@ -23,19 +23,30 @@ def test_every_entrypoint_is_a_flow():
     for deployment in config["deployments"]:
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
         names[deployment["name"]] = flow.name
-    assert names == {"produce": "produce-character", "dataset": "build-dataset", "train": "train-lora",
-                     "render": "render"}
+    assert names == {
+        "produce": "produce-character",
+        "dataset": "build-dataset",
+        "train": "train-lora",
+        "render": "render",
+    }
 
 
 def test_pools_and_deployments_register(prefect_api, tmp_path, models_dir):
     env = {**cli_env(tmp_path, models_dir, prefect_api), "LIKENESS_CODE_DIR": str(ROOT)}
-    pools = subprocess.run([sys.executable, "-m", "deployments.pools", "--gpu-slots", "2"], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=120)
+    pools = subprocess.run(
+        [sys.executable, "-m", "deployments.pools", "--gpu-slots", "2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert pools.returncode == 0, pools.stderr
     assert "work pool ready: likeness-gpu" in pools.stdout
     prefect = str(Path(sys.executable).parent / "prefect")
-    deploy = subprocess.run([prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
+    deploy = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
 
     pools = {pool["name"]: pool for pool in api_post(prefect_api, "/work_pools/filter", {})}

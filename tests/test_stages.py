@@ -43,7 +43,8 @@ def test_upscale_reaches_the_target_and_a_later_start_step_changes_less(referenc
 
     small = put_image(square(load_image(reference), 32), "small.png")
     plain = np.asarray(
-        esrgan_upscale(pipelines.get_pipeline("upscaler", TINY), load_image(small)).resize((128, 128)), dtype=float)
+        esrgan_upscale(pipelines.get_pipeline("upscaler", TINY), load_image(small)).resize((128, 128)), dtype=float
+    )
 
     def drift(start_step: int) -> float:
         config = TINY.upscale.model_copy(update={"start_step": start_step, "steps": 4})
@@ -66,8 +67,13 @@ def test_captions_start_with_the_trigger_and_what_the_stage_knows(reference):
 def dataset(reference):
     images = [load_image(reference).rotate(angle).resize((64, 64)) for angle in (0, 90)]
     items = tuple(
-        DatasetItem(variation=variation, image=put_image(image, f"{variation}.png"),
-                    caption=f"Ada, {variation}", edit_prompt="", seed=0)
+        DatasetItem(
+            variation=variation,
+            image=put_image(image, f"{variation}.png"),
+            caption=f"Ada, {variation}",
+            edit_prompt="",
+            seed=0,
+        )
         for variation, image in zip(("front", "side"), images, strict=True)
     )
     return DatasetRef(trigger="Ada", reference=reference, items=items, manifest=reference, contact_sheet=reference)
@@ -80,7 +86,10 @@ def test_training_checkpoints_every_k_steps_and_leaves_the_pipeline_clean(datase
     lora = fit_lora.fn(dataset, config, TINY)
     assert [c.step for c in lora.checkpoints] == [2, 4, 5]
     assert [c.weights.filename for c in lora.checkpoints] == [
-        "Ada_000000002.safetensors", "Ada_000000004.safetensors", "Ada_000000005.safetensors"]
+        "Ada_000000002.safetensors",
+        "Ada_000000004.safetensors",
+        "Ada_000000005.safetensors",
+    ]
     assert all(np.isfinite(c.loss) for c in lora.checkpoints)
     path = tmp_path / "final.safetensors"
     path.write_bytes(get_bytes(lora.final.weights))
@@ -98,17 +107,35 @@ def test_render_applies_the_lora_at_its_scale(dataset):
     lora = fit_lora.fn(dataset, TINY.train.model_copy(update={"steps": 2, "checkpoint_every": 2}), TINY)
     # Scale 0 is rendered again after scale 1: the adapter must not outlive its render.
     outputs = {
-        scale: np.asarray(load_image(render_media.fn(
-            lora.final.weights, "image", "Ada smiling", TINY.render.model_copy(update={"lora_scale": scale}), 0, TINY
-        ).output), dtype=float)
+        scale: np.asarray(
+            load_image(
+                render_media.fn(
+                    lora.final.weights,
+                    "image",
+                    "Ada smiling",
+                    TINY.render.model_copy(update={"lora_scale": scale}),
+                    0,
+                    TINY,
+                ).output
+            ),
+            dtype=float,
+        )
         for scale in (0.0, 1.0, 0.0)
     }
     pipe = pipelines.get_pipeline("video", TINY)
     import torch
 
-    base = pipe("Ada smiling", negative_prompt=TINY.render.negative_prompt, height=64, width=64, num_frames=1,
-                num_inference_steps=TINY.render.steps, guidance_scale=TINY.render.guidance_scale,
-                generator=torch.Generator("cpu").manual_seed(0), output_type="np").frames[0][0]
+    base = pipe(
+        "Ada smiling",
+        negative_prompt=TINY.render.negative_prompt,
+        height=64,
+        width=64,
+        num_frames=1,
+        num_inference_steps=TINY.render.steps,
+        guidance_scale=TINY.render.guidance_scale,
+        generator=torch.Generator("cpu").manual_seed(0),
+        output_type="np",
+    ).frames[0][0]
     base_png = np.asarray(Image.fromarray((np.clip(base, 0, 1) * 255).round().astype(np.uint8)), dtype=float)
     assert np.array_equal(outputs[0.0], base_png)
     assert not np.array_equal(outputs[1.0], base_png)
