@@ -10,30 +10,33 @@ from prefect.artifacts import create_markdown_artifact
 from flows.dataset import build_dataset
 from flows.render import render
 from flows.train import train_lora
-from likeness.artifacts import ArtifactRef, get_bytes, get_store
+from likeness.artifacts import ArtifactRef, get_bytes, get_store, put_bytes
 from likeness.config import RunConfig
-from likeness.inputs import check_reference_bytes, normalise_trigger
+from likeness.inputs import normalise_reference, normalise_trigger
 from likeness.profiles import load_profile
 from likeness.progress import prefect_artifact_key
 from likeness.records import CharacterResult, DatasetItem, LoraRef, RenderItem
 
 
 def reference_from_store(key: str) -> ArtifactRef:
-    """The reference photo's artifact, refused now if it is not a usable image."""
+    """The reference photo as people see it (oriented, 8-bit RGB), refused now if it is not usable."""
     info = get_store().info(key)
-    ref = ArtifactRef(key=info.key, sha256=info.sha256, size=info.size)
-    check_reference_bytes(get_bytes(ref), f"reference {key}")
-    return ref
+    photo = ArtifactRef(key=info.key, sha256=info.sha256, size=info.size)
+    return put_bytes(normalise_reference(get_bytes(photo), f"reference {key}").png, "reference.png")
 
 
 @flow(name="produce-character", log_prints=True)
 def produce_character(
-    name: str, reference: str, profile: str = "tiny", overrides: dict[str, Any] | None = None
+    name: str,
+    reference: str,
+    profile: str = "tiny",
+    overrides: dict[str, Any] | None = None,
+    beyond_limits: bool = False,
 ) -> CharacterResult:
     """Dataset, LoRA and renders for one character; `reference` is the photo's key in the artifact store."""
     trigger = normalise_trigger(name)
     model_profile = load_profile(profile)
-    config = RunConfig.from_profile(model_profile, overrides)
+    config = RunConfig.from_profile(model_profile, overrides, beyond_limits=beyond_limits)
     reference_ref = reference_from_store(reference)
 
     dataset = build_dataset(trigger, reference_ref, config.dataset, model_profile)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from likeness.config import ModelProfile, RenderConfig
+from likeness.config import ModelProfile, RenderConfig, render_template
 from likeness.progress import StageProgress
 from likeness.records import LoraRef, RenderItem
 from tasks.render import render_media
@@ -18,7 +18,7 @@ def render(lora: LoraRef, config: RenderConfig, profile: ModelProfile) -> list[R
     progress = StageProgress("render", len(jobs), artifact_key=f"{lora.trigger}-render")
     items = []
     for kind, template in jobs:
-        prompt = template.format(trigger=lora.trigger)
+        prompt = render_template(template, trigger=lora.trigger)
         items.append(render_media(lora.final.weights, kind, prompt, config, config.seed, profile))
         progress.advance(kind)
     return items

@@ -1,13 +1,16 @@
 """Small typed references to big bytes in the artifact store, and helpers to move images through it.
 
 Objects are content-addressed (`sha256/<hex digest>/<filename>`), so two runs never write different
-bytes under one key and a reference stays valid for as long as the store keeps the object.
+bytes under one key and a reference stays valid for as long as the store keeps the object. A copy
+whose bytes no longer match its address is moved aside (`ArtifactStore.move_aside`) when a read or a
+put finds it: a read then raises CorruptObject, a put stores the right bytes again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,7 +18,9 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from likeness.settings import Settings, get_settings
-from likeness.store import ArtifactStore, open_store
+from likeness.store import ArtifactStore, CorruptObject, MissingObject, open_store
+
+logger = logging.getLogger(__name__)
 
 
 class ArtifactRef(BaseModel):
@@ -54,11 +59,11 @@ def content_key(sha256: str, filename: str) -> str:
 
 
 def put_bytes(data: bytes, filename: str, store: ArtifactStore | None = None) -> ArtifactRef:
-    """Store `data` under its content address; storing the same bytes again is free."""
+    """Store `data` under its content address; storing the same bytes again costs one `info()`."""
     store = store or get_store()
     sha = hashlib.sha256(data).hexdigest()
     key = content_key(sha, filename)
-    if not store.exists(key):
+    if _needs_upload(store, key, sha):
         store.put_bytes(key, data)
     return ArtifactRef(key=key, sha256=sha, size=len(data))
 
@@ -69,16 +74,47 @@ def put_file(path: Path, filename: str | None = None, store: ArtifactStore | Non
     with path.open("rb") as handle:
         sha = hashlib.file_digest(handle, "sha256").hexdigest()
     key = content_key(sha, filename or path.name)
-    if not store.exists(key):
+    if _needs_upload(store, key, sha):
         store.put_file(key, path)
     return ArtifactRef(key=key, sha256=sha, size=path.stat().st_size)
 
 
 def get_bytes(ref: ArtifactRef, store: ArtifactStore | None = None) -> bytes:
-    data = (store or get_store()).get_bytes(ref.key)
-    if hashlib.sha256(data).hexdigest() != ref.sha256:
-        raise ValueError(f"artifact {ref.key} does not match its sha256 {ref.sha256}: the store copy is corrupt")
+    """The artifact's bytes, hashed on arrival: a copy that does not match is moved aside and CorruptObject raised."""
+    store = store or get_store()
+    data = store.get_bytes(ref.key)
+    found = hashlib.sha256(data).hexdigest()
+    if found != ref.sha256:
+        raise CorruptObject(ref.key, store.uri, ref.sha256, found, _move_aside(store, ref.key))
     return data
+
+
+def _needs_upload(store: ArtifactStore, key: str, sha256: str) -> bool:
+    """False when `key` already holds these bytes; a copy that hashes otherwise is moved aside first."""
+    try:
+        found = store.info(key).sha256
+    except MissingObject:
+        return True
+    if found == sha256:
+        return False
+    moved_to = _move_aside(store, key)
+    done = f"moved it aside to {moved_to!r}" if moved_to else "another process already moved it aside"
+    logger.warning(
+        "object %r in %s does not match its sha256 (found %s...): %s; storing the right bytes",
+        key,
+        store.uri,
+        found[:12],
+        done,
+    )
+    return True
+
+
+def _move_aside(store: ArtifactStore, key: str) -> str | None:
+    """Where the bad copy went, or None when a concurrent reader or writer moved it first."""
+    try:
+        return store.move_aside(key)
+    except MissingObject:
+        return None
 
 
 def put_image(image: Image.Image, filename: str, store: ArtifactStore | None = None) -> ArtifactRef:

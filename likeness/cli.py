@@ -2,27 +2,48 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
+import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
-from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from likeness import progress
 from likeness.artifacts import get_store, put_bytes
 from likeness.config import RunConfig
+from likeness.errors import describe_failure
 from likeness.inputs import InvalidInput, normalise_trigger, read_reference_image
-from likeness.outputs import OutputConflict, check_output_folder, run_identity
+from likeness.interrupts import Interrupted, exit_now, interruptible
+from likeness.outputs import (
+    OutputConflict,
+    check_output_folder,
+    export_outputs,
+    is_up_to_date,
+    run_identity,
+    run_key,
+)
+from likeness.prefect_server import ServerStartError, TemporaryPrefectServer
 from likeness.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
-from likeness.settings import get_settings
-from likeness.store import MissingObject, StoreError
+from likeness.records import CharacterResult
+from likeness.runlog import log_file_path, route_logs
+from likeness.settings import Settings, get_settings
+from likeness.store import ArtifactStore, CorruptObject, MissingObject, StoreError
+from likeness.write_checks import (
+    WriteCheckFailed,
+    check_out_location,
+    check_writable,
+    estimate_run_bytes,
+    video_transformer_config,
+)
 
 # Locals in tracebacks could show secrets from the settings.
 app = typer.Typer(
@@ -48,33 +69,55 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _configure_environment(results_dir: Path, verbose: bool) -> None:
-    """Persist results and cache records beside the artifact store; quiet the libraries' own logs.
+def _configure_environment(results_dir: Path, refresh: bool) -> None:
+    """Persist results and cache records beside the artifact store; quiet the libraries' own bars.
 
     Must run before Prefect, diffusers and transformers are imported: they read these once.
     """
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(results_dir))
     # The local server would otherwise phone home; Likeness talks to nothing it was not pointed at.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if not verbose:
-        for variable, value in (
-            ("PREFECT_LOGGING_LEVEL", "WARNING"),
-            ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-            ("TRANSFORMERS_VERBOSITY", "error"),
-            ("DIFFUSERS_VERBOSITY", "error"),
-        ):
-            os.environ.setdefault(variable, value)
+    for variable, value in (
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+    ):
+        os.environ.setdefault(variable, value)
+    if refresh:
+        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
 
 
-def _progress_listener(progress: Progress):
-    bars: dict[str, Any] = {}
+class StageTracker:
+    """Feeds progress to the bar (or to plain lines when stderr is not a terminal) and remembers where the run is."""
 
-    def update(stage: str, done: int, total: int, detail: str) -> None:
-        if stage not in bars:
-            bars[stage] = progress.add_task(stage, total=total)
-        progress.update(bars[stage], completed=done, total=total, description=f"{stage} {detail}".strip())
+    PLAIN_EVERY_S = 10.0
 
-    return update
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.stage = "start-up"
+        self.done = self.total = 0
+        self._bars: dict[str, Any] = {}
+        self._printed: tuple[str, float] = ("", 0.0)
+
+    def __call__(self, stage: str, done: int, total: int, detail: str) -> None:
+        self.stage, self.done, self.total = stage, done, total
+        if console.is_terminal:
+            if stage not in self._bars:
+                self._bars[stage] = self.progress.add_task(stage, total=total)
+            description = f"{stage} {detail}".strip()
+            self.progress.update(self._bars[stage], completed=done, total=total, description=description)
+            return
+        # CI logs: a line when a stage starts or ends, and now and then in between.
+        last_stage, last_time = self._printed
+        now = time.monotonic()
+        if stage != last_stage or done in (0, total) or now - last_time > self.PLAIN_EVERY_S:
+            _say(f"{stage} {done}/{total} {detail}".rstrip())
+            self._printed = (stage, now)
+
+    def where(self) -> str:
+        if self.total:
+            return f"{self.stage} ({self.done} of {self.total} done)"
+        return self.stage
 
 
 @app.command()
@@ -92,6 +135,9 @@ def produce(
         list[str] | None, typer.Option("--set", help="Override a setting: render.seed=3, train.steps=500.")
     ] = None,
     refresh: Annotated[bool, typer.Option(help="Run every stage again, ignoring cached results.")] = False,
+    beyond_limits: Annotated[
+        bool, typer.Option(help="Allow settings past the profile's soft limits (sizes, steps, frames).")
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")] = False,
 ) -> None:
     """Make the dataset, train the LoRA and render images and a video, all locally."""
@@ -101,53 +147,149 @@ def produce(
         trigger = normalise_trigger(name)
         reference = read_reference_image(image)
         model_profile = load_profile(profile)
-        override_dict = parse_overrides(overrides or [])
-        config = RunConfig.from_profile(model_profile, override_dict)
+        config = RunConfig.from_profile(model_profile, parse_overrides(overrides or []), beyond_limits=beyond_limits)
         out = out or Path("likeness-out") / trigger
-        identity = run_identity(trigger, hashlib.sha256(reference).hexdigest(), model_profile.name, config)
-        check_output_folder(out, identity)
+        identity = run_identity(trigger, reference.original_sha256, model_profile, config)
+        key = run_key(identity, config)
+        record = check_output_folder(out, identity)
+        if not refresh and is_up_to_date(out, record, key):
+            _say(f"{trigger}: {out} is up to date (same photo, profile and settings; files unchanged)")
+            return
         preflight(model_profile, settings)
         store = get_store()
-    except ValidationError as exc:
-        _fail(f"invalid settings: {exc}")
-    except (InvalidInput, ProfileUnavailable, OutputConflict, StoreError) as exc:
+        check_out_location(out, settings, store)
+        transformer = video_transformer_config(model_profile, settings)
+        check_writable(out, store, estimate_run_bytes(config, transformer))
+    except (InvalidInput, ProfileUnavailable, OutputConflict, StoreError, WriteCheckFailed) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(describe_failure(exc))
+    for note in reference.notes:
+        _say(f"note: {note}")
+    run = CharacterRun(trigger, reference.png, profile, config, out, identity, key, store, settings, beyond_limits)
+    run.start(refresh, verbose)
 
-    _configure_environment(settings.results_dir, verbose)
-    if refresh:
-        os.environ["PREFECT_TASKS_REFRESH_CACHE"] = "true"
-    from flows.produce import produce_character
-    from likeness import pipelines, progress
-    from likeness.outputs import export_outputs
 
-    started = time.perf_counter()
-    reference_ref = put_bytes(reference, f"reference{image.suffix.lower() or '.png'}", store)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
-        listener = _progress_listener(bar)
-        progress.add_listener(listener)
+class CharacterRun:
+    """One `produce` run after its inputs were checked: Prefect, the flow, the export, and how it ends."""
+
+    def __init__(
+        self,
+        trigger: str,
+        reference_png: bytes,
+        profile: str,
+        config: RunConfig,
+        out: Path,
+        identity: dict[str, Any],
+        key: str,
+        store: ArtifactStore,
+        settings: Settings,
+        beyond_limits: bool,
+    ) -> None:
+        self.trigger, self.reference_png, self.profile, self.config = trigger, reference_png, profile, config
+        self.out, self.identity, self.key, self.store = out, identity, key, store
+        self.log_path = log_file_path(settings.data_dir, trigger)
+        self.results_dir, self.beyond_limits = settings.results_dir, beyond_limits
+        self.server: TemporaryPrefectServer | None = None
+        self.tracker: StageTracker | None = None
+
+    def start(self, refresh: bool, verbose: bool) -> None:
+        """Run to the end, or stop on Ctrl-C / SIGTERM saying what was interrupted."""
+        _configure_environment(self.results_dir, refresh)
         try:
-            state = produce_character(
-                name=trigger, reference=reference_ref.key, profile=profile, overrides=override_dict, return_state=True
-            )
+            with interruptible(on_forced_exit=self._say_interrupted):
+                self._run(verbose)
+        except Interrupted as interrupt:
+            exit_now(interrupt.exit_code, partial(self._say_interrupted, interrupt))
+        except (OSError, ServerStartError) as exc:
+            self._stop_server()
+            _fail(f"{describe_failure(exc)} (during {self._where()}); details in {self.log_path}")
+
+    def _say_interrupted(self, interrupt: Interrupted) -> None:
+        self._stop_server(drain_s=1.0)
+        _say(
+            f"interrupted ({interrupt}) during {self._where()}; finished stages are cached: "
+            "run the same command again to resume from them"
+        )
+
+    def _where(self) -> str:
+        return self.tracker.where() if self.tracker else "start-up"
+
+    def _stop_server(self, drain_s: float = 5.0) -> None:
+        """Send Prefect's queued logs and events, then stop the temporary server (a no-op against a running one)."""
+        if "prefect" in sys.modules:
+            from prefect.events.worker import EventsWorker
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=drain_s)
+            EventsWorker.drain_all(timeout=drain_s)
+        if self.server is not None:
+            self.server.stop()
+
+    def _run(self, verbose: bool) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.environ.get("PREFECT_API_URL"):
+            self.server = TemporaryPrefectServer(self.log_path)
+            self.server.start()
+        try:
+            if self.server is not None:
+                os.environ["PREFECT_API_URL"] = self.server.wait_ready()
+            from likeness import pipelines
+
+            route_logs(self.log_path, verbose, _say)
+            started = time.perf_counter()
+            result, flow_run_id = self._produce_healing()
+            stats = {
+                "flow_run_id": flow_run_id,
+                "seconds": round(time.perf_counter() - started, 2),
+                "model_loads": dict(pipelines.load_counts),
+            }
+            try:
+                manifest = export_outputs(result, self.out, self.identity, self.key, self.store, stats)
+            except CorruptObject as exc:
+                _fail(f"{exc}; run the same command again")
+            except (OutputConflict, MissingObject) as exc:
+                _fail(str(exc))
         finally:
-            progress.remove_listener(listener)
-    if not state.is_completed():
-        _fail(f"the run ended {state.name}: {state.message}")
-    result = state.result()
-    stats = {
-        "flow_run_id": str(state.state_details.flow_run_id),
-        "seconds": round(time.perf_counter() - started, 2),
-        "model_loads": dict(pipelines.load_counts),
-    }
-    try:
-        manifest = export_outputs(result, out, identity, store, stats)
-    except OutputConflict as exc:
-        _fail(str(exc))
-    except MissingObject as exc:
-        _fail(f"{exc}: a cached result points at an artifact the store no longer has; run again with --refresh")
-    _print_summary(out, manifest)
+            self._stop_server()
+        _print_summary(self.out, manifest)
+
+    def _produce_healing(self) -> tuple[CharacterResult, str]:
+        """Run the flow; if it met a corrupt artifact (now moved aside), run it once more to remake it."""
+        for attempt in (1, 2):
+            state = self._produce()
+            if state.is_completed():
+                return state.result(), str(state.state_details.flow_run_id)
+            cause = state.result(raise_on_failure=False)
+            if isinstance(cause, CorruptObject) and attempt == 1:
+                _say(f"{cause}; running again")
+                continue
+            if isinstance(cause, OSError):
+                raise cause
+            failure = describe_failure(cause)
+            _fail(f"the run ended {state.name} during {self._where()}: {failure}; details in {self.log_path}")
+        raise AssertionError("unreachable")
+
+    def _produce(self) -> Any:
+        from flows.produce import produce_character
+
+        reference = put_bytes(self.reference_png, "reference.png", self.store)
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
+            self.tracker = StageTracker(bar)
+            progress.add_listener(self.tracker)
+            try:
+                return produce_character(
+                    name=self.trigger,
+                    reference=reference.key,
+                    profile=self.profile,
+                    overrides=self.config.model_dump(mode="json"),
+                    beyond_limits=self.beyond_limits,
+                    return_state=True,
+                )
+            finally:
+                progress.remove_listener(self.tracker)
 
 
 def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
@@ -165,8 +307,12 @@ def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
     Console().print(table)
 
 
+def _say(message: str) -> None:
+    console.print(message, soft_wrap=True, highlight=False, markup=False)
+
+
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 
 

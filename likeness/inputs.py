@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import re
 import unicodedata
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
 MIN_REFERENCE_SIDE = 256
+# The models work at about 1024 px; these caps leave room for 48-50 MP phone photos (8064x6048, 8160x6120) and
+# refuse, from the header alone, files whose decode would take gigabytes (a 12000 px PNG of 446 KB took 7.2 GB).
+MAX_REFERENCE_SIDE = 8192
+MAX_REFERENCE_PIXELS = 52_000_000
+# Checked before the bytes are read into memory; a 50 MP 16-bit RGB PNG (300 MB unpacked) fits.
+MAX_REFERENCE_FILE_BYTES = 512 * 2**20
+# Light neutral grey: transparent areas become plain background rather than black (a cut-out's hidden RGB).
+REFERENCE_BACKGROUND = (200, 200, 200)
 MAX_TRIGGER_LENGTH = 48
 _TRIGGER = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
@@ -39,29 +52,212 @@ def normalise_trigger(name: str) -> str:
     return trigger
 
 
-def read_reference_image(path: Path) -> bytes:
-    """The bytes of a usable reference photo, or InvalidInput saying what is wrong with it."""
+@dataclass(frozen=True)
+class ReferenceImage:
+    """A reference photo as people see it: oriented, 8-bit sRGB, no alpha; and what was done to get there."""
+
+    original_sha256: str
+    png: bytes
+    width: int
+    height: int
+    notes: tuple[str, ...]
+
+
+# Decoders a photo comes in (JPEG covers MPO); user bytes never reach the others (EPS runs Ghostscript, PSD, ...).
+_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "TIFF", "BMP", "AVIF")
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_ORIENTATION = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT, "mirrored"),
+    3: (Image.Transpose.ROTATE_180, "rotated"),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM, "mirrored"),
+    5: (Image.Transpose.TRANSPOSE, "mirrored and rotated"),
+    6: (Image.Transpose.ROTATE_270, "rotated"),
+    7: (Image.Transpose.TRANSVERSE, "mirrored and rotated"),
+    8: (Image.Transpose.ROTATE_90, "rotated"),
+}
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def read_reference_image(path: Path) -> ReferenceImage:
+    """The reference photo at path as people see it, or InvalidInput saying what is wrong with it."""
     if not path.exists():
         raise InvalidInput(f"reference image not found: {path}")
     if not path.is_file():
         raise InvalidInput(f"reference image is not a file: {path}")
-    data = path.read_bytes()
-    check_reference_bytes(data, str(path))
-    return data
+    _check_file_size(path.stat().st_size, str(path))
+    return normalise_reference(path.read_bytes(), str(path))
 
 
-def check_reference_bytes(data: bytes, label: str) -> None:
-    """Refuse bytes that are not a whole image of a usable size."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            width, height = image.size
-    except UnidentifiedImageError:
-        raise InvalidInput(f"{label} is not an image Likeness can read (PNG, JPEG, WebP)") from None
-    except (OSError, SyntaxError) as exc:
-        raise InvalidInput(f"{label} is truncated or corrupt: {exc}") from None
+def normalise_reference(data: bytes, label: str) -> ReferenceImage:
+    """Decode image bytes into an oriented 8-bit sRGB PNG; label names the image in messages and notes."""
+    _check_file_size(len(data), label)
+    notes: list[str] = []
+    # The bomb warning is replaced by the explicit check in _check_dimensions, which also holds when another thread
+    # changes the warning filters meanwhile.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=_decoders()) as image:
+                _check_dimensions(image.size, label)
+                _note_frames(image, label, notes)
+                image.seek(0)
+                image.load()
+                rgb = _to_rgb(_orient(image, label, notes), label, notes)
+        except UnidentifiedImageError:
+            raise InvalidInput(f"{label} is not an image Likeness can read (PNG, JPEG, WebP)") from None
+        except Image.DecompressionBombError as exc:
+            match = _BOMB_PIXELS.search(str(exc))
+            raise _too_many_pixels(label, int(match.group(1)) if match else None) from None
+        except InvalidInput:
+            raise
+        except (OSError, SyntaxError, EOFError, ValueError) as exc:
+            raise InvalidInput(f"{label} is truncated or corrupt: {exc}") from None
+    # Nothing from the source (ICC profile, tRNS, dpi) may reach the PNG: its pixels are already sRGB and opaque,
+    # and the same input must give the same bytes.
+    rgb.info = {}
+    buffer = io.BytesIO()
+    rgb.save(buffer, "PNG")
+    return ReferenceImage(
+        original_sha256=hashlib.sha256(data).hexdigest(),
+        png=buffer.getvalue(),
+        width=rgb.width,
+        height=rgb.height,
+        notes=tuple(notes),
+    )
+
+
+def _check_file_size(size: int, label: str) -> None:
+    """Refuse a file too big to be worth reading into memory."""
+    if size > MAX_REFERENCE_FILE_BYTES:
+        raise InvalidInput(
+            f"{label} is {size / 2**20:.0f} MiB, more than the {MAX_REFERENCE_FILE_BYTES // 2**20} MiB "
+            "Likeness reads: downscale the photo and try again"
+        )
+
+
+def _check_dimensions(size: tuple[int, int], label: str) -> None:
+    """Refuse, from the header alone, an image larger than a reference needs or than Pillow decodes safely."""
+    width, height = size
+    if max(width, height) > MAX_REFERENCE_SIDE:
+        raise InvalidInput(
+            f"{label} is {width}x{height} px, more than the {MAX_REFERENCE_SIDE} px Likeness accepts on the long side: "
+            "downscale the photo and try again"
+        )
+    if width * height > MAX_REFERENCE_PIXELS:
+        raise InvalidInput(
+            f"{label} is {width}x{height} px ({width * height / 1e6:.1f} megapixels), more than the "
+            f"{MAX_REFERENCE_PIXELS / 1e6:.0f} megapixels Likeness accepts: downscale the photo and try again"
+        )
+    if Image.MAX_IMAGE_PIXELS is not None and width * height > Image.MAX_IMAGE_PIXELS:
+        raise _too_many_pixels(label, width * height)
+
+
+def _too_many_pixels(label: str, pixels: int | None) -> InvalidInput:
+    """The refusal for an image over Pillow's decompression-bomb limit."""
+    count = f"{pixels} pixels" if pixels is not None else "too many pixels"
+    return InvalidInput(
+        f"{label} has {count}, above Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels: "
+        "downscale the photo and try again"
+    )
+
+
+def _note_frames(image: ImageFile.ImageFile, label: str, notes: list[str]) -> None:
+    """Say so when a file holds more than one frame or page, since only the first is used."""
+    # An MPO's extra images are previews, depth or gain maps of the one photo, not other pictures.
+    frames = getattr(image, "n_frames", 1)
+    if frames <= 1 or image.format == "MPO":
+        return
+    if image.format == "TIFF":
+        notes.append(f"{label} has {frames} pages: its first page is used")
+    else:
+        notes.append(f"{label} is animated ({frames} frames): its first frame is used")
+
+
+def _orient(image: Image.Image, label: str, notes: list[str]) -> Image.Image:
+    """The image turned the way its EXIF orientation says a person sees it, then held to the minimum size."""
+    orientation = image.getexif().get(0x0112, 1)
+    if orientation in _ORIENTATION:
+        method, done = _ORIENTATION[orientation]
+        image = image.transpose(method)
+        notes.append(f"{label} is {done} by its EXIF orientation ({orientation})")
+    width, height = image.size
     if min(width, height) < MIN_REFERENCE_SIDE:
         raise InvalidInput(
             f"{label} is {width}x{height} px; a reference photo needs at least "
             f"{MIN_REFERENCE_SIDE} px on its short side"
         )
+    return image
+
+
+def _to_rgb(image: Image.Image, label: str, notes: list[str]) -> Image.Image:
+    """An 8-bit sRGB image without alpha: bit depth reduced, colour profile applied, transparency on grey."""
+    icc = image.info.get("icc_profile")
+    if image.mode in _SIXTEEN_BIT or image.mode == "I":
+        image = _to_8bit(image, label)
+        notes.append(f"{label} is 16-bit: scaled to 8-bit")
+    elif image.mode == "F":
+        raise InvalidInput(f"{label} has 32-bit float samples: save the photo as an 8- or 16-bit PNG or a JPEG")
+
+    grey = image.mode in {"1", "L", "LA", "La"}
+    alpha = None
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        # convert() applies a palette's or a tRNS colour key's transparency and un-premultiplies RGBa/La.
+        with_alpha = image.convert("LA" if grey else "RGBA")
+        alpha = with_alpha.getchannel("A")
+        colour = with_alpha.convert("L" if grey else "RGB")
+    elif image.mode in {"L", "RGB", "CMYK"}:
+        colour = image
+    else:
+        try:
+            colour = image.convert("L" if grey else "RGB")
+        except ValueError:
+            raise InvalidInput(
+                f"{label} uses colour mode {image.mode}, which Likeness cannot convert: save the photo as RGB"
+            ) from None
+
+    if icc:
+        colour = _to_srgb(colour, icc, label, notes)
+    elif colour.mode == "CMYK":
+        notes.append(f"{label} is CMYK without a colour profile: its colours are converted approximately")
+    colour = colour.convert("RGB")
+
+    if alpha is not None and alpha.getextrema()[0] < 255:
+        background = Image.new("RGB", colour.size, REFERENCE_BACKGROUND)
+        background.paste(colour, (0, 0), alpha)
+        colour = background
+        notes.append(f"{label} has transparency: composited on grey")
+    return colour
+
+
+def _to_8bit(image: Image.Image, label: str) -> Image.Image:
+    """16-bit grey scaled to 8-bit, rounding; convert() would clip it to white instead."""
+    samples = np.asarray(image)
+    # Mode "I" holds 32-bit integers; only the 16-bit range has a known meaning for white.
+    if samples.size and (samples.min() < 0 or samples.max() > 65535):
+        raise InvalidInput(f"{label} has 32-bit samples: save the photo as an 8- or 16-bit PNG or a JPEG")
+    return Image.fromarray(((samples.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+
+
+@functools.cache
+def _decoders() -> tuple[str, ...]:
+    """The photo formats this Pillow build can decode; naming a missing one to Image.open raises KeyError."""
+    Image.init()
+    return tuple(name for name in _FORMATS if name in Image.OPEN)
+
+
+@functools.cache
+def _srgb() -> ImageCms.ImageCmsProfile:
+    """The sRGB profile every reference is converted to."""
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _to_srgb(colour: Image.Image, icc: bytes, label: str, notes: list[str]) -> Image.Image:
+    """Colours converted from the embedded ICC profile to sRGB, or left as they are if the profile is unusable."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(colour, source, _srgb(), outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        # A broken or mismatched profile is common in edited files; the pixels are still usable as sRGB.
+        notes.append(f"{label} has a colour profile Likeness cannot apply: its colours are used as they are")
+        return colour

@@ -1,62 +1,131 @@
 """The output folder a person reads: dataset/, lora/, renders/ and likeness.json.
 
-One folder holds one character made from one reference photo with one dataset and training
-configuration. Running again with the same inputs is the cached path; new render settings add
-renders beside the old ones (their file names hash what made them); anything else is refused,
-so one run's files are never silently written over another's.
+One folder holds one character made from one reference photo with one profile and one dataset
+and training configuration. Running again with the same inputs is the cached path; new render
+settings add renders beside the old ones (their file names hash what made them); anything else
+is refused, so one run's files are never silently written over another's.
+
+`likeness.json` is written first when an export starts (marked incomplete) and last when it
+ends, so a folder whose export was cut off (a full disk, Ctrl-C, a kill) is still recognised as
+Likeness's own and the next run completes it. It also records the sha256 of every file, so a
+re-run with nothing changed is answered "up to date" without starting Prefect.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
+from likeness import __version__
 from likeness.artifacts import get_bytes
-from likeness.config import RunConfig
+from likeness.config import ModelProfile, RunConfig
 from likeness.records import CharacterResult
 from likeness.store import ArtifactStore
 
 MANIFEST = "likeness.json"
+RECORD_FORMAT = 2
+TEMP_SUFFIX = ".likeness-part"
 
 
 class OutputConflict(RuntimeError):
     """The output folder holds something this run must not overwrite."""
 
 
-def run_identity(trigger: str, reference_sha256: str, profile: str, config: RunConfig) -> dict[str, Any]:
+def profile_identity(profile: ModelProfile) -> dict[str, Any]:
+    """What of a profile decides the outputs: its name, the models behind each role, the precision."""
+    return {"name": profile.name, "models": profile.model_dump(mode="json")["models"], "dtype": profile.dtype}
+
+
+def run_identity(trigger: str, reference_sha256: str, profile: ModelProfile, config: RunConfig) -> dict[str, Any]:
     """What must match for a run to share an output folder: all but the render settings."""
     return {
+        "format": RECORD_FORMAT,
         "trigger": trigger,
         "reference_sha256": reference_sha256,
-        "profile": profile,
+        "profile": profile_identity(profile),
         "dataset": config.dataset.model_dump(mode="json"),
         "train": config.train.model_dump(mode="json"),
     }
 
 
-def check_output_folder(out: Path, identity: dict[str, Any]) -> None:
-    """Refuse, before any work, an output folder that belongs to another run or to someone else."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise OutputConflict(f"--out {out} exists and is not a folder")
+def run_key(identity: dict[str, Any], config: RunConfig) -> str:
+    """A digest of everything that decides a run's outputs, render settings and Likeness' version included."""
+    payload = {"identity": identity, "render": config.render.model_dump(mode="json"), "likeness": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _is_temp(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+
+
+def read_record(out: Path) -> dict[str, Any] | None:
+    """The folder's `likeness.json`, or None if it has none; OutputConflict if it is not one Likeness wrote."""
     manifest = out / MANIFEST
     if not manifest.exists():
-        if any(out.iterdir()):
+        return None
+    problem = f"--out {out} holds a {MANIFEST} that Likeness cannot trust"
+    try:
+        record = json.loads(manifest.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise OutputConflict(f"{problem} ({exc}); move it away or choose another --out") from None
+    if not isinstance(record, dict) or not isinstance(record.get("identity"), dict):
+        raise OutputConflict(f"{problem} (it has no identity record); move it away or choose another --out")
+    recorded_format = record["identity"].get("format")
+    if recorded_format != RECORD_FORMAT:
+        raise OutputConflict(
+            f"{problem}: it was written by another version of Likeness (record format {recorded_format!r}, "
+            f"this one writes {RECORD_FORMAT}); choose another --out"
+        )
+    return record
+
+
+def check_output_folder(out: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse, before any work, an output folder that belongs to another run or to someone else.
+
+    Returns the folder's record when it is this run's folder, None when the folder is new.
+    """
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise OutputConflict(f"--out {out} exists and is not a folder")
+    record = read_record(out)
+    if record is None:
+        if any(not _is_temp(path) for path in out.iterdir()):
             raise OutputConflict(
                 f"--out {out} is not empty and holds no {MANIFEST}: it is not a Likeness output folder"
             )
-        return
-    recorded = json.loads(manifest.read_text())["identity"]
+        return None
+    recorded = record["identity"]
     differences = sorted(key for key in identity.keys() | recorded.keys() if identity.get(key) != recorded.get(key))
     if differences:
         raise OutputConflict(
             f"--out {out} holds the outputs of {recorded.get('trigger')!r} made with different "
             f"{', '.join(differences)}; choose another --out to keep both"
         )
+    return record
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def is_up_to_date(out: Path, record: dict[str, Any] | None, key: str) -> bool:
+    """True when the last export of this folder finished for these very inputs and every file is as it wrote it."""
+    if not record or not record.get("complete") or record.get("run_key") != key:
+        return False
+    files = record.get("files")
+    if not isinstance(files, dict) or not files:
+        return False
+    for name, sha256 in files.items():
+        path = out / name
+        if not path.is_file() or file_sha256(path) != sha256:
+            return False
+    return True
 
 
 def _write(path: Path, data: bytes, replace: bool = False) -> None:
@@ -65,47 +134,88 @@ def _write(path: Path, data: bytes, replace: bool = False) -> None:
         if path.read_bytes() == data:
             return
         raise OutputConflict(f"{path} already exists with other content; not overwriting it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        tmp.write(data)
-    os.replace(tmp.name, path)
+    name = path.parent / f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Not mkstemp: its files are private (0600); a person's outputs get the umask's permissions.
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+    try:
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
+        os.replace(name, path)
+    except BaseException as exc:
+        name.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            # A failed write names no file; the person needs to know which one.
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Delete the temporary files an export that was killed left in `out`; returns what was removed."""
+    leftovers = [path for path in out.rglob(f".*{TEMP_SUFFIX}") if path.is_file()] if out.is_dir() else []
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
+def _write_record(out: Path, record: dict[str, Any]) -> None:
+    _write(out / MANIFEST, (json.dumps(record, indent=2) + "\n").encode(), replace=True)
 
 
 def export_outputs(
-    result: CharacterResult, out: Path, identity: dict[str, Any], store: ArtifactStore, run_stats: dict[str, Any]
+    result: CharacterResult,
+    out: Path,
+    identity: dict[str, Any],
+    key: str,
+    store: ArtifactStore,
+    run_stats: dict[str, Any],
 ) -> dict[str, Any]:
     """Copy the run's artifacts from the store into `out` and record what is there."""
     dataset, lora = result.dataset, result.lora
+    remove_leftovers(out)
+    previous = read_record(out) or {}
+    # Files a person deleted since are forgotten, so they no longer count against "up to date".
+    renders = {entry["file"]: entry for entry in previous.get("renders", []) if (out / entry["file"]).is_file()}
+    files = {name: sha256 for name, sha256 in previous.get("files", {}).items() if (out / name).is_file()}
+    # Claim the folder before the first file lands, so a cut-off export is still recognisably ours.
+    _write_record(out, {**previous, "identity": identity, "complete": False, "run_key": None})
+
+    def export(name: str, data: bytes) -> None:
+        _write(out / name, data)
+        files[name] = hashlib.sha256(data).hexdigest()
+
     for item in dataset.items:
         filename = item.filename(dataset.trigger)
-        _write(out / "dataset" / filename, get_bytes(item.image, store))
-        _write(out / "dataset" / filename.replace(".png", ".txt"), (item.caption + "\n").encode())
-    _write(out / "dataset" / "manifest.jsonl", get_bytes(dataset.manifest, store))
-    _write(out / "dataset" / "contact_sheet.png", get_bytes(dataset.contact_sheet, store))
+        export(f"dataset/{filename}", get_bytes(item.image, store))
+        export(f"dataset/{filename.replace('.png', '.txt')}", (item.caption + "\n").encode())
+    export("dataset/manifest.jsonl", get_bytes(dataset.manifest, store))
+    export("dataset/contact_sheet.png", get_bytes(dataset.contact_sheet, store))
     for checkpoint in lora.checkpoints:
-        _write(out / "lora" / checkpoint.weights.filename, get_bytes(checkpoint.weights, store))
-
-    manifest_path = out / MANIFEST
-    previous = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-    renders = {entry["file"]: entry for entry in previous.get("renders", [])}
+        export(f"lora/{checkpoint.weights.filename}", get_bytes(checkpoint.weights, store))
     for item in result.renders:
         file = f"renders/{dataset.trigger}_{item.output.filename}"
-        _write(out / file, get_bytes(item.output, store))
+        export(file, get_bytes(item.output, store))
         renders[file] = {
             "file": file,
             **item.model_dump(mode="json", exclude={"output", "lora"}),
             "lora_sha256": item.lora.sha256,
             "sha256": item.output.sha256,
         }
-    manifest = {
+    record = {
         "identity": identity,
-        "dataset": sorted(p.name for p in (out / "dataset").iterdir()),
+        "complete": True,
+        "run_key": key,
+        "dataset": sorted(p.name for p in (out / "dataset").iterdir() if not _is_temp(p)),
         "lora": [
             {"file": f"lora/{c.weights.filename}", "step": c.step, "loss": c.loss, "sha256": c.weights.sha256}
             for c in lora.checkpoints
         ],
         "renders": sorted(renders.values(), key=lambda entry: entry["file"]),
+        "files": dict(sorted(files.items())),
         "last_run": run_stats,
     }
-    _write(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode(), replace=True)
-    return manifest
+    _write_record(out, record)
+    return record

@@ -3,7 +3,8 @@
 Two implementations behind one interface: `LocalStore` (a folder) and `S3Store` (any
 S3-compatible server, through the minio SDK). Every object carries the sha256 of its bytes,
 computed on put and returned by `info()`. Keys are '/'-separated relative paths, checked by
-`validate_key` before any I/O. `open_store` builds either from a URI.
+`validate_key` before any I/O. `open_store` builds either from a URI. Keys under `corrupt/` are
+reserved: `move_aside` keeps bad copies there for inspection.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO, Literal, NoReturn
 from urllib.parse import urlsplit
@@ -26,12 +27,14 @@ from urllib.request import url2pathname
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
 from minio.datatypes import Object
 from minio.error import S3Error
 from pydantic import BaseModel, ValidationError
 
 CHUNK_SIZE = 1024 * 1024
 MAX_KEY_BYTES = 1024  # the S3 limit; LocalStore keeps it too so keys move between stores
+CORRUPT_PREFIX = "corrupt/"
 
 
 class StoreError(Exception):
@@ -52,6 +55,28 @@ class MissingObject(StoreError, KeyError):
 
     def __str__(self) -> str:
         return f"no object {self.key!r} in {self.uri}"
+
+
+class CorruptObject(StoreError):
+    """An object whose bytes do not hash to the sha256 it was stored under, found on read and moved aside.
+
+    `moved_to` is the key it went to, or None when a concurrent reader moved it first.
+    """
+
+    def __init__(self, key: str, uri: str, expected_sha256: str, actual_sha256: str, moved_to: str | None) -> None:
+        super().__init__(key, uri, expected_sha256, actual_sha256, moved_to)
+        self.key = key
+        self.uri = uri
+        self.expected_sha256 = expected_sha256
+        self.actual_sha256 = actual_sha256
+        self.moved_to = moved_to
+
+    def __str__(self) -> str:
+        done = f"moved it aside to {self.moved_to!r}" if self.moved_to else "another reader already moved it aside"
+        return (
+            f"object {self.key!r} in {self.uri} does not match its sha256 (expected {self.expected_sha256[:12]}..., "
+            f"found {self.actual_sha256[:12]}...): {done}; the stage that made it runs again on the next run"
+        )
 
 
 def validate_key(key: str) -> str:
@@ -137,6 +162,14 @@ class ArtifactStore(ABC):
     def delete(self, key: str) -> None:
         """Remove the object; deleting a missing key is not an error (as in S3)."""
 
+    @abstractmethod
+    def move_aside(self, key: str) -> str:
+        """Move the object to the key `corrupt/<UTC time>/<key>`, kept for inspection, and return that key.
+
+        The moved copy carries no stored hash, so `info()` on it reports what its bytes really hash to.
+        Raises MissingObject if there is no object under `key` (say another process moved it first).
+        """
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.uri!r})"
 
@@ -162,9 +195,10 @@ class LocalStore(ArtifactStore):
 
     Layout: `objects/<key>` holds the bytes, `meta/<key>` their sidecar (sha256), `tmp/` writes in
     flight (on the same filesystem, so publishing is one atomic `os.replace`). `list()` only walks
-    `objects/`, so no key is reserved. The sidecar is published before the object, so an object
-    is never visible without its hash. Unlike S3, a key cannot also be a prefix of another key
-    ('a' and 'a/b'): the second put raises StoreError. `content_type` is accepted and ignored.
+    `objects/`; as on S3, only the `corrupt/` prefix of `move_aside` is reserved. The sidecar is
+    published before the object, so an object is never visible without its hash. Unlike S3, a key
+    cannot also be a prefix of another key ('a' and 'a/b'): the second put raises StoreError.
+    `content_type` is accepted and ignored.
     """
 
     def __init__(self, root: Path | str) -> None:
@@ -233,6 +267,28 @@ class LocalStore(ArtifactStore):
             except (IsADirectoryError, NotADirectoryError):
                 pass  # a prefix of other keys, or below an object: no object under this key
 
+    def move_aside(self, key: str) -> str:
+        """Rename `objects/<key>` to `objects/corrupt/<UTC time>/<key>` (atomic: of two processes moving
+        one object, one wins and the other gets MissingObject) and drop its sidecar."""
+        source = self._object_path(key)
+        try:
+            is_object = stat.S_ISREG(source.stat().st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            is_object = False
+        if not is_object:  # renaming a folder would move every key below it
+            raise MissingObject(key, self.uri)
+        aside = _aside_key(key)
+        target = self._objects / aside
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
+            raise MissingObject(key, self.uri) from None
+        # If a put repairs the key between the rename and this unlink, its object loses its sidecar:
+        # info() then hashes the file, still right, only slower.
+        (self._meta / key).unlink(missing_ok=True)
+        return aside
+
     def _object_path(self, key: str) -> Path:
         return self._objects / validate_key(key)
 
@@ -270,6 +326,9 @@ class LocalStore(ArtifactStore):
             tmp.unlink(missing_ok=True)
             if isinstance(error, IsADirectoryError):
                 raise StoreError(f"cannot put {key!r} in {self.uri}: it is a prefix of existing keys") from error
+            if isinstance(error, OSError) and error.strerror and not error.filename:
+                # A failed write (a full disk, a file too large) names no file; the person needs to know where.
+                raise OSError(error.errno, error.strerror, str(target)) from error
             raise
         return ObjectInfo(key=key, size=size, sha256=sidecar.sha256)
 
@@ -303,7 +362,8 @@ class S3Store(ArtifactStore):
 
     `endpoint` is 'host:port' (with `secure` choosing https) or a URL whose scheme decides it.
     The sha256 travels as user metadata (`x-amz-meta-sha256`). Objects uploaded through a
-    presigned PUT URL have none: `info()` then hashes them by streaming the object.
+    presigned PUT URL have none: `info()` then hashes them by streaming the object. `info()` is a
+    HEAD, so it trusts that metadata: bytes replaced with the metadata kept are only caught on read.
     """
 
     def __init__(
@@ -406,6 +466,22 @@ class S3Store(ArtifactStore):
         with self._errors("delete", key):
             self._client.remove_object(self.bucket, name)
 
+    def move_aside(self, key: str) -> str:
+        """A server-side copy to `corrupt/<UTC time>/<key>` without the sha256 metadata, then a delete.
+
+        Two steps, not atomic: two processes moving one object may both copy it (two copies aside,
+        both return), and a put that lands between the copy and the delete is deleted too, which
+        only makes the key missing, so the stage that made it runs again.
+        """
+        name = self._name(key)
+        aside = _aside_key(key)
+        with self._errors("move aside", key):
+            self._client.copy_object(
+                self.bucket, self._name(aside), CopySource(self.bucket, name), metadata_directive=REPLACE
+            )
+            self._client.remove_object(self.bucket, name)
+        return aside
+
     def __repr__(self) -> str:
         return f"S3Store({self.uri!r}, endpoint={self.endpoint!r})"
 
@@ -491,6 +567,11 @@ def _split_endpoint(endpoint: str, secure: bool) -> tuple[str, bool]:
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
         raise StoreError(f"bad S3 endpoint {endpoint!r}: expected http(s)://host[:port]")
     return parts.netloc, parts.scheme == "https"
+
+
+def _aside_key(key: str) -> str:
+    """Where `move_aside` puts `key` now; microseconds keep two moves of one key apart."""
+    return validate_key(f"{CORRUPT_PREFIX}{datetime.now(UTC):%Y%m%dT%H%M%S.%fZ}/{key}")
 
 
 def _check_method(method: str) -> None:

@@ -11,6 +11,7 @@ from likeness.artifacts import ArtifactRef, load_image
 from likeness.caching import stage_cache
 from likeness.catalogue import get_variation
 from likeness.config import CaptionConfig, ModelProfile
+from likeness.errors import retry_transient
 from likeness.pipelines import get_pipeline, gpu_lock
 
 STAGE_VERSION = 1
@@ -31,6 +32,7 @@ def describe(processor, model, image, max_new_tokens: int) -> str:
 @task(
     name="caption-image",
     retries=2,
+    retry_condition_fn=retry_transient,
     retry_delay_seconds=10,
     cache_policy=stage_cache(STAGE_VERSION),
     persist_result=True,

@@ -11,6 +11,7 @@ from prefect import task
 
 from likeness.artifacts import ArtifactRef, load_image, put_bytes, put_image
 from likeness.caching import stage_cache
+from likeness.errors import retry_transient
 from likeness.imaging import contact_sheet
 from likeness.records import DatasetItem, DatasetRef
 
@@ -20,6 +21,7 @@ STAGE_VERSION = 1
 @task(
     name="assemble-dataset",
     retries=2,
+    retry_condition_fn=retry_transient,
     retry_delay_seconds=5,
     cache_policy=stage_cache(STAGE_VERSION),
     persist_result=True,

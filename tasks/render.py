@@ -15,6 +15,7 @@ from prefect import task
 from likeness.artifacts import ArtifactRef, get_bytes, put_bytes, put_image
 from likeness.caching import stage_cache
 from likeness.config import ModelProfile, RenderConfig
+from likeness.errors import retry_transient
 from likeness.imaging import encode_mp4, to_pil
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.records import RenderItem
@@ -34,6 +35,7 @@ def render_filename(kind: str, prompt: str, seed: int, lora: ArtifactRef, config
 @task(
     name="render-media",
     retries=2,
+    retry_condition_fn=retry_transient,
     retry_delay_seconds=10,
     cache_policy=stage_cache(STAGE_VERSION),
     persist_result=True,

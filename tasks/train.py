@@ -19,6 +19,7 @@ from prefect import task
 from likeness.artifacts import load_image, put_file
 from likeness.caching import stage_cache
 from likeness.config import ModelProfile, TrainConfig
+from likeness.errors import retry_transient
 from likeness.imaging import square
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.progress import StageProgress
@@ -79,6 +80,7 @@ def save_checkpoint(pipe, folder: Path, filename: str) -> Path:
 @task(
     name="fit-lora",
     retries=1,
+    retry_condition_fn=retry_transient,
     retry_delay_seconds=30,
     cache_policy=stage_cache(STAGE_VERSION),
     persist_result=True,

@@ -15,6 +15,7 @@ from prefect import task
 from likeness.artifacts import ArtifactRef, load_image, put_image
 from likeness.caching import stage_cache
 from likeness.config import ModelProfile, UpscaleConfig
+from likeness.errors import retry_transient
 from likeness.pipelines import get_pipeline, gpu_lock
 
 STAGE_VERSION = 1
@@ -35,6 +36,7 @@ def esrgan_upscale(model, image: Image.Image) -> Image.Image:
 @task(
     name="upscale-image",
     retries=2,
+    retry_condition_fn=retry_transient,
     retry_delay_seconds=10,
     cache_policy=stage_cache(STAGE_VERSION),
     persist_result=True,

@@ -16,6 +16,7 @@ from likeness.artifacts import ArtifactRef, load_image, put_image
 from likeness.caching import stage_cache
 from likeness.catalogue import get_variation
 from likeness.config import EditConfig, ModelProfile
+from likeness.errors import retry_transient
 from likeness.imaging import square
 from likeness.pipelines import get_pipeline, gpu_lock
 
@@ -31,6 +32,7 @@ def variation_seed(seed: int, variation_id: str) -> int:
 @task(
     name="edit-variation",
     retries=2,
+    retry_condition_fn=retry_transient,
     retry_delay_seconds=10,
     cache_policy=stage_cache(STAGE_VERSION),
     persist_result=True,

@@ -63,6 +63,9 @@ def test_first_run_writes_the_documented_layout(workdir):
     assert "close-up" in (out / "dataset" / "Grace_Hopper_closeup.txt").read_text()
     lines = [json.loads(line) for line in (out / "dataset" / "manifest.jsonl").read_text().splitlines()]
     assert [line["variation"] for line in lines] == variations
+    for line in lines:
+        assert (out / "dataset" / line["file"].replace(".png", ".txt")).read_text() == line["caption"] + "\n"
+        assert (out / "dataset" / line["file"]).is_file()
     assert Image.open(out / "dataset" / "contact_sheet.png").size[0] >= 4 * 128
 
     assert sorted(p.name for p in (out / "lora").iterdir()) == [
@@ -123,6 +126,11 @@ def test_rerun_is_cached_and_a_render_change_reruns_only_rendering(workdir, pref
     out = tmp / "out"
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != "likeness.json"}
 
+    unchanged = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out")
+    assert unchanged.returncode == 0 and "is up to date" in unchanged.stderr, unchanged.stderr[-4000:]
+
+    # With one output gone the run takes the cached path: Prefect runs, every stage is a cache hit.
+    (out / "dataset" / "contact_sheet.png").unlink()
     again = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out")
     assert again.returncode == 0, again.stderr[-4000:]
     last_run = manifest(out)["last_run"]

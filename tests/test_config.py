@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
 
 from likeness.caching import stage_key
-from likeness.config import ROLES, RunConfig
+from likeness.config import ROLES, InvalidSettings, RunConfig
 from likeness.profiles import available_profiles, load_profile
 from likeness.settings import Settings
 
@@ -41,7 +40,7 @@ def test_overrides_merge_into_the_profile_defaults():
 
 
 def test_unknown_override_fields_are_refused():
-    with pytest.raises(ValidationError, match="render.colour"):
+    with pytest.raises(InvalidSettings, match="render.colour: unknown setting"):
         RunConfig.from_profile(load_profile("tiny"), {"render": {"colour": "red"}})
 
 

@@ -175,3 +175,29 @@ def test_the_training_loss_handles_wan22_5b_per_token_timesteps(likeness_env, mo
         losses[expand] = loss.item()
     assert all(np.isfinite(value) for value in losses.values())
     assert losses[False] == pytest.approx(losses[True], rel=1e-4)
+
+
+def test_each_checkpoint_holds_the_weights_after_its_optimizer_step(dataset, tmp_path):
+    from tasks.train import fit_lora
+
+    def lora_b(weights) -> dict[str, np.ndarray]:
+        path = tmp_path / weights.filename
+        path.write_bytes(get_bytes(weights))
+        with safe_open(str(path), "np") as tensors:
+            return {key: tensors.get_tensor(key) for key in tensors.keys() if "lora_B" in key}
+
+    one = fit_lora.fn(dataset, TINY.train.model_copy(update={"steps": 1, "checkpoint_every": 1}), TINY)
+    two = fit_lora.fn(dataset, TINY.train.model_copy(update={"steps": 2, "checkpoint_every": 1}), TINY)
+    # peft starts lora_B at zero: a checkpoint saved before its step would hold zeros at step 1.
+    after_one = lora_b(one.final.weights)
+    assert after_one and all(np.abs(tensor).max() > 0 for tensor in after_one.values())
+    assert two.checkpoints[0].weights == one.final.weights
+    assert two.final.weights != one.final.weights
+
+
+def test_an_edit_follows_its_seed(reference):
+    from tasks.variations import edit_variation
+
+    seeds = {seed: edit_variation.fn(reference, "smile", TINY.edit, seed, TINY) for seed in (1, 2)}
+    assert seeds[1].sha256 != seeds[2].sha256
+    assert edit_variation.fn(reference, "smile", TINY.edit, 1, TINY).sha256 == seeds[1].sha256

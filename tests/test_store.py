@@ -109,9 +109,28 @@ def test_delete(store: ArtifactStore) -> None:
     store.delete("d/x")  # deleting a missing key is fine, as in S3
 
 
+def test_move_aside(store: ArtifactStore) -> None:
+    store.put_bytes("img/a.png", b"bad bytes")
+    store.put_bytes("img/b.png", b"other")
+    moved_to = store.move_aside("img/a.png")
+    assert moved_to.startswith("corrupt/") and moved_to.endswith("/img/a.png")
+    assert not store.exists("img/a.png")
+    assert store.list("img/") == ["img/b.png"]
+    assert store.list("corrupt/") == [moved_to]
+    assert store.get_bytes(moved_to) == b"bad bytes"  # kept for inspection
+    assert store.info(moved_to).sha256 == sha(b"bad bytes")  # the hash of what is there, not a stored one
+    with pytest.raises(MissingObject):
+        store.move_aside("img/a.png")
+    with pytest.raises(MissingObject):
+        store.move_aside("img")  # a prefix is not an object
+    assert store.list("img/") == ["img/b.png"]
+    assert store.put_bytes("img/a.png", b"good").sha256 == sha(b"good")  # the key is free again
+    assert store.move_aside("img/a.png") != moved_to
+
+
 def test_missing_key(store: ArtifactStore, tmp_path: Path) -> None:
     dest = tmp_path / "dl" / "f.bin"
-    calls = [store.get_bytes, store.info, lambda key: store.get_file(key, dest)]
+    calls = [store.get_bytes, store.info, store.move_aside, lambda key: store.get_file(key, dest)]
     for call in calls:
         with pytest.raises(MissingObject) as caught:
             call("no/such.png")
@@ -170,6 +189,7 @@ def test_bad_keys_rejected_before_io(kind: str, key: str, tmp_path: Path) -> Non
         lambda: store.info(key),
         lambda: store.presigned_url(key),
         lambda: store.delete(key),
+        lambda: store.move_aside(key),
     ]
     for call in calls:
         with pytest.raises(InvalidKey):
@@ -223,6 +243,15 @@ def test_local_info_rehashes_bytes_written_behind_its_back(tmp_path: Path) -> No
     assert url.startswith("file://")
     Path(url2pathname(url.removeprefix("file://"))).write_bytes(b"replaced through the URL")
     assert store.info("x.bin").sha256 == sha(b"replaced through the URL")
+
+
+def test_local_move_aside_drops_the_sidecar(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    store.put_bytes("a/b.txt", b"hello")
+    moved_to = store.move_aside("a/b.txt")
+    assert (tmp_path / "store" / "objects" / moved_to).read_bytes() == b"hello"
+    assert not (tmp_path / "store" / "meta" / "a" / "b.txt").exists()
+    assert not (tmp_path / "store" / "meta" / moved_to).exists()
 
 
 def test_local_key_and_prefix_conflict(tmp_path: Path) -> None:

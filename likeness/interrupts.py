@@ -1,0 +1,69 @@
+"""Ctrl-C and SIGTERM stop a run within seconds, whatever it is doing.
+
+The first signal raises `Interrupted` in the main thread, so the run unwinds: Prefect marks its
+runs crashed, temporary files are removed, the CLI says what was interrupted. Model work that a
+stage started in a worker thread cannot be interrupted and would hold the interpreter's exit, so
+the CLI leaves through `exit_now`; if unwinding itself hangs (a server that no longer answers),
+the process exits anyway after `grace_s`, and a second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was asked to stop by a signal."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal number (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+def exit_now(code: int, before: Callable[[], None] | None = None) -> None:
+    """Leave the process with `code` without waiting for worker threads still busy with a model."""
+    try:
+        if before:
+            before()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+@contextmanager
+def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float = 5.0) -> Iterator[None]:
+    """Within this block SIGINT and SIGTERM raise `Interrupted`; `on_forced_exit` runs before a forced exit."""
+    received: list[Interrupted] = []
+
+    def force(interrupt: Interrupted) -> None:
+        exit_now(interrupt.exit_code, lambda: on_forced_exit(interrupt))
+
+    def handle(signum: int, frame: object) -> None:
+        interrupt = Interrupted(signum)
+        if received:
+            force(received[0])
+        received.append(interrupt)
+        timer = threading.Timer(grace_s, force, args=(interrupt,))
+        timer.daemon = True
+        timer.start()
+        raise interrupt
+
+    previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

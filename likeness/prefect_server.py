@@ -1,0 +1,134 @@
+"""The temporary Prefect server of one CLI run, which never outlives the CLI.
+
+Prefect's own temporary server is a child in the CLI's process group: a Ctrl-C in the terminal
+stops it at the same moment as the run, so the run's last API calls (marking itself crashed)
+retry against a dead server for a minute or more; and a CLI killed with SIGKILL leaves it
+running. This one runs in its own session (a terminal's Ctrl-C does not reach it), is stopped by
+the CLI when the run ends, and stops itself within a fraction of a second when the CLI is gone.
+
+    with TemporaryPrefectServer() as api_url:   # before Prefect is imported by the CLI
+        os.environ["PREFECT_API_URL"] = api_url
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+STARTUP_TIMEOUT_S = 90
+PARENT_POLL_S = 0.2
+
+
+class ServerStartError(RuntimeError):
+    """The temporary Prefect server did not come up."""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class TemporaryPrefectServer:
+    """`prefect server` on a free loopback port for as long as this process lives."""
+
+    def __init__(self, log_path: Path | None = None) -> None:
+        self.port = _free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self._log_path = log_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Launch the server; `wait_ready` blocks until it answers."""
+        # As Prefect starts its own temporary server: no UI, and only the services a short run needs.
+        env = {
+            **os.environ,
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT__SERVER_EPHEMERAL": "1",
+        }
+        env.pop("PREFECT_API_URL", None)
+        log = self._log_path.open("ab") if self._log_path else subprocess.DEVNULL
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "likeness.prefect_server", str(self.port), str(os.getpid())],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            if self._log_path:
+                log.close()
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> str:
+        """Block until the API answers its health check; returns the API URL."""
+        assert self._process is not None, "start() first"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ServerStartError(f"the temporary Prefect server exited with code {self._process.returncode}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self.api_url
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise ServerStartError(f"the temporary Prefect server did not answer on {self.api_url} in {timeout:.0f} s")
+
+    def stop(self) -> None:
+        """Stop the server (it has no state worth a graceful shutdown: SQLite commits as it goes)."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(timeout=5)
+
+    def __enter__(self) -> str:
+        self.start()
+        return self.wait_ready()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    """End this process as soon as the CLI that started it is gone, however it ended."""
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os._exit(0)
+
+
+def main(port: int, parent_pid: int) -> None:
+    """Serve Prefect's API on 127.0.0.1:`port` until `parent_pid` exits or this process is told to stop."""
+    if os.getppid() != parent_pid:
+        return
+    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    import uvicorn
+
+    uvicorn.run(
+        "prefect.server.api.server:create_app",
+        factory=True,
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        lifespan="on",
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))

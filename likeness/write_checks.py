@@ -1,0 +1,146 @@
+"""Checks that a run can write what it will write, made before any model loads.
+
+A full disk or a read-only folder found after an hour of GPU work costs the hour; found here it
+costs nothing. The sizes are upper bounds from the run's settings (uncompressed pixels, the LoRA's
+parameter count from the video model's config), so a run that passes has room to finish.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from likeness.config import ModelProfile, RunConfig
+from likeness.profiles import model_path
+from likeness.settings import Settings
+from likeness.store import ArtifactStore, LocalStore, StoreError
+
+# Room left over for Prefect's records, logs and the odd file the estimate does not see.
+HEADROOM_BYTES = 64 * 1024 * 1024
+# When the video model's config is not on disk yet: Wan 2.2 TI2V-5B, the largest LoRA base the
+# profiles name, and for `tiny:` sources the transformer `likeness.tiny` builds.
+FALLBACK_TRANSFORMER = {"num_layers": 30, "num_attention_heads": 24, "attention_head_dim": 128}
+TINY_TRANSFORMER = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 12}
+# to_q, to_k, to_v, to_out.0 in self- and cross-attention: each a (dim -> dim) layer.
+LORA_LAYERS_PER_BLOCK = 8
+
+
+class WriteCheckFailed(RuntimeError):
+    """The run could not write its outputs; the message names the path and the cause."""
+
+
+def check_out_location(out: Path, settings: Settings, store: ArtifactStore) -> None:
+    """Refuse an output folder inside Likeness' own data: its files would mix with the store's."""
+    target = out.resolve()
+    owned = {"the data folder": settings.data_dir.resolve(), "the models folder": settings.resolved_models_dir}
+    if isinstance(store, LocalStore):
+        owned["the artifact store"] = store.root
+    for what, folder in owned.items():
+        if target == folder or target.is_relative_to(folder):
+            raise WriteCheckFailed(f"--out {out} is inside {what} ({folder}); choose a folder outside it")
+        if folder.is_relative_to(target):
+            raise WriteCheckFailed(f"--out {out} contains {what} ({folder}); choose a folder that does not")
+
+
+def video_transformer_config(profile: ModelProfile, settings: Settings) -> dict[str, Any]:
+    """The LoRA base's transformer config, read from disk without building or downloading anything."""
+    source = profile.models["video"].source
+    if source.startswith("tiny:"):
+        folder, fallback = settings.resolved_models_dir / "tiny" / source.removeprefix("tiny:"), TINY_TRANSFORMER
+    else:
+        folder, fallback = model_path("video", profile, settings), FALLBACK_TRANSFORMER
+    try:
+        return json.loads((folder / "transformer" / "config.json").read_text())
+    except (OSError, ValueError):
+        return fallback
+
+
+def lora_checkpoint_bytes(config: RunConfig, transformer: dict[str, Any]) -> int:
+    """Bytes of one float32 LoRA checkpoint on a transformer with this config."""
+    dim = transformer["num_attention_heads"] * transformer["attention_head_dim"]
+    per_block = LORA_LAYERS_PER_BLOCK * config.train.rank * (dim + dim)
+    return transformer["num_layers"] * per_block * 4
+
+
+def estimate_run_bytes(config: RunConfig, transformer: dict[str, Any]) -> tuple[int, int]:
+    """Upper bounds of what a run writes: (to the artifact store, to the output folder)."""
+    dataset, train, render = config.dataset, config.train, config.render
+    count = len(dataset.variations)
+    final_images = count * dataset.upscale.size**2 * 3
+    edited_images = count * dataset.edit.size**2 * 3
+    sheet = math.ceil((count + 1) / 4) * 4 * 256 * 274 * 3
+    checkpoints = math.ceil(train.steps / train.checkpoint_every) * lora_checkpoint_bytes(config, transformer)
+    renders = len(render.image_prompts) * render.size**2 * 3
+    # H.264 at CRF 16 keeps well under a tenth of the raw frames.
+    renders += len(render.video_prompts) * render.video_frames * render.size**2 * 3 // 10
+    out_bytes = final_images + sheet + checkpoints + renders
+    return out_bytes + edited_images, out_bytes
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def probe_writable(folder: Path) -> None:
+    """Write and remove a small file in `folder` (or its nearest existing parent): WriteCheckFailed if that fails."""
+    target = _existing_ancestor(folder)
+    try:
+        fd, name = tempfile.mkstemp(dir=target, prefix=".likeness-probe-")
+        try:
+            os.write(fd, b"likeness")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(name)
+    except OSError as exc:
+        raise WriteCheckFailed(f"cannot write to {folder} ({target}): {exc.strerror}") from None
+
+
+def probe_store(store: ArtifactStore) -> None:
+    """Put and delete a small object: a store that refuses writes fails here, not after the first stage."""
+    key = f"probes/{uuid.uuid4().hex}"
+    try:
+        store.put_bytes(key, b"likeness")
+        store.delete(key)
+    except StoreError as exc:
+        raise WriteCheckFailed(f"cannot write to the artifact store: {exc}") from None
+
+
+def check_writable(out: Path, store: ArtifactStore, needs: tuple[int, int]) -> None:
+    """The output folder and the store can be written, with room for what the run will write."""
+    store_bytes, out_bytes = needs
+    probe_writable(out)
+    wanted: dict[int, tuple[Path, int]] = {}
+    out_root = _existing_ancestor(out)
+    wanted[out_root.stat().st_dev] = (out_root, out_bytes)
+    if not isinstance(store, LocalStore):
+        probe_store(store)
+    else:
+        probe_writable(store.root / "tmp")
+        device = store.root.stat().st_dev
+        folder, already = wanted.get(device, (store.root, 0))
+        wanted[device] = (folder, already + store_bytes)
+    for folder, size in wanted.values():
+        free = shutil.disk_usage(folder).free
+        if free < size + HEADROOM_BYTES:
+            raise WriteCheckFailed(
+                f"not enough free space on the filesystem of {folder}: this run writes up to "
+                f"{_human(size + HEADROOM_BYTES)} there and {_human(free)} is free"
+            )
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"

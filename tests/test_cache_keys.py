@@ -1,0 +1,84 @@
+"""Every setting a stage takes is in its cache key: change any one and the key changes."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from likeness.artifacts import ArtifactRef
+from likeness.profiles import load_profile
+from likeness.records import DatasetItem, DatasetRef
+
+TINY = load_profile("tiny")
+REF = ArtifactRef(key="sha256/aa/x.png", sha256="a" * 64, size=1)
+
+
+def changed(value: Any) -> Any:
+    """Another valid value of the same type."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value + 0.25
+    if isinstance(value, str):
+        return value + " more"
+    if isinstance(value, tuple):
+        return (*value, value[0]) if value else ("x",)
+    raise TypeError(f"no changed() for {type(value).__name__}")
+
+
+def key_of(task: Any, parameters: dict[str, Any]) -> str:
+    # No result store: no cached record to check, only the key is computed.
+    context = SimpleNamespace(task=task, result_store=None)
+    return task.cache_policy.compute_key(task_ctx=context, inputs=parameters, flow_parameters={})
+
+
+def stage_cases() -> list[tuple[str, Any, dict[str, Any], str]]:
+    from tasks.caption import caption_image
+    from tasks.render import render_media
+    from tasks.train import fit_lora
+    from tasks.upscale import upscale_image
+    from tasks.variations import edit_variation
+
+    item = DatasetItem(variation="front", image=REF, caption="Ada, front", edit_prompt="p", seed=0)
+    dataset = DatasetRef(trigger="Ada", reference=REF, items=(item,), manifest=REF, contact_sheet=REF)
+    return [
+        ("edit", edit_variation, {"reference": REF, "variation_id": "front", "config": TINY.edit, "seed": 0}, "config"),
+        ("upscale", upscale_image, {"image": REF, "config": TINY.upscale, "prompt": "p", "seed": 0}, "config"),
+        (
+            "caption",
+            caption_image,
+            {"image": REF, "trigger": "Ada", "variation_id": "front", "config": TINY.caption},
+            "config",
+        ),
+        ("train", fit_lora, {"dataset": dataset, "config": TINY.train}, "config"),
+        (
+            "render",
+            render_media,
+            {"lora": REF, "kind": "image", "prompt": "p", "config": TINY.render, "seed": 0},
+            "config",
+        ),
+    ]
+
+
+CASES = stage_cases()
+
+
+@pytest.mark.parametrize(("name", "task", "parameters", "field"), CASES, ids=[case[0] for case in CASES])
+def test_every_config_field_and_parameter_changes_the_stage_cache_key(likeness_env, name, task, parameters, field):
+    parameters = {**parameters, "profile": TINY}
+    base = key_of(task, parameters)
+    config: BaseModel = parameters[field]
+    for setting, value in config.model_dump().items():
+        variant = config.model_copy(update={setting: changed(value)})
+        assert key_of(task, {**parameters, field: variant}) != base, f"{name}: {setting}"
+    for parameter, value in parameters.items():
+        if parameter in (field, "profile") or isinstance(value, BaseModel):
+            continue
+        assert key_of(task, {**parameters, parameter: changed(value)}) != base, f"{name}: {parameter}"
+    other_models = TINY.model_copy(update={"dtype": "bfloat16"})
+    assert key_of(task, {**parameters, "profile": other_models}) != base, f"{name}: profile"

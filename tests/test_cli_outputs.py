@@ -1,0 +1,228 @@
+"""The output folder against the real CLI: cut-off exports recover, write errors are one line,
+an unchanged re-run is "up to date" without Prefect, and the folder's record is trusted only as far as it holds."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from likeness.outputs import MANIFEST
+from likeness.profiles import PROFILES_DIR
+from tests.conftest import cli_env
+from tests.prefect_server import api_post
+from tests.test_cli_e2e import LIKENESS
+
+VARIATIONS = "dataset.variations=[front, smile]"
+
+
+def produce(
+    env: dict[str, str], cwd: Path, photo: Path, *extra: str, **run: object
+) -> subprocess.CompletedProcess[str]:
+    args = [LIKENESS, "produce", "Ada", "--image", str(photo), "--out", "out", "--set", VARIATIONS, *extra]
+    return subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=600, **run)
+
+
+def folder_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def flow_run_count(api: str) -> int:
+    return len(api_post(api, "/flow_runs/filter", {}))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, models_dir, prefect_api, face_photo):
+    """A folder where one run of Ada (two variations) finished."""
+    tmp = tmp_path_factory.mktemp("outputs")
+    env = cli_env(tmp, models_dir, prefect_api)
+    first = produce(env, tmp, face_photo)
+    assert first.returncode == 0, first.stderr[-4000:]
+    return tmp, env, face_photo
+
+
+def limit_file_size(limit: int):
+    """A preexec_fn that makes every write past `limit` bytes fail with EFBIG ("File too large")."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_an_unchanged_rerun_is_up_to_date_without_starting_prefect(made, prefect_api):
+    tmp, env, photo = made
+    runs = flow_run_count(prefect_api)
+    again = produce(env, tmp, photo)
+    assert again.returncode == 0, again.stderr
+    assert "is up to date" in again.stderr
+    assert flow_run_count(prefect_api) == runs
+
+    # A missing file means "not up to date": the cached path puts it back.
+    lora = sorted((tmp / "out" / "lora").iterdir())[-1]
+    kept = lora.read_bytes()
+    lora.unlink()
+    restored = produce(env, tmp, photo)
+    assert restored.returncode == 0, restored.stderr[-3000:]
+    assert "up to date" not in restored.stderr
+    assert lora.read_bytes() == kept
+    assert flow_run_count(prefect_api) > runs
+    assert json.loads((tmp / "out" / MANIFEST).read_text())["last_run"]["model_loads"] == {}
+
+
+def test_an_export_cut_off_by_a_write_error_says_so_in_one_line_and_the_next_run_completes_it(made):
+    tmp, env, photo = made
+    out = tmp / "export-cut"
+    complete = folder_bytes(tmp / "out")
+    # Everything is cached in the store, so only the export writes: the dataset images fit, the contact sheet not.
+    limit = max(len(data) for name, data in complete.items() if name.startswith("dataset/Ada_")) + 1024
+    assert len(complete["dataset/contact_sheet.png"]) > limit
+    cut = produce(env, tmp, photo, "--out", str(out), preexec_fn=limit_file_size(limit))
+    assert cut.returncode == 2, cut.stderr[-3000:]
+    error = [line for line in cut.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "File too large (EFBIG)" in error[0] and str(out / "dataset") in error[0]
+    assert "Traceback" not in cut.stderr
+    assert not list(out.rglob(".*.likeness-part")), "a temporary file was left behind"
+    record = json.loads((out / MANIFEST).read_text())
+    assert record["complete"] is False
+    assert not (out / "dataset" / "contact_sheet.png").exists() and not (out / "lora").exists()
+
+    finished = produce(env, tmp, photo, "--out", str(out))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert {k: v for k, v in folder_bytes(out).items() if k != MANIFEST} == {
+        k: v for k, v in complete.items() if k != MANIFEST
+    }
+    assert json.loads((out / MANIFEST).read_text())["complete"] is True
+
+
+def test_leftovers_of_a_killed_export_are_recognised_and_removed(made):
+    tmp, env, photo = made
+    out = tmp / "killed"
+    out.mkdir()
+    # What a SIGKILL during the first file of the first export leaves: one temporary file.
+    (out / f".{MANIFEST}.x1y2.likeness-part").write_text("{")
+    result = produce(env, tmp, photo, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not list(out.rglob(".*.likeness-part"))
+    assert json.loads((out / MANIFEST).read_text())["complete"] is True
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "holds a likeness.json that Likeness cannot trust"),
+        ('["a", "list"]', "it has no identity record"),
+        ('{"identity": {"trigger": "Ada"}}', "written by another version of Likeness"),
+    ],
+    ids=["broken-json", "foreign-json", "old-format"],
+)
+def test_a_corrupt_or_foreign_record_is_refused(made, content, message):
+    tmp, env, photo = made
+    out = tmp / f"record-{abs(hash(content))}"
+    out.mkdir()
+    (out / MANIFEST).write_text(content)
+    result = produce(env, tmp, photo, "--out", str(out))
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+    assert (out / MANIFEST).read_text() == content
+
+
+def test_a_profile_with_the_same_name_and_other_models_is_refused(made, models_dir):
+    tmp, env, photo = made
+    profile = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
+    profile["models"]["refiner"]["source"] = str(models_dir / "tiny" / "refiner")
+    path = tmp / "tiny-lookalike.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    before = (tmp / "out" / MANIFEST).read_text()
+    result = produce(env, tmp, photo, "--profile", str(path))
+    assert result.returncode == 2
+    assert "made with different profile" in " ".join(result.stderr.split())
+    assert (tmp / "out" / MANIFEST).read_text() == before
+
+
+def test_out_inside_the_data_folder_is_refused(made):
+    tmp, env, photo = made
+    result = produce(env, tmp, photo, "--out", str(tmp / "likeness-data" / "mine"))
+    assert result.returncode == 2
+    assert "is inside the data folder" in " ".join(result.stderr.split())
+
+
+def test_a_write_error_during_a_stage_is_one_line_naming_the_path(made):
+    tmp, env, photo = made
+    # A new variation: its edit (64 px, 12 KB) is stored, its upscale (128 px, 40 KB) is not; the log fits.
+    result = produce(
+        env,
+        tmp,
+        photo,
+        "--out",
+        str(tmp / "efbig"),
+        "--set",
+        "dataset.variations=[back]",
+        preexec_fn=limit_file_size(24 * 1024),
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    text = " ".join(result.stderr.split())
+    assert "File too large (EFBIG)" in text and str(tmp / "likeness-data" / "store" / "objects") in text
+    assert "during dataset" in text
+    assert "details in" in text and ".log" in text
+    assert "Traceback" not in result.stderr
+    log = Path(text.split("details in ")[1].split()[0])
+    assert "Traceback" in log.read_text()
+
+
+def test_progress_shows_as_plain_lines_when_stderr_is_not_a_terminal(made):
+    tmp, env, photo = made
+    result = produce(env, tmp, photo, "--refresh")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for stage in ("dataset 0/6", "dataset 6/6", "train 0/6", "train 6/6", "render 2/2"):
+        assert stage in result.stderr
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """Mount a tmpfs of a given size (read-only if asked) at a fresh folder; unmounted afterwards."""
+    mounts: list[Path] = []
+
+    def mount(size: str, read_only: bool = False) -> Path:
+        point = tmp_path / f"fs{len(mounts)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"mounting a tmpfs needs root: {done.stderr.decode().strip()}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_full_or_read_only_disk_is_refused_before_any_model_loads(tmp_path, models_dir, face_photo, small_filesystem):
+    env = cli_env(tmp_path, tmp_path / "fresh-models", api=None)
+    read_only = small_filesystem("1m", read_only=True)
+    refused = produce(env, tmp_path, face_photo, "--out", str(read_only / "ada"))
+    assert refused.returncode == 2
+    assert f"cannot write to {read_only / 'ada'}" in refused.stderr and "Read-only file system" in refused.stderr
+
+    tiny_disk = small_filesystem("64k")
+    full = produce(env, tmp_path, face_photo, "--out", str(tiny_disk / "ada"))
+    assert full.returncode == 2
+    assert "not enough free space on the filesystem of" in " ".join(full.stderr.split())
+
+    env["LIKENESS_DATA_DIR"] = str(read_only / "data")
+    no_store = produce(env, tmp_path, face_photo, "--out", str(tmp_path / "ada"))
+    assert no_store.returncode == 2
+    assert "Read-only file system" in no_store.stderr and "Traceback" not in no_store.stderr
+    assert not (tmp_path / "fresh-models").exists()
+    assert not (tmp_path / "ada").exists()
