@@ -8,7 +8,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 import yaml
@@ -234,41 +234,48 @@ class CharacterRun:
         try:
             if self.server is not None:
                 os.environ["PREFECT_API_URL"] = self.server.wait_ready()
-            from likeness import pipelines
-
             route_logs(self.log_path, verbose, _say)
-            started = time.perf_counter()
-            result, flow_run_id = self._produce_healing()
-            stats = {
-                "flow_run_id": flow_run_id,
-                "seconds": round(time.perf_counter() - started, 2),
-                "model_loads": dict(pipelines.load_counts),
-            }
-            try:
-                manifest = export_outputs(result, self.out, self.identity, self.key, self.store, stats)
-            except CorruptObject as exc:
-                _fail(f"{exc}; run the same command again")
-            except (OutputConflict, MissingObject) as exc:
-                _fail(str(exc))
+            manifest = self._produce_and_export()
         finally:
             self._stop_server()
         _print_summary(self.out, manifest)
 
-    def _produce_healing(self) -> tuple[CharacterResult, str]:
-        """Run the flow; if it met a corrupt artifact (now moved aside), run it once more to remake it."""
-        for attempt in (1, 2):
-            state = self._produce()
-            if state.is_completed():
-                return state.result(), str(state.state_details.flow_run_id)
-            cause = state.result(raise_on_failure=False)
-            if isinstance(cause, CorruptObject) and attempt == 1:
-                _say(f"{cause}; running again")
-                continue
-            if isinstance(cause, OSError):
-                raise cause
-            failure = describe_failure(cause)
-            _fail(f"the run ended {state.name} during {self._where()}: {failure}; details in {self.log_path}")
-        raise AssertionError("unreachable")
+    def _produce_and_export(self) -> dict[str, Any]:
+        """Run the flow and export; a corrupt artifact met on the way is moved aside and remade by one more run."""
+        try:
+            return self._attempt()
+        except CorruptObject as exc:
+            _say(f"{exc}; running again")
+        try:
+            return self._attempt()
+        except CorruptObject as exc:
+            _fail(str(exc))
+
+    def _attempt(self) -> dict[str, Any]:
+        from likeness import pipelines
+
+        started = time.perf_counter()
+        result, flow_run_id = self._produce_result()
+        stats = {
+            "flow_run_id": flow_run_id,
+            "seconds": round(time.perf_counter() - started, 2),
+            "model_loads": dict(pipelines.load_counts),
+        }
+        try:
+            return export_outputs(result, self.out, self.identity, self.key, self.store, stats)
+        except (OutputConflict, MissingObject) as exc:
+            _fail(str(exc))
+
+    def _produce_result(self) -> tuple[CharacterResult, str]:
+        """The flow's result and run id; a failure that is a file-system or store problem is raised as such."""
+        state = self._produce()
+        if state.is_completed():
+            return state.result(), str(state.state_details.flow_run_id)
+        cause = state.result(raise_on_failure=False)
+        if isinstance(cause, OSError | CorruptObject):
+            raise cause
+        failure = describe_failure(cause)
+        _fail(f"the run ended {state.name} during {self._where()}: {failure}; details in {self.log_path}")
 
     def _produce(self) -> Any:
         from flows.produce import produce_character
@@ -311,7 +318,7 @@ def _say(message: str) -> None:
     console.print(message, soft_wrap=True, highlight=False, markup=False)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, highlight=False)
     raise typer.Exit(2)
 

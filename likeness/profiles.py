@@ -9,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from pydantic import ValidationError
 
-from likeness.config import ROLES, ModelProfile, ModelSpec, Role
+from likeness.config import ROLES, InvalidSettings, ModelProfile, ModelSpec, Role
 from likeness.settings import Settings
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -31,7 +32,13 @@ def load_profile(name: str) -> ModelProfile:
         raise ProfileUnavailable(
             f"unknown profile {name!r}; known: {', '.join(available_profiles())} (or a path to a .yaml file)"
         )
-    return ModelProfile.model_validate(yaml.safe_load(path.read_text()))
+    try:
+        return ModelProfile.model_validate(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise ProfileUnavailable(f"profile {path} is not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        problems = InvalidSettings.from_validation_error(exc).problems
+        raise InvalidSettings([f"profile {path}: {problem}" for problem in problems]) from None
 
 
 def device_for(profile: ModelProfile, settings: Settings) -> str:

@@ -15,6 +15,9 @@ from likeness.imaging import decode_mp4
 from tests.conftest import cli_env
 from tests.prefect_server import api_post
 
+# Each runs the real CLI end to end (tens of seconds): `bin/test -m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
+
 LIKENESS = str(Path(sys.executable).parent / "likeness")
 STAGES = ("edit-variation", "upscale-image", "caption-image", "assemble-dataset", "fit-lora", "render-media")
 

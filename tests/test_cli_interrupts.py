@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import cli_env
 
+# Each runs the real CLI end to end (tens of seconds): `bin/test -m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
+
 LIKENESS = str(Path(sys.executable).parent / "likeness")
 
 

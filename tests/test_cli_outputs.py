@@ -18,6 +18,9 @@ from tests.conftest import cli_env
 from tests.prefect_server import api_post
 from tests.test_cli_e2e import LIKENESS
 
+# Each runs the real CLI end to end (tens of seconds): `bin/test -m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
+
 VARIATIONS = "dataset.variations=[front, smile]"
 
 
@@ -226,3 +229,66 @@ def test_a_full_or_read_only_disk_is_refused_before_any_model_loads(tmp_path, mo
     assert "Read-only file system" in no_store.stderr and "Traceback" not in no_store.stderr
     assert not (tmp_path / "fresh-models").exists()
     assert not (tmp_path / "ada").exists()
+
+
+def stored_object(tmp: Path, sha256: str) -> Path:
+    (path,) = (tmp / "likeness-data" / "store" / "objects" / "sha256" / sha256).iterdir()
+    return path
+
+
+@pytest.mark.parametrize("keep_stat", [False, True], ids=["rewritten", "bit-rot-behind-the-stores-back"])
+def test_a_corrupt_artifact_is_moved_aside_and_remade(made, keep_stat):
+    tmp, env, photo = made
+    record = json.loads((tmp / "out" / MANIFEST).read_text())
+    lora = record["lora"][-1]
+    path = stored_object(tmp, lora["sha256"])
+    good = path.read_bytes()
+    before = path.stat()
+    path.write_bytes(bytes(b ^ 0xFF for b in good[:64]) + good[64:])
+    if keep_stat:
+        # The store's sidecar still vouches for the object: only reading its bytes shows the damage.
+        import os
+
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    out = tmp / f"healed-{keep_stat}"
+    healed = produce(env, tmp, photo, "--out", str(out))
+    assert healed.returncode == 0, healed.stderr[-3000:]
+    text = " ".join(healed.stderr.split())
+    assert f"sha256/{lora['sha256']}/" in text and "moved it aside to 'corrupt/" in text
+    assert "Traceback" not in healed.stderr
+    assert path.read_bytes() == good
+    assert (out / lora["file"]).read_bytes() == good
+    aside = list((tmp / "likeness-data" / "store" / "objects" / "corrupt").rglob(path.name))
+    assert aside and any(p.read_bytes()[:64] != good[:64] for p in aside)
+
+
+def test_a_16_bit_photo_is_read_as_people_see_it(made):
+    import numpy as np
+    from PIL import Image
+
+    tmp, env, _ = made
+    gradient = np.tile(np.linspace(0, 65535, 512, dtype=np.uint16), (512, 1))
+    photo = tmp / "scan16.png"
+    Image.fromarray(gradient).save(photo)
+    result = produce(env, tmp, photo, "--out", str(tmp / "scan16"), "--set", "dataset.variations=[front]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"note: {photo} is 16-bit: scaled to 8-bit" in result.stderr
+    sheet = np.asarray(Image.open(tmp / "scan16" / "dataset" / "contact_sheet.png").convert("L"), dtype=float)
+    reference_cell = sheet[:256, :256]
+    # Saturated, the reference thumbnail would be all white; scaled, it keeps its dark-to-light ramp.
+    assert reference_cell[:, :40].mean() < 60 and reference_cell[:, -40:].mean() > 190
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("render.size=384", "render.size=384 is above 256"),
+        ("render.image_prompts=['{trigger.__class__} in a cafe']", "attribute or index access"),
+    ],
+)
+def test_limits_and_templates_are_checked_before_any_work(tmp_path, face_photo, setting, message):
+    env = cli_env(tmp_path, tmp_path / "fresh-models", api=None)
+    result = produce(env, tmp_path, face_photo, "--set", setting)
+    assert result.returncode == 2
+    assert message in " ".join(result.stderr.split())
+    assert not (tmp_path / "fresh-models").exists() and not (tmp_path / "likeness-data").exists()

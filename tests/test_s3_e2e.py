@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from likeness.store import S3Store
 from tests.conftest import cli_env
 from tests.prefect_server import api_post
 from tests.test_cli_e2e import likeness
+
+# Each runs the real CLI end to end (tens of seconds): `bin/test -m 'not slow'` skips them.
+pytestmark = pytest.mark.slow
 
 SECRETS = {"LIKENESS_RUNPOD_API_KEY": "rp-e2e-sentinel-7731", "LIKENESS_HF_TOKEN": "hf_e2e_sentinel_9912"}
 
