@@ -5,14 +5,11 @@ caption = caption_image.fn(ref, "ada", "side", load_profile("tiny").caption, loa
 
 from __future__ import annotations
 
-from prefect import task
-
 from likeness.artifacts import ArtifactRef, load_image
-from likeness.caching import stage_cache
 from likeness.catalogue import get_variation
 from likeness.config import CaptionConfig, ModelProfile
-from likeness.errors import retry_transient
 from likeness.pipelines import get_pipeline, gpu_lock
+from likeness.stages import stage_task
 
 STAGE_VERSION = 1
 CAPTION_PROMPT = "a photo of"
@@ -29,16 +26,7 @@ def describe(processor, model, image, max_new_tokens: int) -> str:
     return text.removeprefix(CAPTION_PROMPT).strip(" ,.")
 
 
-@task(
-    name="caption-image",
-    retries=2,
-    retry_condition_fn=retry_transient,
-    retry_delay_seconds=10,
-    cache_policy=stage_cache(STAGE_VERSION),
-    persist_result=True,
-    result_serializer="json",
-    tags=["gpu"],
-)
+@stage_task("caption-image", STAGE_VERSION)
 def caption_image(
     image: ArtifactRef, trigger: str, variation_id: str, config: CaptionConfig, profile: ModelProfile
 ) -> str:

@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import json
 
-from prefect import task
-
 from likeness.artifacts import ArtifactRef, load_image, put_bytes, put_image
-from likeness.caching import stage_cache
-from likeness.errors import retry_transient
 from likeness.imaging import contact_sheet
 from likeness.records import DatasetItem, DatasetRef
+from likeness.stages import stage_task
 
 STAGE_VERSION = 1
 
 
-@task(
-    name="assemble-dataset",
-    retries=2,
-    retry_condition_fn=retry_transient,
-    retry_delay_seconds=5,
-    cache_policy=stage_cache(STAGE_VERSION),
-    persist_result=True,
-    result_serializer="json",
-)
+@stage_task("assemble-dataset", STAGE_VERSION, retry_delay_seconds=5, gpu=False)
 def assemble_dataset(trigger: str, reference: ArtifactRef, items: list[DatasetItem]) -> DatasetRef:
     """Write the manifest and the contact sheet of a finished dataset."""
     lines = [

@@ -10,15 +10,12 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from prefect import task
-
 from likeness.artifacts import ArtifactRef, get_bytes, put_bytes, put_image
-from likeness.caching import stage_cache
 from likeness.config import ModelProfile, RenderConfig
-from likeness.errors import retry_transient
 from likeness.imaging import encode_mp4, to_pil
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.records import RenderItem
+from likeness.stages import stage_task
 
 STAGE_VERSION = 1
 ADAPTER = "likeness_character"
@@ -32,16 +29,7 @@ def render_filename(kind: str, prompt: str, seed: int, lora: ArtifactRef, config
     return f"{kind}_s{seed}_{digest}.{'png' if kind == 'image' else 'mp4'}"
 
 
-@task(
-    name="render-media",
-    retries=2,
-    retry_condition_fn=retry_transient,
-    retry_delay_seconds=10,
-    cache_policy=stage_cache(STAGE_VERSION),
-    persist_result=True,
-    result_serializer="json",
-    tags=["gpu"],
-)
+@stage_task("render-media", STAGE_VERSION)
 def render_media(
     lora: ArtifactRef,
     kind: Literal["image", "video"],

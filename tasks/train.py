@@ -14,16 +14,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from prefect import task
 
 from likeness.artifacts import load_image, put_file
-from likeness.caching import stage_cache
 from likeness.config import ModelProfile, TrainConfig
-from likeness.errors import retry_transient
 from likeness.imaging import square
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.progress import StageProgress
 from likeness.records import DatasetRef, LoraCheckpoint, LoraRef
+from likeness.stages import stage_task
 
 if TYPE_CHECKING:
     import torch
@@ -77,16 +75,7 @@ def save_checkpoint(pipe, folder: Path, filename: str) -> Path:
     return folder / filename
 
 
-@task(
-    name="fit-lora",
-    retries=1,
-    retry_condition_fn=retry_transient,
-    retry_delay_seconds=30,
-    cache_policy=stage_cache(STAGE_VERSION),
-    persist_result=True,
-    result_serializer="json",
-    tags=["gpu"],
-)
+@stage_task("fit-lora", STAGE_VERSION, retries=1, retry_delay_seconds=30)
 def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) -> LoraRef:
     """Train the character LoRA, saving a checkpoint every `checkpoint_every` steps."""
     import torch

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from prefect import task
 
 from likeness.artifacts import ArtifactRef, load_image, put_image
-from likeness.caching import stage_cache
 from likeness.config import ModelProfile, UpscaleConfig
-from likeness.errors import retry_transient
 from likeness.pipelines import get_pipeline, gpu_lock
+from likeness.stages import stage_task
 
 STAGE_VERSION = 1
 
@@ -33,16 +31,7 @@ def esrgan_upscale(model, image: Image.Image) -> Image.Image:
     return Image.fromarray(array)
 
 
-@task(
-    name="upscale-image",
-    retries=2,
-    retry_condition_fn=retry_transient,
-    retry_delay_seconds=10,
-    cache_policy=stage_cache(STAGE_VERSION),
-    persist_result=True,
-    result_serializer="json",
-    tags=["gpu"],
-)
+@stage_task("upscale-image", STAGE_VERSION)
 def upscale_image(
     image: ArtifactRef, config: UpscaleConfig, prompt: str, seed: int, profile: ModelProfile
 ) -> ArtifactRef:

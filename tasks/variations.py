@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import hashlib
 
-from prefect import task
-
 from likeness.artifacts import ArtifactRef, load_image, put_image
-from likeness.caching import stage_cache
 from likeness.catalogue import get_variation
 from likeness.config import EditConfig, ModelProfile
-from likeness.errors import retry_transient
 from likeness.imaging import square
 from likeness.pipelines import get_pipeline, gpu_lock
+from likeness.stages import stage_task
 
 STAGE_VERSION = 1
 
@@ -29,16 +26,7 @@ def variation_seed(seed: int, variation_id: str) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-@task(
-    name="edit-variation",
-    retries=2,
-    retry_condition_fn=retry_transient,
-    retry_delay_seconds=10,
-    cache_policy=stage_cache(STAGE_VERSION),
-    persist_result=True,
-    result_serializer="json",
-    tags=["gpu"],
-)
+@stage_task("edit-variation", STAGE_VERSION)
 def edit_variation(
     reference: ArtifactRef, variation_id: str, config: EditConfig, seed: int, profile: ModelProfile
 ) -> ArtifactRef:
