@@ -234,6 +234,8 @@ class CharacterRun:
         try:
             if self.server is not None:
                 os.environ["PREFECT_API_URL"] = self.server.wait_ready()
+            import prefect  # noqa: F401  (it sets up its logging on import; route_logs redirects that)
+
             route_logs(self.log_path, verbose, _say)
             manifest = self._produce_and_export()
         finally:
@@ -245,7 +247,7 @@ class CharacterRun:
         try:
             return self._attempt()
         except CorruptObject as exc:
-            _say(f"{exc}; running again")
+            _say(f"{exc}: running it now")
         try:
             return self._attempt()
         except CorruptObject as exc:

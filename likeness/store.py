@@ -75,7 +75,7 @@ class CorruptObject(StoreError):
         done = f"moved it aside to {self.moved_to!r}" if self.moved_to else "another reader already moved it aside"
         return (
             f"object {self.key!r} in {self.uri} does not match its sha256 (expected {self.expected_sha256[:12]}..., "
-            f"found {self.actual_sha256[:12]}...): {done}; the stage that made it runs again on the next run"
+            f"found {self.actual_sha256[:12]}...): {done}; the stage that made it will run again"
         )
 
 

@@ -94,3 +94,8 @@ def _stop(process: subprocess.Popen) -> None:
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with prefect_server(tmp_path_factory.mktemp("prefect-server")) as api:
         yield api
+        if "prefect" in sys.modules:
+            # Flows run in this process queue their logs: send them while the server still answers.
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)

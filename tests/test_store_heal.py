@@ -125,7 +125,7 @@ def test_get_bytes_moves_a_corrupt_copy_aside(store: ArtifactStore, keep_hash: b
     assert error.moved_to is not None and error.moved_to.startswith("corrupt/")
     message = str(error)
     assert "\n" not in message
-    for part in (repr(ref.key), store.uri, repr(error.moved_to), ref.sha256[:12], sha(bad)[:12], "runs again"):
+    for part in (repr(ref.key), store.uri, repr(error.moved_to), ref.sha256[:12], sha(bad)[:12], "will run again"):
         assert part in message
     assert not store.exists(ref.key)
     assert store.get_bytes(error.moved_to) == bad
@@ -152,7 +152,7 @@ def test_corrupt_object_message_when_another_reader_moved_it() -> None:
     error = CorruptObject("sha256/ab/front.png", "file:///s", "ab" * 32, "9f" * 32, None)
     assert str(error) == (
         "object 'sha256/ab/front.png' in file:///s does not match its sha256 (expected abababababab..., found "
-        "9f9f9f9f9f9f...): another reader already moved it aside; the stage that made it runs again on the next run"
+        "9f9f9f9f9f9f...): another reader already moved it aside; the stage that made it will run again"
     )
 
 
