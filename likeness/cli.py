@@ -198,9 +198,10 @@ class CharacterRun:
         _configure_environment(self.results_dir, refresh)
         try:
             with interruptible(on_forced_exit=self._say_interrupted):
-                self._run(verbose)
-        except Interrupted as interrupt:
-            exit_now(interrupt.exit_code, partial(self._say_interrupted, interrupt))
+                try:
+                    self._run(verbose)
+                except Interrupted as interrupt:
+                    exit_now(interrupt.exit_code, partial(self._say_interrupted, interrupt))
         except (OSError, ServerStartError) as exc:
             self._stop_server()
             _fail(f"{describe_failure(exc)} (during {self._where()}); details in {self.log_path}")

@@ -6,6 +6,7 @@ import errno
 from typing import Any
 
 from likeness.inputs import InvalidInput
+from likeness.interrupts import StageStopped
 from likeness.store import CorruptObject, MissingObject
 
 # The machine, not the moment: retrying a task after these only repeats the failure more slowly.
@@ -13,11 +14,12 @@ PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPE
 
 
 def is_permanent(exc: BaseException) -> bool:
-    """True for failures a retry of the same stage cannot fix: a full or read-only disk, bad input, a lost input."""
+    """True for failures a retry of the same stage cannot fix: a full or read-only disk, bad input, a lost
+    input, an interrupted run."""
     if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
         return True
     # A corrupt or missing input artifact is remade by the stage that made it, not by this one.
-    return isinstance(exc, InvalidInput | MissingObject | CorruptObject)
+    return isinstance(exc, InvalidInput | MissingObject | CorruptObject | StageStopped)
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -2,9 +2,11 @@
 
 The first signal raises `Interrupted` in the main thread, so the run unwinds: Prefect marks its
 runs crashed, temporary files are removed, the CLI says what was interrupted. Model work that a
-stage started in a worker thread cannot be interrupted and would hold the interpreter's exit, so
-the CLI leaves through `exit_now`; if unwinding itself hangs (a server that no longer answers),
-the process exits anyway after `grace_s`, and a second signal exits at once.
+stage runs in a worker thread cannot receive a signal, so it polls `check_stop` between steps
+(`stop_between_steps` for diffusers pipelines) and ends with `StageStopped`. The CLI leaves
+through `exit_now`, so no thread can hold the interpreter's exit; if unwinding itself hangs (a
+server that no longer answers), the process exits anyway after `grace_s`, and a second signal
+exits at once.
 """
 
 from __future__ import annotations
@@ -15,8 +17,26 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_stopping = threading.Event()
+
+
+class StageStopped(RuntimeError):
+    """A stage ended between two steps because the run was interrupted."""
+
+
+def check_stop() -> None:
+    """Raise StageStopped once the run is interrupted; model loops in worker threads call it each step."""
+    if _stopping.is_set():
+        raise StageStopped("the run was interrupted")
+
+
+def stop_between_steps(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A diffusers `callback_on_step_end` that ends an interrupted run's denoising loop at the next step."""
+    check_stop()
+    return callback_kwargs
 
 
 class Interrupted(KeyboardInterrupt):
@@ -45,8 +65,12 @@ def exit_now(code: int, before: Callable[[], None] | None = None) -> None:
 
 @contextmanager
 def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float = 5.0) -> Iterator[None]:
-    """Within this block SIGINT and SIGTERM raise `Interrupted`; `on_forced_exit` runs before a forced exit."""
+    """Within this block SIGINT and SIGTERM raise `Interrupted`; `on_forced_exit` runs before a forced exit.
+
+    Handle `Interrupted` inside the block: leaving it disarms the forced exit.
+    """
     received: list[Interrupted] = []
+    timers: list[threading.Timer] = []
 
     def force(interrupt: Interrupted) -> None:
         exit_now(interrupt.exit_code, lambda: on_forced_exit(interrupt))
@@ -56,9 +80,11 @@ def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float 
         if received:
             force(received[0])
         received.append(interrupt)
+        _stopping.set()
         timer = threading.Timer(grace_s, force, args=(interrupt,))
         timer.daemon = True
         timer.start()
+        timers.append(timer)
         raise interrupt
 
     previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}
@@ -67,3 +93,6 @@ def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float 
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        for timer in timers:
+            timer.cancel()
+        _stopping.clear()

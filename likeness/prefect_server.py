@@ -24,6 +24,7 @@ from types import TracebackType
 
 STARTUP_TIMEOUT_S = 90
 PARENT_POLL_S = 0.2
+STOP_GRACE_S = 1.0
 
 
 class ServerStartError(RuntimeError):
@@ -86,12 +87,13 @@ class TemporaryPrefectServer:
         raise ServerStartError(f"the temporary Prefect server did not answer on {self.api_url} in {timeout:.0f} s")
 
     def stop(self) -> None:
-        """Stop the server (it has no state worth a graceful shutdown: SQLite commits as it goes)."""
+        """Stop the server; killed if it takes over a second (SQLite has committed every answered request)."""
         if self._process is None or self._process.poll() is not None:
             return
+        # uvicorn's graceful shutdown waits for clients' idle keep-alive connections to close.
         self._process.terminate()
         try:
-            self._process.wait(timeout=3)
+            self._process.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(timeout=5)

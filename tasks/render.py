@@ -13,6 +13,7 @@ from typing import Literal
 from likeness.artifacts import ArtifactRef, get_bytes, put_bytes, put_image
 from likeness.config import ModelProfile, RenderConfig
 from likeness.imaging import encode_mp4, to_pil
+from likeness.interrupts import stop_between_steps
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.records import RenderItem
 from likeness.stages import stage_task
@@ -58,6 +59,7 @@ def render_media(
                 num_inference_steps=config.steps,
                 guidance_scale=config.guidance_scale,
                 generator=torch.Generator("cpu").manual_seed(seed),
+                callback_on_step_end=stop_between_steps,
                 output_type="np",
             ).frames[0]
         finally:

@@ -18,6 +18,7 @@ import numpy as np
 from likeness.artifacts import load_image, put_file
 from likeness.config import ModelProfile, TrainConfig
 from likeness.imaging import square
+from likeness.interrupts import check_stop
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.progress import StageProgress
 from likeness.records import DatasetRef, LoraCheckpoint, LoraRef
@@ -107,6 +108,7 @@ def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) ->
             generator = torch.Generator("cpu").manual_seed(config.seed)
             order = torch.randperm(len(texts), generator=generator).tolist()
             for step in range(1, config.steps + 1):
+                check_stop()
                 index = order[(step - 1) % len(order)]
                 # latents live where the model runs, also when offload keeps the weights on the CPU.
                 with torch.autocast(

@@ -13,6 +13,7 @@ from PIL import Image
 
 from likeness.artifacts import ArtifactRef, load_image, put_image
 from likeness.config import ModelProfile, UpscaleConfig
+from likeness.interrupts import stop_between_steps
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.stages import stage_task
 
@@ -52,5 +53,6 @@ def upscale_image(
             width=config.size,
             guidance_scale=config.guidance_scale,
             generator=torch.Generator("cpu").manual_seed(seed),
+            callback_on_step_end=stop_between_steps,
         ).images[0]
     return put_image(refined, image.filename)

@@ -14,6 +14,7 @@ from likeness.artifacts import ArtifactRef, load_image, put_image
 from likeness.catalogue import get_variation
 from likeness.config import EditConfig, ModelProfile
 from likeness.imaging import square
+from likeness.interrupts import stop_between_steps
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.stages import stage_task
 
@@ -47,5 +48,6 @@ def edit_variation(
             height=config.size,
             width=config.size,
             generator=torch.Generator("cpu").manual_seed(seed),
+            callback_on_step_end=stop_between_steps,
         ).images[0]
     return put_image(image, f"{variation_id}.png")

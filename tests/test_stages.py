@@ -201,3 +201,42 @@ def test_an_edit_follows_its_seed(reference):
     seeds = {seed: edit_variation.fn(reference, "smile", TINY.edit, seed, TINY) for seed in (1, 2)}
     assert seeds[1].sha256 != seeds[2].sha256
     assert edit_variation.fn(reference, "smile", TINY.edit, 1, TINY).sha256 == seeds[1].sha256
+
+
+def test_model_work_in_a_worker_thread_stops_at_its_next_step_once_the_run_is_interrupted(reference, dataset):
+    import os
+    import signal
+    import threading
+
+    from likeness.interrupts import Interrupted, StageStopped, interruptible
+    from tasks.render import render_media
+    from tasks.train import fit_lora
+    from tasks.variations import edit_variation
+
+    one_step = TINY.train.model_copy(update={"steps": 1, "checkpoint_every": 1})
+    lora = fit_lora.fn(dataset, one_step, TINY).final.weights
+    outcomes: list[object] = []
+
+    def work() -> None:
+        for stage in (
+            lambda: edit_variation.fn(reference, "front", TINY.edit, 0, TINY),
+            lambda: fit_lora.fn(dataset, TINY.train, TINY),
+            lambda: render_media.fn(lora, "image", "Ada", TINY.render, 0, TINY),
+        ):
+            try:
+                outcomes.append(stage())
+            except StageStopped as stopped:
+                outcomes.append(stopped)
+
+    with interruptible(on_forced_exit=lambda interrupt: None, grace_s=60):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            signal.pause()
+        except Interrupted as interrupt:
+            assert interrupt.exit_code == 130
+        # Threads get no signal: they see the interrupt at their next denoising step.
+        worker = threading.Thread(target=work)
+        worker.start()
+        worker.join(timeout=120)
+    assert [type(outcome) for outcome in outcomes] == [StageStopped, StageStopped, StageStopped]
+    assert edit_variation.fn(reference, "front", TINY.edit, 0, TINY).sha256
