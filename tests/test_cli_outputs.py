@@ -4,6 +4,7 @@ an unchanged re-run is "up to date" without Prefect, and the folder's record is 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -247,8 +248,6 @@ def test_a_corrupt_artifact_is_moved_aside_and_remade(made, keep_stat):
     path.write_bytes(bytes(b ^ 0xFF for b in good[:64]) + good[64:])
     if keep_stat:
         # The store's sidecar still vouches for the object: only reading its bytes shows the damage.
-        import os
-
         os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     out = tmp / f"healed-{keep_stat}"
     healed = produce(env, tmp, photo, "--out", str(out))
