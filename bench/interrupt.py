@@ -22,6 +22,9 @@ from pathlib import Path
 
 import matplotlib
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.prefect_server import likeness_server_pids  # noqa: E402
+
 LIKENESS = str(Path(sys.executable).parent / "likeness")
 SAMPLE_PHOTO = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 ARGS = ["produce", "Grace Hopper", "--image", "grace.jpg", "--out", "out", "--set", "train.steps=3000"]
@@ -43,7 +46,7 @@ def one_try(cwd: Path, env: dict[str, str], stage: str, signum: int) -> tuple[fl
         if line.startswith(f"{stage} 0/"):
             break
     time.sleep(1.0)
-    servers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_server_of(p, process.pid)]
+    assert likeness_server_pids(process.pid), "no temporary Prefect server"
     sent = time.perf_counter()
     if signum == signal.SIGINT:
         os.killpg(process.pid, signum)
@@ -52,15 +55,7 @@ def one_try(cwd: Path, env: dict[str, str], stage: str, signum: int) -> tuple[fl
     code = process.wait()
     seconds = time.perf_counter() - sent
     time.sleep(1.0)
-    return seconds, code, not any(p.exists() for p in servers)
-
-
-def _is_server_of(proc: Path, pid: int) -> bool:
-    try:
-        argv = (proc / "cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return b"likeness.prefect_server" in argv and str(pid).encode() in argv
+    return seconds, code, not likeness_server_pids(process.pid)
 
 
 def main() -> None:

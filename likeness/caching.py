@@ -32,15 +32,10 @@ logger = logging.getLogger(__name__)
 REF_FIELDS = frozenset(ArtifactRef.model_fields)
 
 
-def _profile_identity(profile: ModelProfile) -> dict[str, Any]:
-    """What of a profile changes outputs: its models and precision (not its description or device)."""
-    return {"models": profile.model_dump(mode="json")["models"], "dtype": profile.dtype}
-
-
 def stage_key(stage: str, version: int, inputs: dict[str, Any]) -> str:
     """A sha256 over the stage's name, version and JSON-encoded inputs."""
     encoded = {
-        name: _profile_identity(value) if isinstance(value, ModelProfile) else to_jsonable_python(value)
+        name: value.output_identity() if isinstance(value, ModelProfile) else to_jsonable_python(value)
         for name, value in inputs.items()
     }
     payload = json.dumps({"stage": stage, "version": version, "inputs": encoded}, sort_keys=True)

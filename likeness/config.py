@@ -492,6 +492,11 @@ class ModelProfile(Frozen):
     train: TrainConfig
     render: RenderConfig
 
+    def output_identity(self) -> dict[str, Any]:
+        """What of the profile decides outputs: the models behind each role and the precision (not the
+        name, description or device)."""
+        return {"models": self.model_dump(mode="json")["models"], "dtype": self.dtype}
+
     @model_validator(mode="after")
     def _every_role(self) -> ModelProfile:
         missing = [role for role in ROLES if role not in self.models]

@@ -35,18 +35,13 @@ class OutputConflict(RuntimeError):
     """The output folder holds something this run must not overwrite."""
 
 
-def profile_identity(profile: ModelProfile) -> dict[str, Any]:
-    """What of a profile decides the outputs: its name, the models behind each role, the precision."""
-    return {"name": profile.name, "models": profile.model_dump(mode="json")["models"], "dtype": profile.dtype}
-
-
 def run_identity(trigger: str, reference_sha256: str, profile: ModelProfile, config: RunConfig) -> dict[str, Any]:
     """What must match for a run to share an output folder: all but the render settings."""
     return {
         "format": RECORD_FORMAT,
         "trigger": trigger,
         "reference_sha256": reference_sha256,
-        "profile": profile_identity(profile),
+        "profile": {"name": profile.name, **profile.output_identity()},
         "dataset": config.dataset.model_dump(mode="json"),
         "train": config.train.model_dump(mode="json"),
     }

@@ -31,7 +31,8 @@ class ServerStartError(RuntimeError):
     """The temporary Prefect server did not come up."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -41,7 +42,7 @@ class TemporaryPrefectServer:
     """`prefect server` on a free loopback port for as long as this process lives."""
 
     def __init__(self, log_path: Path | None = None) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None

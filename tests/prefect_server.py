@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from likeness.prefect_server import free_port
 
 STARTUP_TIMEOUT_S = 90
 
@@ -28,10 +29,19 @@ def api_post(api: str, path: str, body: dict) -> list[dict]:
         return json.loads(response.read())
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def likeness_server_pids(cli_pid: int) -> list[int]:
+    """Live processes serving the temporary Prefect server of the `likeness` CLI with this pid (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue
+        # argv: python -m likeness.prefect_server PORT CLI_PID
+        if argv[1:3] == [b"-m", b"likeness.prefect_server"] and argv[4:5] == [str(cli_pid).encode()] and state != "Z":
+            found.append(int(entry.name))
+    return found
 
 
 def quiet_prefect_env(home: Path) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import cli_env
+from tests.prefect_server import likeness_server_pids
 
 # Each runs the real CLI end to end (tens of seconds): `bin/test -m 'not slow'` skips them.
 pytestmark = pytest.mark.slow
@@ -61,36 +62,13 @@ class RunningCli:
         return "".join(self.lines)
 
 
-def server_pids(cli_pid: int) -> list[int]:
-    """Processes running the temporary Prefect server of the CLI with this pid."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"likeness.prefect_server" in argv and str(cli_pid).encode() in argv:
-            found.append(int(entry.name))
-    return found
-
-
-def gone_within(pids: list[int], seconds: float) -> bool:
+def servers_gone_within(cli_pid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in pids):
-            return True
+    while likeness_server_pids(cli_pid):
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.1)
-    return False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    return True
 
 
 @pytest.fixture
@@ -110,8 +88,7 @@ def test_a_signal_stops_the_run_within_seconds_and_a_rerun_resumes(
     args = ["Grace Hopper", "--image", str(face_photo), "--out", "out", "--set", "train.steps=3000"]
     cli = RunningCli(tmp_path, own_server_env, *args, "--beyond-limits")
     cli.wait_for(f"{stage} 0/")
-    servers = server_pids(cli.process.pid)
-    assert len(servers) == 1
+    assert len(likeness_server_pids(cli.process.pid)) == 1
     time.sleep(1.0)
     sent = time.monotonic()
     # A terminal's Ctrl-C goes to the whole foreground process group; SIGTERM comes from `kill PID`.
@@ -125,7 +102,7 @@ def test_a_signal_stops_the_run_within_seconds_and_a_rerun_resumes(
     assert f"interrupted ({signal.Signals(signum).name}) during {stage}" in cli.stderr
     assert "run the same command again to resume" in cli.stderr
     assert "Traceback" not in cli.stderr
-    assert gone_within(servers, 5), "the temporary Prefect server outlived the CLI"
+    assert servers_gone_within(cli.process.pid, 5), "the temporary Prefect server outlived the CLI"
     assert not list((tmp_path / "out").rglob(".*.likeness-part"))
 
     if stage == "train":
@@ -146,8 +123,7 @@ def test_a_signal_stops_the_run_within_seconds_and_a_rerun_resumes(
 def test_the_temporary_server_dies_with_a_killed_cli(tmp_path, own_server_env, face_photo):
     cli = RunningCli(tmp_path, own_server_env, "Grace Hopper", "--image", str(face_photo), "--out", "out")
     cli.wait_for("dataset 0/")
-    servers = server_pids(cli.process.pid)
-    assert len(servers) == 1
+    assert len(likeness_server_pids(cli.process.pid)) == 1
     cli.process.kill()
     cli.finish(timeout=10)
-    assert gone_within(servers, 3), "the temporary Prefect server outlived a SIGKILLed CLI"
+    assert servers_gone_within(cli.process.pid, 3), "the temporary Prefect server outlived a SIGKILLed CLI"

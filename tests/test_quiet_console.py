@@ -7,7 +7,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from tests.prefect_server import free_port
+from likeness.prefect_server import free_port
 
 OUTAGE = textwrap.dedent(
     """
