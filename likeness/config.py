@@ -389,9 +389,14 @@ class TrainConfig(Stage):
     learning_rate: float = Field(gt=0)
     seed: Seed = 0
 
+    @property
+    def checkpoint_count(self) -> int:
+        """How many checkpoints training saves: one every `checkpoint_every` steps, and one at the end."""
+        return math.ceil(self.steps / self.checkpoint_every)
+
     def limit_problems(self, path: str, limits: BaseModel) -> list[Problem]:
         """The per-setting limits, and the number of checkpoints the run saves."""
-        count = math.ceil(self.steps / self.checkpoint_every)
+        count = self.checkpoint_count
         subject = (
             f"the number of checkpoints of {path}.steps={self.steps} with {path}.checkpoint_every="
             f"{self.checkpoint_every} ({count})"

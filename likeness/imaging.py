@@ -21,15 +21,23 @@ def to_pil(frame: np.ndarray) -> Image.Image:
     return Image.fromarray((np.clip(frame, 0.0, 1.0) * 255).round().astype(np.uint8))
 
 
+SHEET_COLUMNS = 4
+SHEET_LABEL_HEIGHT = 18
+
+
+def contact_sheet_size(count: int, cell: int = 256) -> tuple[int, int]:
+    """Width and height of the contact sheet of `count` images."""
+    columns = min(count, SHEET_COLUMNS) or 1
+    return columns * cell, math.ceil(count / columns) * (cell + SHEET_LABEL_HEIGHT)
+
+
 def contact_sheet(images: Sequence[Image.Image], labels: Sequence[str], cell: int = 256) -> Image.Image:
     """A grid of thumbnails with a label under each, for a person to judge a dataset at a glance."""
-    columns = min(len(images), 4) or 1
-    rows = math.ceil(len(images) / columns)
-    label_height = 18
-    sheet = Image.new("RGB", (columns * cell, rows * (cell + label_height)), "white")
+    columns = min(len(images), SHEET_COLUMNS) or 1
+    sheet = Image.new("RGB", contact_sheet_size(len(images), cell), "white")
     draw = ImageDraw.Draw(sheet)
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-        x, y = (index % columns) * cell, (index // columns) * (cell + label_height)
+        x, y = (index % columns) * cell, (index // columns) * (cell + SHEET_LABEL_HEIGHT)
         sheet.paste(ImageOps.contain(image.convert("RGB"), (cell, cell)), (x, y))
         draw.text((x + 4, y + cell + 3), label, fill="black")
     return sheet

@@ -8,7 +8,6 @@ parameter count from the video model's config), so a run that passes has room to
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from likeness.config import ModelProfile, RunConfig
+from likeness.imaging import contact_sheet_size
 from likeness.profiles import model_path
 from likeness.settings import Settings
 from likeness.store import ArtifactStore, LocalStore, StoreError
@@ -74,8 +74,9 @@ def estimate_run_bytes(config: RunConfig, transformer: dict[str, Any]) -> tuple[
     count = len(dataset.variations)
     final_images = count * dataset.upscale.size**2 * 3
     edited_images = count * dataset.edit.size**2 * 3
-    sheet = math.ceil((count + 1) / 4) * 4 * 256 * 274 * 3
-    checkpoints = math.ceil(train.steps / train.checkpoint_every) * lora_checkpoint_bytes(config, transformer)
+    sheet_width, sheet_height = contact_sheet_size(count + 1)  # the reference and every dataset image
+    sheet = sheet_width * sheet_height * 3
+    checkpoints = train.checkpoint_count * lora_checkpoint_bytes(config, transformer)
     renders = len(render.image_prompts) * render.size**2 * 3
     # H.264 at CRF 16 keeps well under a tenth of the raw frames.
     renders += len(render.video_prompts) * render.video_frames * render.size**2 * 3 // 10
