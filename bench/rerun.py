@@ -47,7 +47,7 @@ def main() -> None:
             seconds, stderr = timed(cwd, env)
             assert "up to date" in stderr, stderr
             up_to_date.append(seconds)
-            (cwd / "out" / "dataset" / "contact_sheet.png").unlink()
+            (cwd / "out" / "dataset_contact_sheet.png").unlink()
             seconds, stderr = timed(cwd, env)
             assert "up to date" not in stderr, stderr
             cached.append(seconds)

@@ -42,7 +42,7 @@ def produce(cwd: Path, env: dict[str, str], *extra: str) -> tuple[float, dict]:
 
 def produce_cached(cwd: Path, env: dict[str, str]) -> tuple[float, dict]:
     """A re-run that takes the cached path: with nothing changed it would only say "up to date" (bench/rerun.py)."""
-    (cwd / "out" / "dataset" / "contact_sheet.png").unlink()
+    (cwd / "out" / "dataset_contact_sheet.png").unlink()
     return produce(cwd, env)
 
 

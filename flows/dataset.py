@@ -1,52 +1,191 @@
-"""The dataset flow: variations of the reference, upscaled and refined, captioned, assembled.
+"""The dataset flow: the catalogue's shots edited from the reference, curated, upscaled to 2K, masked, captioned.
 
-Stage by stage rather than image by image, so each model is busy for one block of work: with
-model offload on a GPU, one model at a time holds the GPU memory.
+Stage by stage rather than image by image, so each model is busy for one block of work and is released
+when the flow moves on: with the production models (the editor alone is about 40 GB), peak memory is the
+largest stage's, not the sum.
+
+Curation measures every edit and refuses the ones that fail the profile's thresholds (no face where the
+shot shows one, another person, blurred, badly exposed, a near-duplicate); a refused shot is edited again
+with a new seed, up to `curation.max_tries` tries, and every refused try is kept with its reasons.
 """
 
 from __future__ import annotations
 
+import hashlib
+from typing import NamedTuple
+
 from prefect import flow, unmapped
 
+from likeness import pipelines
 from likeness.artifacts import ArtifactRef
-from likeness.catalogue import get_variation
+from likeness.captions import phrases_in_every_caption
+from likeness.catalogue import Catalogue, Shot, shot_size
 from likeness.config import DatasetConfig, ModelProfile
+from likeness.curation import Figures, Kept, judge
 from likeness.progress import StageProgress
-from likeness.records import DatasetItem, DatasetRef
+from likeness.records import DatasetItem, DatasetRef, Rejection
 from tasks.caption import caption_image
+from tasks.curation import make_mask, measure_image, measure_reference
 from tasks.dataset import assemble_dataset
 from tasks.upscale import upscale_image
-from tasks.variations import edit_variation, variation_seed
+from tasks.variations import edit_variation
+
+# Qwen-Image's VAE downsamples 8x and its transformer packs 2x2 latent patches.
+EDIT_MULTIPLE = 16
 
 
-def refine_prompt(trigger: str, variation_id: str) -> str:
-    variation = get_variation(variation_id)
-    return f"photo of {trigger}, {variation.view}, {variation.framing}, natural skin texture, sharp eyes"
+def shot_seed(seed: int, shot_id: str, attempt: int) -> int:
+    """A seed per shot and try, stable across runs and independent of the catalogue's order."""
+    text = f"{seed}:{shot_id}" if attempt == 0 else f"{seed}:{shot_id}:{attempt}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big")
+
+
+def refine_prompt(trigger: str, shot: Shot) -> str:
+    return f"photo of {trigger}, {', '.join(shot.tags)}, natural skin texture, sharp eyes"
+
+
+class Chosen(NamedTuple):
+    """The try of a shot that curation kept."""
+
+    attempt: int
+    seed: int
+    image: ArtifactRef
+    figures: Figures
 
 
 @flow(name="build-dataset", log_prints=True)
-def build_dataset(trigger: str, reference: ArtifactRef, config: DatasetConfig, profile: ModelProfile) -> DatasetRef:
-    """Turn one reference photo into a captioned LoRA training dataset."""
-    variations = list(config.variations)
-    seeds = [variation_seed(config.seed, variation_id) for variation_id in variations]
-    progress = StageProgress("dataset", 3 * len(variations), artifact_key=f"{trigger}-dataset")
+def build_dataset(
+    trigger: str,
+    reference: ArtifactRef,
+    config: DatasetConfig,
+    profile: ModelProfile,
+    catalogue: Catalogue,
+    garments: list[ArtifactRef] | None = None,
+    poses: list[ArtifactRef] | None = None,
+) -> DatasetRef:
+    """Turn one reference photo (and optional garment and pose images) into a captioned, curated LoRA dataset."""
+    garments, poses = list(garments or []), list(poses or [])
+    shots = catalogue.shots(config.variations, garments=len(garments), poses=len(poses))
+    face = measure_reference(reference) if config.curation.identity else None
+    progress = StageProgress("dataset", 4 * len(shots), artifact_key=f"{trigger}-dataset")
 
-    edited = edit_variation.map(unmapped(reference), variations, unmapped(config.edit), seeds, unmapped(profile))
-    progress.wait(edited, "edit")
-    prompts = [refine_prompt(trigger, variation_id) for variation_id in variations]
-    refined = upscale_image.map(edited, unmapped(config.upscale), prompts, seeds, unmapped(profile))
-    progress.wait(refined, "upscale")
-    captions = caption_image.map(refined, unmapped(trigger), variations, unmapped(config.caption), unmapped(profile))
+    chosen, tries = edit_and_curate(
+        reference, shots, {"garment": garments, "pose": poses}, config, profile, face, progress
+    )
+    pipelines.release("editor")
+    kept_shots = [shot for shot in shots if shot.id in chosen]
+    picks = [chosen[shot.id] for shot in kept_shots]
+
+    upscaled = upscale_image.map(
+        [pick.image for pick in picks],
+        unmapped(config.upscale),
+        [refine_prompt(trigger, shot) for shot in kept_shots],
+        [pick.seed for pick in picks],
+        unmapped(profile),
+        unmapped(face),
+    )
+    progress.wait(upscaled, "upscale")
+    pipelines.release("upscaler", "refiner")
+    finals = [future.result() for future in upscaled]
+    masks = make_mask.map([final.image for final in finals])
+    progress.wait(masks, "mask")
+    captions = caption_image.map(
+        [final.image for final in finals],
+        unmapped(trigger),
+        [list(shot.tags) for shot in kept_shots],
+        unmapped(config.caption),
+        unmapped(profile),
+    )
     progress.wait(captions, "caption")
+    pipelines.release("captioner")
 
     items = [
         DatasetItem(
-            variation=variation_id,
-            image=image.result(),
+            shot=shot.id,
+            entry=shot.entry,
+            group=shot.group,
+            intensity=shot.intensity,
+            edit_prompt=shot.prompt,
+            seed=pick.seed,
+            attempt=pick.attempt,
+            edited=pick.image,
+            figures=pick.figures,
+            upscale=final,
+            mask=mask.result(),
             caption=caption.result(),
-            edit_prompt=get_variation(variation_id).prompt,
-            seed=seed,
+            rejected=tuple(tries[shot.id]),
         )
-        for variation_id, image, caption, seed in zip(variations, refined, captions, seeds, strict=True)
+        for shot, pick, final, mask, caption in zip(kept_shots, picks, finals, masks, captions, strict=True)
     ]
-    return assemble_dataset(trigger, reference, items)
+    dropped = [tuple(tries[shot.id]) for shot in shots if shot.id not in chosen]
+    tags = {tag for shot in kept_shots for tag in shot.tags}
+    repeated = phrases_in_every_caption([item.caption for item in items], ignore=[trigger, *tags])
+    if repeated:
+        print(f"every caption says {', '.join(map(repr, repeated))}: the LoRA will bake it in with the trigger word")
+    return assemble_dataset(
+        trigger, reference, items, dropped, config.curation.identity, repeated, profile.output_identity()
+    )
+
+
+def edit_and_curate(
+    reference: ArtifactRef,
+    shots: list[Shot],
+    second_inputs: dict[str, list[ArtifactRef]],
+    config: DatasetConfig,
+    profile: ModelProfile,
+    face: tuple[float, ...] | None,
+    progress: StageProgress,
+) -> tuple[dict[str, Chosen], dict[str, list[Rejection]]]:
+    """Edit every shot, keep what passes curation, and edit the rest again with new seeds."""
+    curation = config.curation
+    chosen: dict[str, Chosen] = {}
+    tries: dict[str, list[Rejection]] = {shot.id: [] for shot in shots}
+    kept: list[Kept] = []
+    pending = shots
+    for attempt in range(curation.max_tries):
+        seeds = [shot_seed(config.seed, shot.id, attempt) for shot in pending]
+        sizes = [shot_size(shot.aspect, config.edit.size, EDIT_MULTIPLE) for shot in pending]
+        edited = edit_variation.map(
+            [[reference, *_second_input(shot, second_inputs)] for shot in pending],
+            [shot.prompt for shot in pending],
+            [width for width, _ in sizes],
+            [height for _, height in sizes],
+            unmapped(config.edit),
+            seeds,
+            unmapped(profile),
+            [f"{shot.id}.png" for shot in pending],
+        )
+        figures = measure_image.map(edited, unmapped(face))
+        progress.wait(figures, "edit" if attempt == 0 else f"edit (try {attempt + 1})")
+        refused = []
+        for shot, seed, image, measured in zip(pending, seeds, edited, figures, strict=True):
+            verdict = judge(measured.result(), face=shot.face, closeup=shot.closeup, config=curation, kept=kept)
+            if verdict.keep:
+                kept.append(Kept(shot.id, measured.result(), shot.closeup))
+                chosen[shot.id] = Chosen(attempt, seed, image.result(), measured.result())
+                continue
+            tries[shot.id].append(
+                Rejection(
+                    shot=shot.id,
+                    attempt=attempt,
+                    seed=seed,
+                    image=image.result(),
+                    figures=measured.result(),
+                    reasons=verdict.reasons,
+                )
+            )
+            print(f"refused {shot.id} (try {attempt + 1} of {curation.max_tries}): {'; '.join(verdict.reasons)}")
+            refused.append(shot)
+        pending = refused
+        if not pending:
+            break
+        if attempt + 1 < curation.max_tries:
+            progress.total += len(pending)
+    return chosen, tries
+
+
+def _second_input(shot: Shot, second_inputs: dict[str, list[ArtifactRef]]) -> list[ArtifactRef]:
+    """The garment or pose image a shot takes beside the reference."""
+    if shot.needs is None or shot.input_index is None:
+        return []
+    return [second_inputs[shot.needs][shot.input_index]]

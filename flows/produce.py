@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -11,18 +11,66 @@ from flows.dataset import build_dataset
 from flows.render import render
 from flows.train import train_lora
 from likeness.artifacts import ArtifactRef, get_bytes, get_store, put_bytes
-from likeness.config import RunConfig
+from likeness.catalogue import Catalogue, load_catalogue
+from likeness.config import ModelProfile, RunConfig, check_shot_count
 from likeness.inputs import normalise_reference, normalise_trigger
 from likeness.profiles import load_profile
 from likeness.progress import prefect_artifact_key
 from likeness.records import CharacterResult, DatasetItem, LoraRef, RenderItem
 
 
-def reference_from_store(key: str) -> ArtifactRef:
-    """The reference photo as people see it (oriented, 8-bit RGB), refused now if it is not usable."""
+def image_from_store(key: str, label: str, filename: str) -> ArtifactRef:
+    """An input image as people see it (oriented, 8-bit RGB), refused now if it is not usable."""
     info = get_store().info(key)
     photo = ArtifactRef(key=info.key, sha256=info.sha256, size=info.size)
-    return put_bytes(normalise_reference(get_bytes(photo), f"reference {key}").png, "reference.png")
+    return put_bytes(normalise_reference(get_bytes(photo), f"{label} {key}").png, filename)
+
+
+def catalogue_from_store(key: str | None) -> Catalogue:
+    """The run's catalogue (a JSON copy in the store, as the CLI writes it), or the default one."""
+    if key is None:
+        return load_catalogue()
+    info = get_store().info(key)
+    return Catalogue.model_validate_json(get_bytes(ArtifactRef(key=info.key, sha256=info.sha256, size=info.size)))
+
+
+class DatasetInputs(NamedTuple):
+    trigger: str
+    profile: ModelProfile
+    config: RunConfig
+    reference: ArtifactRef
+    garments: list[ArtifactRef]
+    poses: list[ArtifactRef]
+    catalogue: Catalogue
+
+
+def dataset_inputs(
+    name: str,
+    reference: str,
+    profile: str,
+    overrides: dict[str, Any] | None,
+    beyond_limits: bool,
+    garments: list[str] | None,
+    poses: list[str] | None,
+    catalogue: str | None,
+) -> DatasetInputs:
+    """The parameters of a run, checked and resolved before any stage starts."""
+    model_profile = load_profile(profile)
+    config = RunConfig.from_profile(model_profile, overrides, beyond_limits=beyond_limits)
+    run_catalogue = catalogue_from_store(catalogue)
+    garment_refs = [image_from_store(key, "garment image", f"garment-{n}.png") for n, key in enumerate(garments or [])]
+    pose_refs = [image_from_store(key, "pose image", f"pose-{n}.png") for n, key in enumerate(poses or [])]
+    shots = run_catalogue.shots(config.dataset.variations, garments=len(garment_refs), poses=len(pose_refs))
+    check_shot_count(len(shots), model_profile.limits, beyond_limits)
+    return DatasetInputs(
+        trigger=normalise_trigger(name),
+        profile=model_profile,
+        config=config,
+        reference=image_from_store(reference, "reference", "reference.png"),
+        garments=garment_refs,
+        poses=pose_refs,
+        catalogue=run_catalogue,
+    )
 
 
 @flow(name="produce-character", log_prints=True)
@@ -32,23 +80,44 @@ def produce_character(
     profile: str = "tiny",
     overrides: dict[str, Any] | None = None,
     beyond_limits: bool = False,
+    garments: list[str] | None = None,
+    poses: list[str] | None = None,
+    catalogue: str | None = None,
 ) -> CharacterResult:
-    """Dataset, LoRA and renders for one character; `reference` is the photo's key in the artifact store."""
-    trigger = normalise_trigger(name)
-    model_profile = load_profile(profile)
-    config = RunConfig.from_profile(model_profile, overrides, beyond_limits=beyond_limits)
-    reference_ref = reference_from_store(reference)
-
-    dataset = build_dataset(trigger, reference_ref, config.dataset, model_profile)
-    lora = train_lora(dataset, config.train, model_profile)
-    renders = render(lora, config.render, model_profile)
+    """Dataset, LoRA and renders for one character; `reference`, `garments`, `poses` and `catalogue` are keys in
+    the artifact store (the catalogue a JSON copy; none: the default catalogue)."""
+    run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue)
+    dataset = build_dataset(
+        run.trigger, run.reference, run.config.dataset, run.profile, run.catalogue, run.garments, run.poses
+    )
+    lora = train_lora(dataset, run.config.train, run.profile)
+    renders = render(lora, run.config.render, run.profile)
 
     create_markdown_artifact(
-        key=prefect_artifact_key(f"{trigger}-summary"),
-        markdown=summary_markdown(trigger, profile, dataset.items, lora, renders),
-        description=f"{trigger}: what was produced",
+        key=prefect_artifact_key(f"{run.trigger}-summary"),
+        markdown=summary_markdown(run.trigger, profile, dataset.items, lora, renders),
+        description=f"{run.trigger}: what was produced",
     )
     return CharacterResult(dataset=dataset, lora=lora, renders=tuple(renders))
+
+
+@flow(name="produce-dataset", log_prints=True)
+def produce_dataset(
+    name: str,
+    reference: str,
+    profile: str = "tiny",
+    overrides: dict[str, Any] | None = None,
+    beyond_limits: bool = False,
+    garments: list[str] | None = None,
+    poses: list[str] | None = None,
+    catalogue: str | None = None,
+) -> CharacterResult:
+    """Only the dataset of one character; the parameters are those of `produce-character`."""
+    run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue)
+    dataset = build_dataset(
+        run.trigger, run.reference, run.config.dataset, run.profile, run.catalogue, run.garments, run.poses
+    )
+    return CharacterResult(dataset=dataset)
 
 
 def summary_markdown(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import shutil
 import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
 import yaml
+from PIL import Image
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,9 +23,10 @@ from rich.table import Table
 
 from likeness import progress
 from likeness.artifacts import get_store, put_bytes
-from likeness.config import RunConfig
+from likeness.catalogue import Catalogue, load_catalogue
+from likeness.config import RunConfig, check_shot_count
 from likeness.errors import describe_failure
-from likeness.inputs import InvalidInput, normalise_trigger, read_reference_image
+from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
 from likeness.interrupts import Interrupted, exit_now, interruptible
 from likeness.outputs import (
     OutputConflict,
@@ -120,63 +125,186 @@ class StageTracker:
         return self.stage
 
 
+Profile = Annotated[
+    str | None,
+    typer.Option(
+        help="Model profile: tiny, production, permissive, or a .yaml path [default: $LIKENESS_PROFILE or tiny]."
+    ),
+]
+Out = Annotated[Path | None, typer.Option(help="Output folder (default: likeness-out/<name>).")]
+Overrides = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a setting: render.seed=3, train.steps=500.")
+]
+Refresh = Annotated[bool, typer.Option(help="Run every stage again, ignoring cached results.")]
+BeyondLimits = Annotated[
+    bool, typer.Option(help="Allow settings past the profile's soft limits (sizes, steps, frames).")
+]
+Verbose = Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")]
+Name = Annotated[str, typer.Argument(help="Character name; it becomes the trigger word (spaces -> '_').")]
+ReferencePath = Annotated[Path, typer.Option("--image", help="The reference photo.")]
+Garments = Annotated[
+    list[Path] | None, typer.Option("--garment", help="A garment image for the try-on shots (repeatable).")
+]
+Poses = Annotated[
+    list[Path] | None, typer.Option("--pose", help="A pose reference image for the pose-transfer shots (repeatable).")
+]
+CatalogueFile = Annotated[
+    Path | None, typer.Option("--catalogue", help="A YAML catalogue whose entries add to or replace the default's.")
+]
+NoIdentity = Annotated[
+    bool,
+    typer.Option(
+        "--no-identity", help="Curate without the face-identity check (an illustrated or stylised character)."
+    ),
+]
+
+
 @app.command()
 def produce(
-    name: Annotated[str, typer.Argument(help="Character name; it becomes the trigger word (spaces -> '_').")],
-    image: Annotated[Path, typer.Option("--image", help="The reference photo.")],
-    profile: Annotated[
-        str | None,
-        typer.Option(
-            help="Model profile: tiny, production, permissive, or a .yaml path [default: $LIKENESS_PROFILE or tiny]."
-        ),
-    ] = None,
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: likeness-out/<name>).")] = None,
-    overrides: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a setting: render.seed=3, train.steps=500.")
-    ] = None,
-    refresh: Annotated[bool, typer.Option(help="Run every stage again, ignoring cached results.")] = False,
-    beyond_limits: Annotated[
-        bool, typer.Option(help="Allow settings past the profile's soft limits (sizes, steps, frames).")
-    ] = False,
-    verbose: Annotated[bool, typer.Option(help="Show Prefect's logs on the console.")] = False,
+    name: Name,
+    image: ReferencePath,
+    garment: Garments = None,
+    pose: Poses = None,
+    catalogue: CatalogueFile = None,
+    no_identity: NoIdentity = False,
+    profile: Profile = None,
+    out: Out = None,
+    overrides: Overrides = None,
+    refresh: Refresh = False,
+    beyond_limits: BeyondLimits = False,
+    verbose: Verbose = False,
 ) -> None:
     """Make the dataset, train the LoRA and render images and a video, all locally."""
+    run = _prepare("produce", name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh)
+    if run is not None:
+        run.start(refresh, verbose, beyond_limits)
+
+
+@app.command()
+def dataset(
+    name: Name,
+    image: ReferencePath,
+    garment: Garments = None,
+    pose: Poses = None,
+    catalogue: CatalogueFile = None,
+    no_identity: NoIdentity = False,
+    profile: Profile = None,
+    out: Out = None,
+    overrides: Overrides = None,
+    refresh: Refresh = False,
+    beyond_limits: BeyondLimits = False,
+    verbose: Verbose = False,
+) -> None:
+    """Make only the LoRA training dataset: curated images, captions, masks, manifest and contact sheet."""
+    run = _prepare("dataset", name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh)
+    if run is not None:
+        run.start(refresh, verbose, beyond_limits)
+
+
+def _prepare(
+    command: str,
+    name: str,
+    image: Path,
+    garments: list[Path] | None,
+    poses: list[Path] | None,
+    catalogue_path: Path | None,
+    no_identity: bool,
+    profile: str | None,
+    out: Path | None,
+    overrides: list[str] | None,
+    refresh: bool,
+    beyond_limits: bool = False,
+) -> CharacterRun | None:
+    """Check every input before any model loads; None when the output folder is already up to date."""
     settings = get_settings()
     profile = profile or settings.profile
     try:
         trigger = normalise_trigger(name)
         reference = read_reference_image(image)
+        second = {
+            "garment": [read_reference_image(path, "garment image") for path in garments or []],
+            "pose": [read_reference_image(path, "pose image") for path in poses or []],
+        }
+        catalogue = load_catalogue(catalogue_path)
         model_profile = load_profile(profile)
-        config = RunConfig.from_profile(model_profile, parse_overrides(overrides or []), beyond_limits=beyond_limits)
+        settings_given = parse_overrides(overrides or [])
+        if no_identity:
+            settings_given = _merge_setting(settings_given, ("dataset", "curation", "identity"), False)
+        config = RunConfig.from_profile(model_profile, settings_given, beyond_limits=beyond_limits)
+        shots = catalogue.shots(config.dataset.variations, garments=len(second["garment"]), poses=len(second["pose"]))
+        check_shot_count(len(shots), model_profile.limits, beyond_limits)
         out = out or Path("likeness-out") / trigger
-        identity = run_identity(trigger, reference.original_sha256, model_profile, config)
-        key = run_key(identity, config)
+        inputs = {
+            "garments": [picture.original_sha256 for picture in second["garment"]],
+            "poses": [picture.original_sha256 for picture in second["pose"]],
+            "catalogue": catalogue_digest(catalogue),
+        }
+        identity = run_identity(trigger, reference.original_sha256, model_profile, config, inputs)
+        key = run_key(identity, config, command)
         record = check_output_folder(out, identity)
         if not refresh and is_up_to_date(out, record, key):
             _say(f"{trigger}: {out} is up to date (same photo, profile and settings; files unchanged)")
-            return
+            return None
+        warning = check_reference_face(reference, str(image), config.dataset.curation.identity)
         preflight(model_profile, settings)
         store = get_store()
         check_out_location(out, settings, store)
         transformer = video_transformer_config(model_profile, settings)
-        check_writable(out, store, estimate_run_bytes(config, transformer))
+        check_writable(out, store, estimate_run_bytes(config, transformer, len(shots)))
     except (InvalidInput, ProfileUnavailable, OutputConflict, StoreError, WriteCheckFailed) as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(describe_failure(exc))
-    for note in reference.notes:
+    for note in [*reference.notes, *(n for pictures in second.values() for picture in pictures for n in picture.notes)]:
         _say(f"note: {note}")
-    run = CharacterRun(trigger, reference.png, profile, config, out, identity, key, store, settings, beyond_limits)
-    run.start(refresh, verbose)
+    if warning:
+        _say(f"warning: {warning}")
+    inputs_png = RunInputs(
+        reference.png, [p.png for p in second["garment"]], [p.png for p in second["pose"]], catalogue
+    )
+    return CharacterRun(command, trigger, inputs_png, profile, config, out, identity, key, store, settings)
+
+
+def catalogue_digest(catalogue: Catalogue) -> str:
+    """What of a catalogue decides the dataset: its entries, not where they were read from."""
+    return hashlib.sha256(json.dumps(catalogue.model_dump(mode="json")["entries"]).encode()).hexdigest()
+
+
+def check_reference_face(reference: ReferenceImage, label: str, identity: bool) -> str | None:
+    """Refuse a reference with no face when curation checks identity; a warning when it has several."""
+    if not identity:
+        return None
+    from likeness.identity import reference_face
+
+    _, warning = reference_face(Image.open(io.BytesIO(reference.png)), label)
+    return warning
+
+
+def _merge_setting(overrides: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    node = overrides
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+    return overrides
+
+
+class RunInputs(NamedTuple):
+    """The checked inputs of a run, as they go into the store."""
+
+    reference_png: bytes
+    garment_pngs: list[bytes]
+    pose_pngs: list[bytes]
+    catalogue: Catalogue
 
 
 class CharacterRun:
-    """One `produce` run after its inputs were checked: Prefect, the flow, the export, and how it ends."""
+    """One `produce` or `dataset` run after its inputs were checked: Prefect, the flow, the export, how it ends."""
 
     def __init__(
         self,
+        command: str,
         trigger: str,
-        reference_png: bytes,
+        inputs: RunInputs,
         profile: str,
         config: RunConfig,
         out: Path,
@@ -184,17 +312,17 @@ class CharacterRun:
         key: str,
         store: ArtifactStore,
         settings: Settings,
-        beyond_limits: bool,
     ) -> None:
-        self.trigger, self.reference_png, self.profile, self.config = trigger, reference_png, profile, config
+        self.command, self.trigger, self.inputs, self.profile, self.config = command, trigger, inputs, profile, config
         self.out, self.identity, self.key, self.store = out, identity, key, store
         self.log_path = log_file_path(settings.data_dir, trigger)
-        self.results_dir, self.beyond_limits = settings.results_dir, beyond_limits
+        self.results_dir, self.beyond_limits = settings.results_dir, False
         self.server: TemporaryPrefectServer | None = None
         self.tracker: StageTracker | None = None
 
-    def start(self, refresh: bool, verbose: bool) -> None:
+    def start(self, refresh: bool, verbose: bool, beyond_limits: bool) -> None:
         """Run to the end, or stop on Ctrl-C / SIGTERM saying what was interrupted."""
+        self.beyond_limits = beyond_limits
         _configure_environment(self.results_dir, refresh)
         try:
             with interruptible(on_forced_exit=self._say_interrupted):
@@ -281,23 +409,29 @@ class CharacterRun:
         _fail(f"the run ended {state.name} during {self._where()}: {failure}; details in {self.log_path}")
 
     def _produce(self) -> Any:
-        from flows.produce import produce_character
+        from flows.produce import produce_character, produce_dataset
 
-        reference = put_bytes(self.reference_png, "reference.png", self.store)
+        inputs = self.inputs
+        parameters = {
+            "name": self.trigger,
+            "reference": put_bytes(inputs.reference_png, "reference.png", self.store).key,
+            "garments": [
+                put_bytes(png, f"garment-{n}.png", self.store).key for n, png in enumerate(inputs.garment_pngs)
+            ],
+            "poses": [put_bytes(png, f"pose-{n}.png", self.store).key for n, png in enumerate(inputs.pose_pngs)],
+            "catalogue": put_bytes(inputs.catalogue.model_dump_json().encode(), "catalogue.json", self.store).key,
+            "profile": self.profile,
+            "overrides": self.config.model_dump(mode="json"),
+            "beyond_limits": self.beyond_limits,
+        }
+        flow = produce_character if self.command == "produce" else produce_dataset
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as bar:
             self.tracker = StageTracker(bar)
             progress.add_listener(self.tracker)
             try:
-                return produce_character(
-                    name=self.trigger,
-                    reference=reference.key,
-                    profile=self.profile,
-                    overrides=self.config.model_dump(mode="json"),
-                    beyond_limits=self.beyond_limits,
-                    return_state=True,
-                )
+                return flow(**parameters, return_state=True)
             finally:
                 progress.remove_listener(self.tracker)
 
@@ -307,8 +441,10 @@ def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
     table.add_column("what")
     table.add_column("files")
     table.add_row("dataset", str(len(manifest["dataset"])))
-    table.add_row("lora checkpoints", ", ".join(entry["file"] for entry in manifest["lora"]))
-    table.add_row("renders", "\n".join(entry["file"] for entry in manifest["renders"]))
+    if manifest["lora"]:
+        table.add_row("lora checkpoints", ", ".join(entry["file"] for entry in manifest["lora"]))
+    if manifest["renders"]:
+        table.add_row("renders", "\n".join(entry["file"] for entry in manifest["renders"]))
     loads = manifest["last_run"]["model_loads"]
     table.add_row(
         "models loaded", ", ".join(f"{role} x{count}" for role, count in loads.items()) or "none (all cached)"

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from likeness.catalogue import CATALOGUE
+from likeness.captions import DEFAULT_PROMPT
+from likeness.curation import CurationConfig
 from likeness.inputs import InvalidInput
 
 Role = Literal["editor", "refiner", "upscaler", "captioner", "video"]
@@ -211,12 +212,12 @@ def _hard(max: float, why: str) -> Limit:
     return Limit(hard=Ceiling(max=max, why=why))
 
 
-# The defaults are the limits of the models the production and permissive profiles use: Qwen-Image-Edit-2509,
-# FLUX.1 (dev or schnell), BLIP large and Wan 2.2 TI2V-5B. A profile for other models states its own.
+# The defaults are the limits of the models the production and permissive profiles use: Qwen-Image-Edit-2511,
+# FLUX.1 (dev or schnell), Qwen3-VL and Wan 2.2 TI2V-5B. A profile for other models states its own.
 
 
 class EditLimits(Frozen):
-    """Qwen-Image-Edit-2509."""
+    """Qwen-Image-Edit-2511 (or 2509), with or without its 4-step Lightning LoRA."""
 
     size: Limit = _soft(
         2048,
@@ -224,8 +225,8 @@ class EditLimits(Frozen):
         # diffusers silently rounds other sizes down, and every later stage would get the wrong size.
         Multiple(of=16, why="as Qwen-Image's VAE downsamples 8x and its transformer packs 2x2 latent patches"),
     )
-    # 40 steps at true CFG 4 is the model's recommended setting; more only costs time (two 20B passes a step).
-    steps: Limit = _soft(100, "2.5 times the 40 steps Qwen-Image-Edit is run at")
+    # 40 steps at true CFG 4 is the base model's setting (two 20B passes a step); Lightning runs 4 steps, CFG off.
+    steps: Limit = _soft(100, "2.5 times the 40 steps Qwen-Image-Edit is run at without Lightning")
     true_cfg_scale: Limit = _soft(10, "past which true CFG burns colours and contrast (Qwen-Image-Edit uses 4)")
     condition_area: Limit = _soft(
         2048 * 2048, "the area of a 2048 px square, the largest Qwen-Image-Edit makes sensibly"
@@ -246,14 +247,26 @@ class UpscaleLimits(Frozen):
     )
     steps: Limit = _soft(100, "twice the 50 steps FLUX.1-dev's examples use (more steps only cost time)")
     guidance_scale: Limit = _soft(10, "past which FLUX.1-dev's distilled guidance burns images (it is run at 2-5)")
+    tile: Limit = _soft(
+        1536,
+        "2.4 MP, past the 2 MP or so FLUX.1 generates well at (a 1024 px tile is its native size)",
+        Multiple(of=16, why="as FLUX's VAE downsamples 8x and its transformer packs 2x2 latent patches"),
+    )
+    # A 64-filter ESRGAN holds several 64-channel float32 maps at 4x the tile: 1 GB each for a 512 px tile.
+    esrgan_tile: Limit = _soft(1024, "as a 64-filter ESRGAN then holds 4 GB per feature map (at 4096x4096)")
+    identity_tolerance: Limit = _soft(0.3, "half the 0.6 distance at which dlib's face model calls two faces strangers")
 
 
 class CaptionLimits(Frozen):
-    """BLIP large (Salesforce/blip-image-captioning-large)."""
+    """Qwen3-VL Instruct (2B, 4B or 8B)."""
 
-    # Measured on the tiny BLIP: the decoder fits positions - 3 new tokens after the 4-token prompt "a photo of".
-    max_new_tokens: Limit = _hard(
-        509, 'what the 512 positions of BLIP\'s text decoder leave after the prompt "a photo of"'
+    # English runs about 1.3 tokens a word: a one-sentence caption needs well under 100 new tokens.
+    max_new_tokens: Limit = Limit(
+        soft=Ceiling(max=512, why="several times what a one-sentence caption needs; more tokens only cost time"),
+        hard=Ceiling(max=262_144, why="Qwen3-VL's 256K-token context, which the prompt and the image's tokens share"),
+    )
+    max_words: Limit = _soft(
+        200, "a paragraph rather than the one sentence a caption should be (Wan's UMT5 reads 512 tokens, ~390 words)"
     )
 
 
@@ -297,10 +310,10 @@ class RenderLimits(Frozen):
 
 
 class DatasetLimits(Frozen):
-    """The variations of the reference."""
+    """The shots the catalogue makes of the reference (`variations` counts shots, checked by `check_shot_count`)."""
 
-    # Each variation is an edit, a refine and a caption: minutes on one GPU.
-    variations: Limit = _soft(32, "more than the 10-30 images a character LoRA trains on")
+    # Each shot is an edit (and its retries), a 2K refine, a mask and a caption: about a minute on one GPU.
+    variations: Limit = _soft(60, "half again the 24-40 images the default catalogue makes for a character LoRA")
 
 
 class Limits(Frozen):
@@ -330,18 +343,34 @@ class Stage(Frozen):
         return problems
 
 
+class LoraSpec(Frozen):
+    """A LoRA file fused into a role's model at `scale` (e.g. a step-distillation LoRA); found like a model."""
+
+    source: str
+    file: str
+    revision: str | None = None
+    licence: str
+    # 1 is the strength the authors of a distillation LoRA publish; 0 would be no LoRA at all.
+    scale: float = Field(default=1.0, gt=0)
+
+
 class ModelSpec(Frozen):
-    """Where one role's weights come from: a hub repo id, a local folder, or `tiny:<role>`."""
+    """Where one role's weights come from: a hub repo id, a local folder, or `tiny:<role>`; optionally a LoRA
+    fused into them and the scheduler config values that go with it."""
 
     source: str
     file: str | None = None
     revision: str | None = None
     licence: str
+    lora: LoraSpec | None = None
+    # Replace values of the model's own scheduler config (a FlowMatchEulerDiscreteScheduler); null clears one.
+    scheduler: dict[str, bool | int | float | str | None] | None = None
 
 
 class EditConfig(Stage):
     """Qwen-Image-Edit settings for the variation stage."""
 
+    # The long side of every shot; the flow sets the short side from the shot's aspect.
     size: int = Field(gt=0)
     steps: int = Field(gt=0)
     # True CFG below 1 would push away from the prompt; 1 turns it off.
@@ -352,12 +381,24 @@ class EditConfig(Stage):
 
 
 class UpscaleConfig(Stage):
-    """ESRGAN 4x, resize to `size`, then a Flux img2img refine that starts at `start_step` of `steps`."""
+    """ESRGAN 4x in tiles, resize to a long side of `size`, then a FLUX img2img refine in overlapping tiles.
+
+    The refine runs the last steps of `steps` from a start step the identity guard picks per image: the lowest
+    in `start_steps` (low, high) whose identity distance stays within `identity_tolerance` of the ESRGAN
+    output's. Where identity cannot be measured (no reference embedding, no face) it starts at `start_step`.
+    """
 
     size: int = Field(gt=0)
     steps: int = Field(gt=0)
     start_step: int = Field(ge=0)
+    start_steps: tuple[int, int]
+    identity_tolerance: float = Field(ge=0.0)
     guidance_scale: float = Field(ge=0.0)
+    # The refine's tiles (output pixels) and the ESRGAN's (input pixels), and how much neighbours overlap.
+    tile: int = Field(gt=0)
+    overlap: int = Field(ge=0)
+    esrgan_tile: int = Field(gt=0)
+    esrgan_overlap: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _start_inside_schedule(self) -> UpscaleConfig:
@@ -366,16 +407,54 @@ class UpscaleConfig(Stage):
                 f"start_step ({self.start_step}) must be below steps ({self.steps}): "
                 "the refine has to run at least one step"
             )
+        low, high = self.start_steps
+        if not 0 <= low <= high < self.steps:
+            raise ValueError(f"start_steps ({low}, {high}) must be a range 0 <= low <= high below steps ({self.steps})")
+        return self
+
+    @model_validator(mode="after")
+    def _overlap_inside_tile(self) -> UpscaleConfig:
+        for tile, overlap in (("tile", "overlap"), ("esrgan_tile", "esrgan_overlap")):
+            if getattr(self, overlap) >= getattr(self, tile):
+                raise ValueError(
+                    f"{overlap} ({getattr(self, overlap)}) must be below {tile} ({getattr(self, tile)}): "
+                    "neighbouring tiles cannot overlap by a whole tile"
+                )
         return self
 
     @property
     def strength(self) -> float:
-        """Flux img2img denoises the last `steps - start_step` of `steps` steps."""
-        return (self.steps - self.start_step) / self.steps
+        """The img2img strength that starts the refine at `start_step`."""
+        return self.strength_at(self.start_step)
+
+    def strength_at(self, start_step: int) -> float:
+        """The img2img strength that makes diffusers skip exactly `start_step` of `steps` steps."""
+        # diffusers computes int(steps - steps * strength): nudge the ratio down where floating point lands it
+        # a hair above the exact value (25 steps from step 11 would otherwise start at step 10).
+        strength = (self.steps - start_step) / self.steps
+        while int(self.steps - min(self.steps * strength, self.steps)) != start_step:
+            strength = math.nextafter(strength, 0.0)
+        return strength
 
 
 class CaptionConfig(Stage):
+    """A VLM's sentence on what varies in each image (pose, expression, clothing, ...), after the trigger and tags."""
+
+    # The length control: the description is cut to this many words, at a word boundary.
+    max_words: int = Field(gt=0)
     max_new_tokens: int = Field(gt=0)
+    prompt: str = DEFAULT_PROMPT
+
+    @model_validator(mode="after")
+    def _room_for_the_words(self) -> CaptionConfig:
+        if not self.prompt.strip():
+            raise ValueError("the caption prompt is empty")
+        if self.max_new_tokens < self.max_words:
+            raise ValueError(
+                f"max_new_tokens ({self.max_new_tokens}) is below max_words ({self.max_words}): "
+                "every word takes at least one token"
+            )
+        return self
 
 
 class TrainConfig(Stage):
@@ -454,29 +533,42 @@ class RenderConfig(Stage):
 
 
 class DatasetConfig(Stage):
-    """What the dataset stage makes: which variations of the reference, and how they are refined."""
+    """What the dataset stage makes: which catalogue entries, how they are curated, edited, refined, captioned."""
 
-    variations: tuple[str, ...] = ("front", "side", "back", "smile", "surprised", "closeup")
+    # Catalogue entry ids (see `likeness/catalogue/default.yaml`); None: every entry of the run's catalogue.
+    variations: tuple[str, ...] | None = None
     seed: Seed = 0
+    curation: CurationConfig = CurationConfig()
     edit: EditConfig
     upscale: UpscaleConfig
     caption: CaptionConfig
 
     @model_validator(mode="after")
-    def _known_variations(self) -> DatasetConfig:
-        if not self.variations:
-            raise ValueError("the dataset needs at least one variation")
-        unknown = [v for v in self.variations if v not in CATALOGUE]
-        if unknown:
-            raise ValueError(f"unknown variation {unknown[0]!r}; known: {', '.join(CATALOGUE)}")
-        if len(set(self.variations)) != len(self.variations):
-            raise ValueError(f"variations repeat: {', '.join(self.variations)}")
+    def _some_variations(self) -> DatasetConfig:
+        # Whether the ids exist is checked against the run's catalogue (`Catalogue.shots`).
+        if self.variations is not None:
+            if not self.variations:
+                raise ValueError("the dataset needs at least one variation")
+            if len(set(self.variations)) != len(self.variations):
+                raise ValueError(f"variations repeat: {', '.join(self.variations)}")
         return self
 
-    def limit_problems(self, path: str, limits: BaseModel) -> list[Problem]:
-        """The number of variations (the stages inside have limits of their own)."""
-        subject = f"the number of {path}.variations ({len(self.variations)})"
-        return super().limit_problems(path, limits) + limits.variations.problems(subject, len(self.variations))
+
+class DatasetDefaults(Frozen):
+    """A profile's dataset defaults: which catalogue entries (None: all) and the curation thresholds."""
+
+    variations: tuple[str, ...] | None = None
+    curation: CurationConfig = CurationConfig()
+
+
+def check_shot_count(count: int, limits: Limits, beyond_limits: bool = False) -> None:
+    """Refuse a dataset of more shots than the profile's limit (soft limits pass with `beyond_limits`)."""
+    problems = limits.dataset.variations.problems(f"the number of dataset shots ({count})", count)
+    problems = [p for p in problems if not (p.soft and beyond_limits)]
+    if problems:
+        raise InvalidSettings([f"{p.text}; {SOFT_ADVICE}" if p.soft else p.text for p in problems])
+    if count == 0:
+        raise InvalidSettings(["the catalogue and variations give no shots: choose at least one variation"])
 
 
 class ModelProfile(Frozen):
@@ -491,6 +583,7 @@ class ModelProfile(Frozen):
     offload: Literal["none", "model"] = "none"
     models: dict[Role, ModelSpec]
     limits: Limits = Limits()
+    dataset: DatasetDefaults = DatasetDefaults()
     edit: EditConfig
     upscale: UpscaleConfig
     caption: CaptionConfig
@@ -511,10 +604,7 @@ class ModelProfile(Frozen):
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> ModelProfile:
-        # The dataset defaults (variations, seed) come from code; a profile's limits must admit them too.
-        dataset = DatasetConfig(edit=self.edit, upscale=self.upscale, caption=self.caption)
         problems = [
-            *dataset.limit_problems("dataset", self.limits.dataset),
             *self.edit.limit_problems("edit", self.limits.edit),
             *self.upscale.limit_problems("upscale", self.limits.upscale),
             *self.caption.limit_problems("caption", self.limits.caption),
@@ -542,6 +632,7 @@ class RunConfig(Frozen):
         # `beyond_limits` lets settings past soft limits through; hard limits and malformed values never pass.
         defaults = {
             "dataset": {
+                **profile.dataset.model_dump(mode="json"),
                 "edit": profile.edit.model_dump(),
                 "upscale": profile.upscale.model_dump(),
                 "caption": profile.caption.model_dump(),
@@ -561,7 +652,6 @@ class RunConfig(Frozen):
     def limit_problems(self, limits: Limits) -> list[Problem]:
         """How every setting of the run goes past `limits`, soft and hard."""
         return [
-            *self.dataset.limit_problems("dataset", limits.dataset),
             *self.dataset.edit.limit_problems("dataset.edit", limits.edit),
             *self.dataset.upscale.limit_problems("dataset.upscale", limits.upscale),
             *self.dataset.caption.limit_problems("dataset.caption", limits.caption),

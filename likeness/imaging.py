@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,15 +32,27 @@ def contact_sheet_size(count: int, cell: int = 256) -> tuple[int, int]:
     return columns * cell, math.ceil(count / columns) * (cell + SHEET_LABEL_HEIGHT)
 
 
-def contact_sheet(images: Sequence[Image.Image], labels: Sequence[str], cell: int = 256) -> Image.Image:
-    """A grid of thumbnails with a label under each, for a person to judge a dataset at a glance."""
+def contact_sheet(
+    images: Sequence[Image.Image], labels: Sequence[str], cell: int = 256, refused: Sequence[bool] | None = None
+) -> Image.Image:
+    """A grid of thumbnails with a label under each, for a person to judge a dataset at a glance; `refused`
+    images get a red frame, and their label (the reasons) is also written across the thumbnail."""
+    refused = refused or [False] * len(images)
     columns = min(len(images), SHEET_COLUMNS) or 1
     sheet = Image.new("RGB", contact_sheet_size(len(images), cell), "white")
     draw = ImageDraw.Draw(sheet)
-    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+    for index, (image, label, is_refused) in enumerate(zip(images, labels, refused, strict=True)):
         x, y = (index % columns) * cell, (index // columns) * (cell + SHEET_LABEL_HEIGHT)
         sheet.paste(ImageOps.contain(image.convert("RGB"), (cell, cell)), (x, y))
-        draw.text((x + 4, y + cell + 3), label, fill="black")
+        colour = "red" if is_refused else "black"
+        draw.text((x + 4, y + cell + 3), label, fill=colour)
+        if is_refused:
+            draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline="red", width=4)
+            lines = textwrap.wrap(label, width=cell // 7)
+            top = y + cell - 8 - 12 * len(lines)
+            draw.rectangle((x + 4, top - 2, x + cell - 5, y + cell - 6), fill="white")
+            for number, line in enumerate(lines):
+                draw.text((x + 8, top + 12 * number), line, fill="red")
     return sheet
 
 

@@ -79,12 +79,13 @@ _ORIENTATION = {
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-def read_reference_image(path: Path) -> ReferenceImage:
-    """The reference photo at path as people see it, or InvalidInput saying what is wrong with it."""
+def read_reference_image(path: Path, kind: str = "reference image") -> ReferenceImage:
+    """The image at path as people see it, or InvalidInput saying what is wrong with it; `kind` names it
+    in messages (the reference image, a garment image, a pose image)."""
     if not path.exists():
-        raise InvalidInput(f"reference image not found: {path}")
+        raise InvalidInput(f"{kind} not found: {path}")
     if not path.is_file():
-        raise InvalidInput(f"reference image is not a file: {path}")
+        raise InvalidInput(f"{kind} is not a file: {path}")
     _check_file_size(path.stat().st_size, str(path))
     return normalise_reference(path.read_bytes(), str(path))
 

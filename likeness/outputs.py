@@ -1,4 +1,5 @@
-"""The output folder a person reads: dataset/, lora/, renders/ and likeness.json.
+"""The output folder a person reads: dataset/ (images and captions, what a trainer reads), masks/, the
+dataset's manifest and contact sheet, lora/, renders/ and likeness.json.
 
 One folder holds one character made from one reference photo with one profile and one dataset
 and training configuration. Running again with the same inputs is the cached path; new render
@@ -27,7 +28,9 @@ from likeness.records import CharacterResult
 from likeness.store import ArtifactStore
 
 MANIFEST = "likeness.json"
-RECORD_FORMAT = 2
+DATASET_MANIFEST = "dataset_manifest.jsonl"
+DATASET_CONTACT_SHEET = "dataset_contact_sheet.png"
+RECORD_FORMAT = 3
 TEMP_SUFFIX = ".likeness-part"
 
 
@@ -35,21 +38,35 @@ class OutputConflict(RuntimeError):
     """The output folder holds something this run must not overwrite."""
 
 
-def run_identity(trigger: str, reference_sha256: str, profile: ModelProfile, config: RunConfig) -> dict[str, Any]:
-    """What must match for a run to share an output folder: all but the render settings."""
+def run_identity(
+    trigger: str,
+    reference_sha256: str,
+    profile: ModelProfile,
+    config: RunConfig,
+    inputs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What must match for a run to share an output folder: all but the render settings. `inputs` holds
+    the digests of what else shapes the dataset: garment and pose images, a catalogue file."""
     return {
         "format": RECORD_FORMAT,
         "trigger": trigger,
         "reference_sha256": reference_sha256,
+        "inputs": inputs or {},
         "profile": {"name": profile.name, **profile.output_identity()},
         "dataset": config.dataset.model_dump(mode="json"),
         "train": config.train.model_dump(mode="json"),
     }
 
 
-def run_key(identity: dict[str, Any], config: RunConfig) -> str:
-    """A digest of everything that decides a run's outputs, render settings and Likeness' version included."""
-    payload = {"identity": identity, "render": config.render.model_dump(mode="json"), "likeness": __version__}
+def run_key(identity: dict[str, Any], config: RunConfig, command: str = "produce") -> str:
+    """A digest of everything that decides a run's outputs, render settings, the command (`dataset` makes only
+    the dataset) and Likeness' version included."""
+    payload = {
+        "identity": identity,
+        "render": config.render.model_dump(mode="json"),
+        "command": command,
+        "likeness": __version__,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -182,13 +199,16 @@ def export_outputs(
         _write(out / name, data)
         files[name] = hashlib.sha256(data).hexdigest()
 
+    # A trainer reads every image in dataset/ (AI Toolkit walks its subfolders too): masks, the manifest and
+    # the contact sheet go beside it.
     for item in dataset.items:
         filename = item.filename(dataset.trigger)
         export(f"dataset/{filename}", get_bytes(item.image, store))
-        export(f"dataset/{filename.replace('.png', '.txt')}", (item.caption + "\n").encode())
-    export("dataset/manifest.jsonl", get_bytes(dataset.manifest, store))
-    export("dataset/contact_sheet.png", get_bytes(dataset.contact_sheet, store))
-    for checkpoint in lora.checkpoints:
+        export(f"dataset/{filename.removesuffix('.png')}.txt", (item.caption + "\n").encode())
+        export(f"masks/{filename}", get_bytes(item.mask, store))
+    export(DATASET_MANIFEST, get_bytes(dataset.manifest, store))
+    export(DATASET_CONTACT_SHEET, get_bytes(dataset.contact_sheet, store))
+    for checkpoint in lora.checkpoints if lora else ():
         export(f"lora/{checkpoint.weights.filename}", get_bytes(checkpoint.weights, store))
     for item in result.renders:
         file = f"renders/{dataset.trigger}_{item.output.filename}"
@@ -204,10 +224,13 @@ def export_outputs(
         "complete": True,
         "run_key": key,
         "dataset": sorted(p.name for p in (out / "dataset").iterdir() if not _is_temp(p)),
+        # A dataset-only run leaves the LoRA a produce run exported before it in place, and in the record.
         "lora": [
             {"file": f"lora/{c.weights.filename}", "step": c.step, "loss": c.loss, "sha256": c.weights.sha256}
             for c in lora.checkpoints
-        ],
+        ]
+        if lora
+        else [entry for entry in previous.get("lora", []) if (out / entry["file"]).is_file()],
         "renders": sorted(renders.values(), key=lambda entry: entry["file"]),
         "files": dict(sorted(files.items())),
         "last_run": run_stats,

@@ -6,8 +6,10 @@ asking for the same role wait for one load instead of doing two.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -41,15 +43,36 @@ def _place(pipe: Any, profile: ModelProfile, device: str) -> Any:
 
 
 def _load_editor(path: Path, profile: ModelProfile, device: str) -> Any:
-    from likeness.qwen_edit import QwenEditPlusPipeline
+    from likeness.profiles import lora_path
+    from likeness.qwen_edit import load_editor
 
-    return _place(QwenEditPlusPipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
+    spec = profile.models["editor"]
+    lora = lora_path("editor", profile, get_settings())
+    scale = spec.lora.scale if spec.lora else 1.0
+    pipe = load_editor(path, _torch_dtype(profile), lora=lora, lora_scale=scale, scheduler=spec.scheduler)
+    return _place(pipe, profile, device)
+
+
+# The img2img pipeline for each text-to-image pipeline a refiner repo declares. FLUX.2 klein's own pipeline takes
+# the image only as a reference; its inpainting pipeline has a strength, and an all-white mask makes it img2img.
+_REFINER_PIPELINES = {
+    "FluxPipeline": "FluxImg2ImgPipeline",
+    "FluxImg2ImgPipeline": "FluxImg2ImgPipeline",
+    "Flux2KleinPipeline": "Flux2KleinInpaintPipeline",
+    "Flux2KleinInpaintPipeline": "Flux2KleinInpaintPipeline",
+}
 
 
 def _load_refiner(path: Path, profile: ModelProfile, device: str) -> Any:
-    from diffusers import FluxImg2ImgPipeline
+    import json
 
-    return _place(FluxImg2ImgPipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
+    import diffusers
+
+    declared = json.loads((path / "model_index.json").read_text())["_class_name"]
+    if declared not in _REFINER_PIPELINES:
+        raise ValueError(f"refiner {path}: {declared} is not supported; use a FLUX.1 or FLUX.2 klein repo")
+    pipeline = getattr(diffusers, _REFINER_PIPELINES[declared])
+    return _place(pipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
 
 
 def _load_upscaler(path: Path, profile: ModelProfile, device: str) -> Any:
@@ -59,14 +82,26 @@ def _load_upscaler(path: Path, profile: ModelProfile, device: str) -> Any:
     descriptor = spandrel.ModelLoader(device=device).load_from_file(path)
     if not isinstance(descriptor, spandrel.ImageModelDescriptor):
         raise TypeError(f"{path} is not an image-to-image model spandrel can run")
+    # Half precision halves the feature maps at 4x, where ESRGAN's memory goes; not every architecture takes it.
+    if {"bfloat16": descriptor.supports_bfloat16, "float16": descriptor.supports_half}.get(profile.dtype):
+        descriptor.to(_torch_dtype(profile))
     return descriptor.eval()
 
 
 def _load_captioner(path: Path, profile: ModelProfile, device: str) -> Any:
-    from transformers import AutoProcessor, BlipForConditionalGeneration
+    """(processor, model) of a Qwen3-VL repo, or of a LLaVA one such as JoyCaption, told apart by its config."""
+    from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, Qwen3VLForConditionalGeneration
 
-    processor = AutoProcessor.from_pretrained(path)
-    model = BlipForConditionalGeneration.from_pretrained(path, dtype=_torch_dtype(profile)).to(device).eval()
+    from likeness.qwen_vl import load_qwen3_vl_processor
+
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type == "qwen3_vl":
+        processor, model_class = load_qwen3_vl_processor(path), Qwen3VLForConditionalGeneration
+    elif model_type == "llava":
+        processor, model_class = AutoProcessor.from_pretrained(path), LlavaForConditionalGeneration
+    else:
+        raise ValueError(f"captioner {path}: model_type {model_type!r} is not supported; use a qwen3_vl or llava repo")
+    model = model_class.from_pretrained(path, dtype=_torch_dtype(profile)).to(device).eval()
     return processor, model
 
 
@@ -107,6 +142,19 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
             _loaded[key] = model
             load_counts[role] += 1
         return _loaded[key]
+
+
+def release(*roles: Role) -> None:
+    """Forget the loaded models of `roles` and return their memory, when the flow is done with them."""
+    with _loading:
+        for key in [key for key in _loaded if key[0] in roles]:
+            del _loaded[key]
+    gc.collect()
+    if "torch" in sys.modules:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def clear() -> None:

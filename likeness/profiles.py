@@ -7,11 +7,12 @@ is a local folder or a Hugging Face repo id, loaded exactly as production loads 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from likeness.config import ROLES, InvalidSettings, ModelProfile, ModelSpec, Role
+from likeness.config import ROLES, InvalidSettings, LoraSpec, ModelProfile, ModelSpec, Role
 from likeness.settings import Settings
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -26,19 +27,57 @@ def available_profiles() -> list[str]:
 
 
 def load_profile(name: str) -> ModelProfile:
-    """A profile by name (`tiny`, `production`, `permissive`) or by the path of a YAML file."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else PROFILES_DIR / f"{name}.yaml"
+    """A profile by name (`tiny`, `production`, `permissive`) or by the path of a YAML file.
+
+    A profile may start from another, `extends: <name or path>`, and state only what differs: its settings
+    merge into the other's key by key, except a role's model, which replaces the other's whole (a LoRA and
+    scheduler settings belong to the model they were made for).
+    """
+    path = _profile_path(name, Path())
+    try:
+        return ModelProfile.model_validate(_profile_data(path, ()))
+    except ValidationError as exc:
+        problems = InvalidSettings.from_validation_error(exc).problems
+        raise InvalidSettings([f"profile {path}: {problem}" for problem in problems]) from None
+
+
+def _profile_path(name: str, folder: Path) -> Path:
+    # A bare name is a shipped profile; a relative path to a YAML file starts from `folder`.
+    path = folder / name if name.endswith((".yaml", ".yml")) else PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ProfileUnavailable(
             f"unknown profile {name!r}; known: {', '.join(available_profiles())} (or a path to a .yaml file)"
         )
+    return path
+
+
+def _profile_data(path: Path, extended_by: tuple[Path, ...]) -> Any:
+    """The YAML of the profile at `path`, with the profile it extends underneath."""
+    if path.resolve() in extended_by:
+        chain = " -> ".join(str(p) for p in (*reversed(extended_by), path.resolve()))
+        raise ProfileUnavailable(f"profiles extend each other in a circle: {chain}")
     try:
-        return ModelProfile.model_validate(yaml.safe_load(path.read_text()))
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ProfileUnavailable(f"profile {path} is not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        problems = InvalidSettings.from_validation_error(exc).problems
-        raise InvalidSettings([f"profile {path}: {problem}" for problem in problems]) from None
+    if not isinstance(data, dict) or "extends" not in data:
+        return data
+    data = dict(data)
+    base = _profile_data(_profile_path(str(data.pop("extends")), path.parent), (*extended_by, path.resolve()))
+    if not isinstance(base, dict):
+        return data
+    merged = _overlay(base, data)
+    if isinstance(base.get("models"), dict) and isinstance(data.get("models"), dict):
+        merged["models"] = {**base["models"], **data["models"]}
+    return merged
+
+
+def _overlay(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _overlay(merged[key], value) if both_mappings else value
+    return merged
 
 
 def device_for(profile: ModelProfile, settings: Settings) -> str:
@@ -47,7 +86,16 @@ def device_for(profile: ModelProfile, settings: Settings) -> str:
 
 def model_path(role: Role, profile: ModelProfile, settings: Settings) -> Path:
     """The local folder (or file, for single-file models) holding `role`'s weights."""
-    spec = profile.models[role]
+    return _weights_path(role, profile.models[role], settings)
+
+
+def lora_path(role: Role, profile: ModelProfile, settings: Settings) -> Path | None:
+    """The local file of the LoRA fused into `role`'s model, or None when it has none."""
+    lora = profile.models[role].lora
+    return None if lora is None else _weights_path(f"{role} LoRA", lora, settings)
+
+
+def _weights_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path:
     if spec.source.startswith("tiny:"):
         from likeness.tiny import build_tiny_models
 
@@ -56,10 +104,10 @@ def model_path(role: Role, profile: ModelProfile, settings: Settings) -> Path:
     local = Path(spec.source).expanduser()
     if local.exists():
         return local / spec.file if spec.file else local
-    return _hub_path(role, spec, settings)
+    return _hub_path(what, spec, settings)
 
 
-def _hub_path(role: Role, spec: ModelSpec, settings: Settings) -> Path:
+def _hub_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -73,7 +121,7 @@ def _hub_path(role: Role, spec: ModelSpec, settings: Settings) -> Path:
         return Path(snapshot_download(spec.source, revision=spec.revision, token=token, local_files_only=offline))
     except LocalEntryNotFoundError:
         raise ProfileUnavailable(
-            f"the {role} weights ({spec.source}{'/' + spec.file if spec.file else ''}) are not in the "
+            f"the {what} weights ({spec.source}{'/' + spec.file if spec.file else ''}) are not in the "
             "Hugging Face cache on this machine; set LIKENESS_DOWNLOAD_MODELS=1 (and HF_TOKEN for gated "
             "repos) to download them, or point the profile at a local folder"
         ) from None
@@ -91,5 +139,8 @@ def preflight(profile: ModelProfile, settings: Settings) -> None:
                 "or run it on a GPU worker"
             )
     for role in ROLES:
-        if not profile.models[role].source.startswith("tiny:"):
+        spec = profile.models[role]
+        if not spec.source.startswith("tiny:"):
             model_path(role, profile, settings)
+        if spec.lora and not spec.lora.source.startswith("tiny:"):
+            lora_path(role, profile, settings)

@@ -1,4 +1,5 @@
-"""Qwen-Image-Edit-2509 pipeline with configurable condition-image areas.
+"""Qwen-Image-Edit-2511 (or 2509): the pipeline with configurable condition-image areas, and its loading
+with a step-distillation LoRA fused in and the scheduler settings that LoRA was distilled for.
 
 diffusers' `QwenImageEditPlusPipeline` resizes every condition image to the module constants
 `VAE_IMAGE_SIZE` (1024*1024 pixels, for the VAE latents) and `CONDITION_IMAGE_SIZE` (384*384,
@@ -14,14 +15,25 @@ or afterwards with `pipe.register_to_config(vae_image_area=..., vl_image_area=..
 It also loads on machines without torchvision, where transformers cannot build the video half
 of `Qwen2VLProcessor`: the processor is then assembled from its tokenizer and the PIL image
 processor, with no video processor (Likeness never sends video to the edit model).
+
+`load_editor` loads a model folder as production does, and optionally lightx2v's 4-step Lightning LoRA
+(loaded through diffusers, which converts its kohya-style keys, then fused, so a step costs what a base
+step costs) and the Lightning scheduler settings:
+
+    pipe = load_editor(folder, torch.bfloat16, lora=lightning_file, scheduler={"base_shift": math.log(3), ...})
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
-from diffusers import QwenImageEditPlusPipeline
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageEditPlusPipeline
 from diffusers.pipelines.qwenimage import pipeline_qwenimage_edit_plus as _edit_plus
 from transformers import AutoTokenizer, Qwen2VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -90,3 +102,60 @@ class QwenEditPlusPipeline(QwenImageEditPlusPipeline):
                 return super().__call__(*args, **kwargs)
             finally:
                 _edit_plus.VAE_IMAGE_SIZE, _edit_plus.CONDITION_IMAGE_SIZE = saved
+
+
+def load_editor(
+    path: Path,
+    dtype: torch.dtype,
+    lora: Path | None = None,
+    lora_scale: float = 1.0,
+    scheduler: Mapping[str, Any] | None = None,
+) -> QwenEditPlusPipeline:
+    """The editor in the folder `path`, with the LoRA file `lora` fused at `lora_scale` and `scheduler`'s values
+    replacing those of its scheduler config."""
+    pipe = QwenEditPlusPipeline.from_pretrained(path, dtype=dtype)
+    if lora is not None:
+        fuse_lora_file(pipe, lora, lora_scale)
+    if scheduler:
+        replace_scheduler_config(pipe, scheduler)
+    return pipe
+
+
+def lora_layer_count(path: Path) -> int:
+    """How many layers the LoRA file at `path` adapts (read from its header, in either key layout)."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as weights:
+        return sum(key.endswith((".lora_down.weight", ".lora_A.weight")) for key in weights.keys())
+
+
+def fuse_lora_file(pipe: QwenImageEditPlusPipeline, path: Path, scale: float = 1.0) -> int:
+    """Load the LoRA file at `path` as diffusers loads the published file, check that each of its layers found
+    its layer in the transformer, and fuse it at `scale`; returns the number of layers."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    expected = lora_layer_count(path)
+    pipe.load_lora_weights(path)
+    # diffusers only logs the keys that match no layer; a LoRA for another model must not pass for a small one.
+    loaded = sum(isinstance(module, BaseTunerLayer) for module in pipe.transformer.modules())
+    if loaded != expected:
+        pipe.unload_lora_weights()
+        raise ValueError(
+            f"{path.name}: {loaded} of its {expected} LoRA layers match a layer of the editor's transformer; "
+            "is it a LoRA for this model?"
+        )
+    pipe.fuse_lora(lora_scale=scale)
+    # The fused weights stay; the LoRA layers go, so a denoising step costs what a base step costs.
+    pipe.unload_lora_weights()
+    return expected
+
+
+def replace_scheduler_config(pipe: QwenImageEditPlusPipeline, values: Mapping[str, Any]) -> None:
+    """Give `pipe` a FlowMatchEulerDiscreteScheduler: its scheduler's config with `values` on top."""
+    known = inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters.keys() - {"self"}
+    unknown = sorted(values.keys() - known)
+    if unknown:
+        raise ValueError(
+            f"unknown FlowMatchEulerDiscreteScheduler setting {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, **values)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import secrets
 import shutil
 import stat
-import tempfile
 import unicodedata
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
@@ -348,7 +348,7 @@ class LocalStore(ArtifactStore):
             return None
 
     def _temp_path(self) -> Path:
-        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
+        fd, name = _open_temp(self._tmp, "put-", "")
         os.close(fd)
         return Path(name)
 
@@ -593,9 +593,20 @@ def _hash_chunks(chunks: Iterable[bytes]) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _open_temp(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file for writing, with the umask's permissions: mkstemp's are 0600, and a trainer or ComfyUI
+    container running as another user must be able to read what the store holds."""
+    while True:
+        name = str(folder / f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
+
+
 def _atomic_copy(src: BinaryIO | urllib3.BaseHTTPResponse, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    fd, name = _open_temp(dest.parent, f".{dest.name}.", ".part")
     try:
         with os.fdopen(fd, "wb") as out:
             shutil.copyfileobj(src, out, CHUNK_SIZE)

@@ -6,8 +6,9 @@ the real hub repos, so flows, tests and benchmarks run the real code paths on a 
 Builds are deterministic: every component is created right after a fixed `torch.manual_seed`,
 tokenizers are built from a fixed word list, so two builds write byte-identical weight files.
 
-Real counterparts: editor = Qwen/Qwen-Image-Edit-2509, refiner = FLUX.1 (img2img),
-upscaler = ESRGAN 4x (RRDBNet), captioner = Salesforce/blip-image-captioning-large,
+Real counterparts: editor = Qwen/Qwen-Image-Edit-2511, editor-lightning = its 4-step Lightning LoRA
+(lightx2v/Qwen-Image-Edit-2511-Lightning), refiner = FLUX.1 (img2img),
+upscaler = ESRGAN 4x (RRDBNet), captioner = Qwen/Qwen3-VL-8B-Instruct,
 video = Wan 2.x text-to-video (diffusers layout).
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-TINY_ROLES = ("editor", "refiner", "upscaler", "captioner", "video")
+TINY_ROLES = ("editor", "editor-lightning", "refiner", "refiner-klein", "upscaler", "captioner", "video")
 
 _MARKER = ".complete"
 
@@ -79,7 +80,7 @@ def _build_atomically(folder: Path, build: Callable[[Path], None]) -> None:
 
 def _seeded(seed: int, make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     torch.manual_seed(seed)
-    # eval(): dropout (UMT5, BLIP) would otherwise make outputs differ between calls.
+    # eval(): dropout (UMT5) would otherwise make outputs differ between calls.
     return make().eval()
 
 
@@ -124,6 +125,21 @@ def _clip_tokenizer():
 # Roles ------------------------------------------------------------------------------------------
 
 
+# Qwen-Image's transformer layout at toy width, with Qwen-Image-Edit-2511's `zero_cond_t`: the condition images'
+# tokens are modulated at timestep 0 rather than at the denoising step.
+_EDITOR_TRANSFORMER = dict(
+    patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16, num_attention_heads=3,
+    joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4), zero_cond_t=True,
+)  # fmt: skip
+
+# The layers of every transformer block that lightx2v's Qwen-Image(-Edit) Lightning LoRAs adapt.
+LIGHTNING_TARGETS = (
+    "attn.to_q", "attn.to_k", "attn.to_v", "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_out.0",
+    "attn.to_add_out", "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2",
+)  # fmt: skip
+LIGHTNING_FILE = "Qwen-Image-Edit-2511-Lightning-4steps-V1.0-bf16.safetensors"
+
+
 def _build_editor(folder: Path) -> None:
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
@@ -157,7 +173,10 @@ def _build_editor(folder: Path) -> None:
     # The VL encoder sees at most 2x2 merged patches of 28 px: a handful of image tokens.
     image_processor = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 56)
     pipe = QwenEditPlusPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift_terminal=0.02, use_dynamic_shifting=True),
+        # Qwen-Image's own scheduler config; the Lightning LoRA's authors replace part of it.
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            base_shift=0.5, max_shift=0.9, max_image_seq_len=8192, shift_terminal=0.02, use_dynamic_shifting=True,
+        ),
         vae=_seeded(1, lambda: AutoencoderKLQwenImage(
             base_dim=8, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
             latents_mean=[0.0] * 4, latents_std=[1.0] * 4,
@@ -165,20 +184,43 @@ def _build_editor(folder: Path) -> None:
         text_encoder=_seeded(2, lambda: Qwen2_5_VLForConditionalGeneration(text_encoder_config)),
         tokenizer=tokenizer,
         processor=ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=None),
-        transformer=_seeded(3, lambda: QwenImageTransformer2DModel(
-            patch_size=2, in_channels=16, out_channels=4, num_layers=2, attention_head_dim=16,
-            num_attention_heads=3, joint_attention_dim=16, guidance_embeds=False, axes_dims_rope=(8, 4, 4),
-        )),
+        transformer=_seeded(3, lambda: QwenImageTransformer2DModel(**_EDITOR_TRANSFORMER)),
         vae_image_area=64 * 64,
         vl_image_area=56 * 56,
     )  # fmt: skip
     pipe.save_pretrained(folder)
-    # Declare the classes the real repo declares, so the folder reads like Qwen-Image-Edit-2509.
+    # Declare the classes the real repo declares, so the folder reads like Qwen-Image-Edit-2511.
     index_path = folder / "model_index.json"
     index = json.loads(index_path.read_text())
     index["_class_name"] = "QwenImageEditPlusPipeline"
     index["processor"] = ["transformers", "Qwen2VLProcessor"]
     index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _build_editor_lightning(folder: Path) -> None:
+    """The 4-step Lightning LoRA's twin for the tiny editor: the real file's name, key layout and alpha / rank."""
+    from diffusers import QwenImageTransformer2DModel
+    from safetensors.torch import save_file
+
+    # The real file holds, for each of the 60 blocks and each target layer, kohya-style `lora_down` and `lora_up`
+    # weights of rank 64 and a scalar `alpha` of 8, all bfloat16, no prefix and no metadata (that layout alone
+    # gives its exact size, 849,608,296 bytes); diffusers converts it on load. Here: rank 8, alpha 1.
+    rank, alpha = 8, 1.0
+    with torch.device("meta"):
+        transformer = QwenImageTransformer2DModel(**_EDITOR_TRANSFORMER)  # for the layers' shapes only
+    generator = torch.Generator().manual_seed(5)
+    tensors = {}
+    for block in range(len(transformer.transformer_blocks)):
+        for target in LIGHTNING_TARGETS:
+            name = f"transformer_blocks.{block}.{target}"
+            layer = transformer.get_submodule(name)
+            down = torch.randn(rank, layer.in_features, generator=generator) / layer.in_features**0.5
+            tensors[f"{name}.lora_down.weight"] = down.to(torch.bfloat16)
+            # Strong enough to move the tiny editor's output about as much as a change of seed does.
+            up = torch.randn(layer.out_features, rank, generator=generator) * 8
+            tensors[f"{name}.lora_up.weight"] = up.to(torch.bfloat16)
+            tensors[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.bfloat16)
+    save_file(tensors, folder / LIGHTNING_FILE)
 
 
 def _build_refiner(folder: Path) -> None:
@@ -220,6 +262,58 @@ def _build_refiner(folder: Path) -> None:
     pipe.save_pretrained(folder)
 
 
+# Qwen3's chat template for one user message, with the empty thinking block FLUX.2 klein's prompt asks for.
+_QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def _build_refiner_klein(folder: Path) -> None:
+    """FLUX.2 klein 4B's layout (black-forest-labs/FLUX.2-klein-4B): Qwen3 text encoder, FLUX.2 VAE and transformer."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab, merges = _byte_level_bpe(special)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    tokenizer.chat_template = _QWEN3_CHAT_TEMPLATE
+    # 28 layers: the pipeline reads hidden states 9, 18 and 27 (stacked, so the transformer sees 3 x 16 wide).
+    text_config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=28, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+    )  # fmt: skip
+    pipe = Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, time_shift_type="exponential"),
+        # Four blocks: the real 8x spatial downsampling, so the size rules are the real ones.
+        vae=_seeded(1, lambda: AutoencoderKLFlux2(
+            block_out_channels=(8, 8, 8, 8), layers_per_block=1, latent_channels=4, norm_num_groups=4,
+            sample_size=128, use_quant_conv=False, use_post_quant_conv=False,
+        )),
+        text_encoder=_seeded(2, lambda: Qwen3ForCausalLM(text_config)),
+        tokenizer=tokenizer,
+        transformer=_seeded(3, lambda: Flux2Transformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=256, axes_dims_rope=[4, 4, 4, 4],
+            guidance_embeds=False,
+        )),
+        is_distilled=True,
+    )  # fmt: skip
+    pipe.save_pretrained(folder)
+
+
 def _build_upscaler(folder: Path) -> None:
     from safetensors.torch import save_file
 
@@ -235,31 +329,64 @@ def _build_upscaler(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _build_captioner(folder: Path) -> None:
-    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipProcessor
-    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+# Qwen3-VL's chat template, for the messages a captioner gets (no tools): the same text the real one makes.
+_QWEN_VL_CHAT_TEMPLATE = (
+    "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' }}"
+    "{%- if message.content is string %}{{- message.content }}{%- else %}{%- for content in message.content %}"
+    "{%- if content.type == 'image' or 'image' in content %}{{- '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif 'text' in content %}{{- content.text }}{%- endif %}{%- endfor %}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
-    vocab = {token: index for index, token in enumerate(specials + list(dict.fromkeys(_WORDS)))}
-    tokenizer = BertTokenizer(vocab=vocab, bos_token="[DEC]", model_max_length=64)
-    config = BlipConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=64,
-            # BLIP decodes from [DEC], stops at [SEP]: the ids must point into this vocabulary.
-            bos_token_id=tokenizer.convert_tokens_to_ids("[DEC]"), sep_token_id=tokenizer.sep_token_id,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.sep_token_id,
-        ),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=32, patch_size=8),
-        projection_dim=32,
-    )  # fmt: skip
-    model = _seeded(1, lambda: BlipForConditionalGeneration(config))
-    processor = BlipProcessor(
-        image_processor=BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer=tokenizer
+
+def _build_captioner(folder: Path) -> None:
+    from transformers import GenerationConfig, Qwen2Tokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+               "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
+    vocab, merges = _byte_level_bpe(special)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    tokenizer.chat_template = _QWEN_VL_CHAT_TEMPLATE
+    token_id = tokenizer.convert_tokens_to_ids
+    end_of_text, end_of_turn = token_id("<|endoftext|>"), token_id("<|im_end|>")
+    # Qwen3-VL-8B's layout at toy width: grouped KV heads, interleaved M-RoPE (its sections sum to head_dim / 2),
+    # 16 px patches merged 2x2, one DeepStack layer, untied output embedding.
+    config = Qwen3VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+            rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [2, 1, 1],
+                             "mrope_interleaved": True},
+            bos_token_id=end_of_text, eos_token_id=end_of_turn, pad_token_id=end_of_text,
+        ),
+        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=16,
+                           patch_size=16, num_position_embeddings=16, deepstack_visual_indexes=[0]),
+        image_token_id=token_id("<|image_pad|>"),
+        video_token_id=token_id("<|video_pad|>"),
+        vision_start_token_id=token_id("<|vision_start|>"),
+        vision_end_token_id=token_id("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    # Seed 7: with seeds 1 and 3 these random weights end every answer within a few tokens, leaving tiny
+    # captions no description to cut to length.
+    model = _seeded(7, lambda: Qwen3VLForConditionalGeneration(config))
+    # The real repos sample by default; the captioner must override this to decode greedily.
+    model.generation_config = GenerationConfig(
+        bos_token_id=end_of_text, eos_token_id=[end_of_turn, end_of_text], pad_token_id=end_of_text,
+        do_sample=True, temperature=0.7, top_k=20, top_p=0.8,
+    )  # fmt: skip
     model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    # The real preprocessor settings except the area: images become at most 64x64 px, 2x2 merged patches.
+    image_processor = Qwen2VLImageProcessorPil(
+        size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64}, patch_size=16, merge_size=2, temporal_patch_size=2,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+    image_processor.save_pretrained(folder)
 
 
 def _build_video(folder: Path) -> None:
@@ -292,7 +419,9 @@ def _build_video(folder: Path) -> None:
 
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "editor": _build_editor,
+    "editor-lightning": _build_editor_lightning,
     "refiner": _build_refiner,
+    "refiner-klein": _build_refiner_klein,
     "upscaler": _build_upscaler,
     "captioner": _build_captioner,
     "video": _build_video,

@@ -68,13 +68,14 @@ def lora_checkpoint_bytes(config: RunConfig, transformer: dict[str, Any]) -> int
     return transformer["num_layers"] * per_block * 4
 
 
-def estimate_run_bytes(config: RunConfig, transformer: dict[str, Any]) -> tuple[int, int]:
-    """Upper bounds of what a run writes: (to the artifact store, to the output folder)."""
+def estimate_run_bytes(config: RunConfig, transformer: dict[str, Any], shots: int) -> tuple[int, int]:
+    """Upper bounds of what a run of `shots` dataset images writes: (to the artifact store, to the output folder)."""
     dataset, train, render = config.dataset, config.train, config.render
-    count = len(dataset.variations)
-    final_images = count * dataset.upscale.size**2 * 3
-    edited_images = count * dataset.edit.size**2 * 3
-    sheet_width, sheet_height = contact_sheet_size(count + 1)  # the reference and every dataset image
+    tries = shots * dataset.curation.max_tries
+    # A square image at the long side bounds every aspect; masks are one channel.
+    final_images = shots * dataset.upscale.size**2 * 4
+    edited_images = tries * dataset.edit.size**2 * 3
+    sheet_width, sheet_height = contact_sheet_size(tries + 1)  # the reference, kept images and refused tries
     sheet = sheet_width * sheet_height * 3
     checkpoints = train.checkpoint_count * lora_checkpoint_bytes(config, transformer)
     renders = len(render.image_prompts) * render.size**2 * 3

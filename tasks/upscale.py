@@ -1,30 +1,88 @@
-"""Upscale: ESRGAN 4x (through spandrel), resize to the target size, then a FLUX img2img refine.
+"""Upscale: ESRGAN 4x in tiles (through spandrel), resize to a long side of `config.size`, then a FLUX img2img
+refine in overlapping tiles from a start step the identity guard chooses per image.
 
-The refine starts at `start_step` of `steps` (the seed's "start step" knob): a late start keeps the
-character, an early one adds skin and eye detail at the risk of drifting from the face.
+The refine runs the last `steps - start_step` of `steps` steps: a late start keeps the character, an early one
+adds skin and eye detail at the risk of drifting from the face. The guard bisects `config.start_steps` for the
+lowest start step whose identity distance to the reference stays within `config.identity_tolerance` of the
+ESRGAN output's, and records every step it tried.
 
-    ref = upscale_image.fn(edited, load_profile("tiny").upscale, "ada, front view", 0, load_profile("tiny"))
+    result = upscale_image.fn(edited, profile.upscale, "ada, front view", 0, profile, reference_embedding)
+    result.image, result.start_step, result.tries
 """
 
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from likeness.artifacts import ArtifactRef, load_image, put_image
 from likeness.config import ModelProfile, UpscaleConfig
-from likeness.interrupts import stop_between_steps
+from likeness.interrupts import check_stop, stop_between_steps
 from likeness.pipelines import get_pipeline, gpu_lock
+from likeness.records import UpscaleResult
 from likeness.stages import stage_task
+from likeness.tiling import apply_tiled
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
-def esrgan_upscale(model, image: Image.Image) -> Image.Image:
-    """Run a spandrel image model on one RGB image."""
+class GuardChoice(NamedTuple):
+    """The start step the guard chose, and every (start step, distance) it tried, in order."""
+
+    start_step: int
+    tries: tuple[tuple[int, float | None], ...]
+
+
+def choose_start_step(
+    candidates: Sequence[int],
+    distance_at: Callable[[int], float | None],
+    baseline: float | None,
+    tolerance: float,
+    fallback: int,
+) -> GuardChoice:
+    """The lowest candidate whose distance is at most `baseline + tolerance`, found by bisection.
+
+    Bisection assumes distance grows as the start step falls; it measures ceil(log2(n + 1)) of n candidates and
+    returns a step that passed whose next lower candidate, if measured, failed. A distance of None (no face
+    found) fails. If none passes, the measured step that drifted least; without a baseline, `fallback`."""
+    if baseline is None:
+        return GuardChoice(fallback, ((fallback, distance_at(fallback)),))
+    steps = sorted(set(candidates))
+    if not steps:
+        raise ValueError("the guard needs at least one candidate start step")
+    tries: list[tuple[int, float | None]] = []
+    low, high = 0, len(steps)
+    while low < high:
+        middle = (low + high) // 2
+        distance = distance_at(steps[middle])
+        tries.append((steps[middle], distance))
+        if distance is not None and distance <= baseline + tolerance:
+            high = middle
+        else:
+            low = middle + 1
+    if low < len(steps):
+        return GuardChoice(steps[low], tuple(tries))
+    measured = [(distance, -step) for step, distance in tries if distance is not None]
+    # No refine kept the face within tolerance: the least drift, and of equal drifts the latest start.
+    return GuardChoice(-min(measured)[1] if measured else steps[-1], tuple(tries))
+
+
+def target_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """The size with `long_side` on the longer side and the aspect ratio kept."""
+    scale = long_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _esrgan(model: Any, image: Image.Image) -> Image.Image:
     import torch
 
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    check_stop()
+    pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     parameter = next(model.model.parameters())
     with torch.inference_mode():
         output = model(pixels.to(parameter.device, parameter.dtype)).float().clamp(0, 1)
@@ -32,27 +90,102 @@ def esrgan_upscale(model, image: Image.Image) -> Image.Image:
     return Image.fromarray(array)
 
 
-@stage_task("upscale-image", STAGE_VERSION)
-def upscale_image(
-    image: ArtifactRef, config: UpscaleConfig, prompt: str, seed: int, profile: ModelProfile
-) -> ArtifactRef:
-    """ESRGAN 4x, resize to `config.size`, then refine with FLUX img2img from `start_step`."""
+def esrgan_upscale(model: Any, image: Image.Image, tile: int | None = None, overlap: int = 0) -> Image.Image:
+    """Run a spandrel image model on an RGB image: whole, or in tiles of `tile` px (memory bounded by the tile)."""
+    if tile is None:
+        return _esrgan(model, image)
+    return apply_tiled(image, partial(_esrgan, model), tile, overlap, scale=model.scale)
+
+
+def face_distance(image: Image.Image, reference: tuple[float, ...] | None) -> float | None:
+    """Identity distance of the image's main face to `reference`; None without a reference or a face."""
+    if reference is None:
+        return None
+    from likeness.identity import get_identity_model, identity_distance, main_face
+
+    face = main_face(get_identity_model().faces(image))
+    return identity_distance(face.embedding, reference) if face else None
+
+
+def _prompt_inputs(refiner: Any, prompt: str) -> dict[str, Any]:
+    """The prompt encoded once per image, so each tile's call skips (and does not reload) the text encoders."""
+    if "pooled_prompt_embeds" in inspect.signature(refiner.__call__).parameters:
+        embeds, pooled, _ = refiner.encode_prompt(prompt=prompt, prompt_2=None)
+        return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+    embeds, _ = refiner.encode_prompt(prompt=prompt)
+    return {"prompt_embeds": embeds}
+
+
+def refine(
+    refiner: Any, image: Image.Image, prompt_inputs: dict[str, Any], config: UpscaleConfig, start_step: int, seed: int
+) -> Image.Image:
+    """FLUX img2img from `start_step` on overlapping tiles of `image` (whole if it fits one), each with `seed`."""
     import torch
 
+    multiple = refiner.vae_scale_factor * 2
+    # FLUX.2 klein refines through its inpainting pipeline: a white mask repaints everything, i.e. img2img.
+    masked = "mask_image" in inspect.signature(refiner.__call__).parameters
+
+    def refine_tile(tile: Image.Image) -> Image.Image:
+        # A side shorter than the tile may not be a multiple of the VAE's: mirror-pad it, refine, crop back.
+        padded = np.pad(
+            np.asarray(tile),
+            ((0, -tile.height % multiple), (0, -tile.width % multiple), (0, 0)),
+            mode="symmetric",
+        )
+        source = Image.fromarray(padded)
+        extra = {"mask_image": Image.new("L", source.size, 255)} if masked else {}
+        output = refiner(
+            **prompt_inputs,
+            **extra,
+            image=source,
+            strength=config.strength_at(start_step),
+            num_inference_steps=config.steps,
+            height=source.height,
+            width=source.width,
+            guidance_scale=config.guidance_scale,
+            # The same seed for every tile: neighbours get the same noise statistics, so their detail matches.
+            generator=torch.Generator("cpu").manual_seed(seed),
+            callback_on_step_end=stop_between_steps,
+        ).images[0]
+        return output.crop((0, 0, tile.width, tile.height))
+
+    with gpu_lock:
+        return apply_tiled(image, refine_tile, config.tile, config.overlap)
+
+
+@stage_task("upscale-image", STAGE_VERSION)
+def upscale_image(
+    image: ArtifactRef,
+    config: UpscaleConfig,
+    prompt: str,
+    seed: int,
+    profile: ModelProfile,
+    reference: tuple[float, ...] | None,
+) -> UpscaleResult:
+    """ESRGAN 4x, resize to a long side of `config.size`, refine from the start step the identity guard picks."""
     source = load_image(image)
     upscaler = get_pipeline("upscaler", profile)
     refiner = get_pipeline("refiner", profile)
     with gpu_lock:
-        upscaled = esrgan_upscale(upscaler, source).resize((config.size, config.size), Image.Resampling.LANCZOS)
-        refined = refiner(
-            prompt=prompt,
-            image=upscaled,
-            strength=config.strength,
-            num_inference_steps=config.steps,
-            height=config.size,
-            width=config.size,
-            guidance_scale=config.guidance_scale,
-            generator=torch.Generator("cpu").manual_seed(seed),
-            callback_on_step_end=stop_between_steps,
-        ).images[0]
-    return put_image(refined, image.filename)
+        upscaled = esrgan_upscale(upscaler, source, config.esrgan_tile, config.esrgan_overlap)
+        prompt_inputs = _prompt_inputs(refiner, prompt)
+    upscaled = upscaled.resize(target_size(*source.size, config.size), Image.Resampling.LANCZOS)
+    baseline = face_distance(upscaled, reference)
+    refined: dict[int, Image.Image] = {}
+
+    def distance_at(start_step: int) -> float | None:
+        refined[start_step] = refine(refiner, upscaled, prompt_inputs, config, start_step, seed)
+        return face_distance(refined[start_step], reference)
+
+    low, high = config.start_steps
+    choice = choose_start_step(
+        range(low, high + 1), distance_at, baseline, config.identity_tolerance, config.start_step
+    )
+    return UpscaleResult(
+        image=put_image(refined[choice.start_step], image.filename),
+        start_step=choice.start_step,
+        pre_refine_distance=baseline,
+        identity_distance=dict(choice.tries)[choice.start_step],
+        tries=choice.tries,
+    )

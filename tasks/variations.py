@@ -1,9 +1,13 @@
-"""Variations: Qwen-Image-Edit-2509 edits the reference photo into one view, pose, emotion or framing.
+"""Variations: Qwen-Image-Edit-2511 edits the reference photo into one shot of the dataset.
 
-from likeness.profiles import load_profile
-from likeness.artifacts import put_file
-ref = put_file(Path("ada.jpg"))
-item = edit_variation.fn(ref, "side", load_profile("tiny").edit, 0, load_profile("tiny"))
+The flow gives each shot its prompt and size (from the catalogue). A try-on or a pose transfer passes a
+second image after the reference, a garment or a pose reference: the editor takes its inputs as one list,
+so a prompt can speak of the person in image 1 and the coat in image 2.
+
+    profile = load_profile("tiny")
+    images = [put_file(Path("ada.jpg")), put_file(Path("coat.jpg"))]
+    prompt = "Dress the person in image 1 in the coat from image 2."
+    edited = edit_variation.fn(images, prompt, 48, 64, profile.edit, 7, profile, "tryon-coat.png")
 """
 
 from __future__ import annotations
@@ -11,14 +15,12 @@ from __future__ import annotations
 import hashlib
 
 from likeness.artifacts import ArtifactRef, load_image, put_image
-from likeness.catalogue import get_variation
 from likeness.config import EditConfig, ModelProfile
-from likeness.imaging import square
 from likeness.interrupts import stop_between_steps
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.stages import stage_task
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 def variation_seed(seed: int, variation_id: str) -> int:
@@ -29,25 +31,38 @@ def variation_seed(seed: int, variation_id: str) -> int:
 
 @stage_task("edit-variation", STAGE_VERSION)
 def edit_variation(
-    reference: ArtifactRef, variation_id: str, config: EditConfig, seed: int, profile: ModelProfile
+    images: list[ArtifactRef],
+    prompt: str,
+    width: int,
+    height: int,
+    config: EditConfig,
+    seed: int,
+    profile: ModelProfile,
+    filename: str,
 ) -> ArtifactRef:
-    """Edit the reference photo into one catalogue variation."""
+    """Edit the reference, `images[0]`, with any second inputs after it, into a `width` x `height` image."""
     import torch
 
-    variation = get_variation(variation_id)
-    source = square(load_image(reference), config.size)
+    if not images:
+        raise ValueError("an edit needs the reference image")
     pipe = get_pipeline("editor", profile)
+    # diffusers rounds other sizes down without a word, and the shot would come out smaller than asked.
+    multiple = pipe.vae_scale_factor * 2
+    if width % multiple or height % multiple:
+        raise ValueError(f"an edit's size must be multiples of {multiple} px, got {width}x{height}")
+    sources = [load_image(image) for image in images]
     with gpu_lock:
         pipe.register_to_config(vae_image_area=config.condition_area, vl_image_area=config.vl_condition_area)
-        image = pipe(
-            image=[source],
-            prompt=variation.prompt,
-            negative_prompt=" ",
+        edited = pipe(
+            image=sources,
+            prompt=prompt,
+            # True CFG runs only with a negative prompt, and diffusers warns of one passed with CFG off.
+            negative_prompt=" " if config.true_cfg_scale > 1 else None,
             true_cfg_scale=config.true_cfg_scale,
             num_inference_steps=config.steps,
-            height=config.size,
-            width=config.size,
+            width=width,
+            height=height,
             generator=torch.Generator("cpu").manual_seed(seed),
             callback_on_step_end=stop_between_steps,
         ).images[0]
-    return put_image(image, f"{variation_id}.png")
+    return put_image(edited, filename)

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 
 from likeness.artifacts import ArtifactRef
 from likeness.profiles import load_profile
-from likeness.records import DatasetItem, DatasetRef
+from tests.records import dataset_item, dataset_ref
 
 TINY = load_profile("tiny")
 REF = ArtifactRef(key="sha256/aa/x.png", sha256="a" * 64, size=1)
@@ -44,15 +44,32 @@ def stage_cases() -> list[tuple[str, Any, dict[str, Any], str]]:
     from tasks.upscale import upscale_image
     from tasks.variations import edit_variation
 
-    item = DatasetItem(variation="front", image=REF, caption="Ada, front", edit_prompt="p", seed=0)
-    dataset = DatasetRef(trigger="Ada", reference=REF, items=(item,), manifest=REF, contact_sheet=REF)
+    dataset = dataset_ref(REF, (dataset_item("front", REF, "Ada, front"),))
     return [
-        ("edit", edit_variation, {"reference": REF, "variation_id": "front", "config": TINY.edit, "seed": 0}, "config"),
-        ("upscale", upscale_image, {"image": REF, "config": TINY.upscale, "prompt": "p", "seed": 0}, "config"),
+        (
+            "edit",
+            edit_variation,
+            {
+                "images": (REF,),
+                "prompt": "p",
+                "width": 64,
+                "height": 64,
+                "config": TINY.edit,
+                "seed": 0,
+                "filename": "f",
+            },
+            "config",
+        ),
+        (
+            "upscale",
+            upscale_image,
+            {"image": REF, "config": TINY.upscale, "prompt": "p", "seed": 0, "reference": (0.1, 0.2)},
+            "config",
+        ),
         (
             "caption",
             caption_image,
-            {"image": REF, "trigger": "Ada", "variation_id": "front", "config": TINY.caption},
+            {"image": REF, "trigger": "Ada", "tags": ("front view", "full body"), "config": TINY.caption},
             "config",
         ),
         ("train", fit_lora, {"dataset": dataset, "config": TINY.train}, "config"),

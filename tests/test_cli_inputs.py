@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from likeness.cli import app
+from tests.photos import grace_hopper
 
 
 @pytest.fixture
@@ -33,6 +34,14 @@ def run(likeness_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def photo(tmp_path: Path, size=(512, 512), name="photo.png") -> Path:
+    """A real face photo (Grace Hopper) of `size`, so the reference's face check passes."""
+    path = tmp_path / name
+    grace_hopper().resize(size).save(path)
+    return path
+
+
+def blank(tmp_path: Path, name: str, size=(512, 512)) -> Path:
+    """A plain tan picture: a usable image with no face in it."""
     path = tmp_path / name
     Image.new("RGB", size, "tan").save(path)
     return path
@@ -82,11 +91,14 @@ def test_bad_name(run, tmp_path, name, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--profile", "huge"], "unknown profile 'huge'; known: permissive, production, tiny"),
+        (
+            ["--profile", "huge"],
+            "unknown profile 'huge'; known: permissive, production, production-2509, production-fullstep, tiny",
+        ),
         (["--set", "dataset.upscale.start_step=4"], "start_step (4) must be below steps (4)"),
         (["--set", "render.video_frames=6"], "video_frames must be 4k+1"),
         (["--set", "render.fps"], "is not of the form section.field=value"),
-        (["--set", "dataset.variations=[front, cartwheel]"], "unknown variation 'cartwheel'"),
+        (["--set", "dataset.variations=[front, cartwheel]"], "unknown catalogue entries 'cartwheel'; known: turnaround, front,"),
     ],
 )
 def test_bad_settings(run, tmp_path, args, message):
@@ -109,7 +121,7 @@ def test_production_profile_names_missing_weights(run, tmp_path, monkeypatch):
     result = run("produce", "Ada", "--image", str(photo(tmp_path)), "--profile", "production")
     assert result.exit_code == 2
     text = " ".join(result.stderr.split())
-    assert "the editor weights (Qwen/Qwen-Image-Edit-2509) are not in the Hugging Face cache" in text
+    assert "the editor weights (Qwen/Qwen-Image-Edit-2511) are not in the Hugging Face cache" in text
 
 
 def test_a_foreign_output_folder_is_left_alone(run, tmp_path):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from likeness.caching import stage_key
-from likeness.config import ROLES, InvalidSettings, RunConfig
+from likeness.config import ROLES, InvalidSettings, RunConfig, check_shot_count
 from likeness.profiles import available_profiles, load_profile
 from likeness.settings import Settings
 
 
 def test_every_profile_names_a_model_for_every_role():
-    assert available_profiles() == ["permissive", "production", "tiny"]
+    assert {"permissive", "production", "tiny"} <= set(available_profiles())
     for name in available_profiles():
         profile = load_profile(name)
         assert set(profile.models) == set(ROLES)
@@ -20,7 +20,8 @@ def test_every_profile_names_a_model_for_every_role():
 
 def test_production_names_the_real_models():
     models = load_profile("production").models
-    assert models["editor"].source == "Qwen/Qwen-Image-Edit-2509"
+    assert models["editor"].source == "Qwen/Qwen-Image-Edit-2511"
+    assert models["editor"].lora.source == "lightx2v/Qwen-Image-Edit-2511-Lightning"
     assert models["video"].source.startswith("Wan-AI/Wan2.2-")
     assert (models["upscaler"].source, models["upscaler"].file) == ("Kim2091/UltraSharp", "4x-UltraSharp.pth")
 
@@ -28,6 +29,25 @@ def test_production_names_the_real_models():
 def test_the_permissive_profile_has_no_non_commercial_model():
     for role, spec in load_profile("permissive").models.items():
         assert "non-commercial" not in spec.licence and "-nc" not in spec.licence, role
+
+
+def test_the_dataset_defaults_come_from_the_profile_and_no_identity_is_a_setting():
+    tiny = load_profile("tiny")
+    config = RunConfig.from_profile(tiny, {"dataset": {"curation": {"identity": False}}})
+    assert config.dataset.variations == tiny.dataset.variations
+    assert config.dataset.curation.identity is False
+    assert config.dataset.curation.require_face is False  # the tiny profile's threshold, kept under the override
+    assert RunConfig.from_profile(load_profile("production")).dataset.variations is None  # the whole catalogue
+
+
+def test_the_number_of_shots_is_held_to_the_profile_limit():
+    limits = load_profile("production").limits
+    check_shot_count(60, limits)
+    with pytest.raises(InvalidSettings, match=r"the number of dataset shots \(61\) is above 60.*--beyond-limits"):
+        check_shot_count(61, limits)
+    check_shot_count(61, limits, beyond_limits=True)
+    with pytest.raises(InvalidSettings, match="no shots"):
+        check_shot_count(0, limits)
 
 
 def test_overrides_merge_into_the_profile_defaults():

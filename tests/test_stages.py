@@ -10,7 +10,7 @@ from safetensors import safe_open
 from likeness import pipelines
 from likeness.artifacts import get_bytes, load_image, put_file, put_image
 from likeness.profiles import load_profile
-from likeness.records import DatasetItem, DatasetRef
+from tests.records import dataset_item, dataset_ref
 
 TINY = load_profile("tiny")
 
@@ -30,35 +30,44 @@ def test_the_pipeline_cache_loads_a_model_once(likeness_env):
 def test_variations_edit_the_reference(reference):
     from tasks.variations import edit_variation
 
-    side = edit_variation.fn(reference, "side", TINY.edit, 1, TINY)
-    back = edit_variation.fn(reference, "back", TINY.edit, 1, TINY)
+    side = edit_variation.fn([reference], "side view", 64, 64, TINY.edit, 1, TINY, "side.png")
+    back = edit_variation.fn([reference], "back view", 64, 64, TINY.edit, 1, TINY, "back.png")
     assert load_image(side).size == (TINY.edit.size, TINY.edit.size)
     assert side.sha256 != back.sha256
-    assert edit_variation.fn(reference, "side", TINY.edit, 1, TINY) == side
+    assert edit_variation.fn([reference], "side view", 64, 64, TINY.edit, 1, TINY, "side.png") == side
 
 
-def test_upscale_reaches_the_target_and_a_later_start_step_changes_less(reference):
+def test_upscale_reaches_the_target_and_a_later_start_step_runs_fewer_steps(reference):
     from likeness.imaging import square
-    from tasks.upscale import esrgan_upscale, upscale_image
+    from tasks.upscale import upscale_image
 
     small = put_image(square(load_image(reference), 32), "small.png")
-    plain = np.asarray(
-        esrgan_upscale(pipelines.get_pipeline("upscaler", TINY), load_image(small)).resize((128, 128)), dtype=float
-    )
+    transformer = pipelines.get_pipeline("refiner", TINY).transformer
+    calls = []
+    hook = transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
 
-    def drift(start_step: int) -> float:
+    def refine(start_step: int) -> tuple[int, bytes]:
+        calls.clear()
         config = TINY.upscale.model_copy(update={"start_step": start_step, "steps": 4})
-        refined = load_image(upscale_image.fn(small, config, "photo of Ada", 0, TINY))
+        result = upscale_image.fn(small, config, "photo of Ada", 0, TINY, None)
+        refined = load_image(result.image)
         assert refined.size == (TINY.upscale.size, TINY.upscale.size)
-        return float(np.abs(np.asarray(refined, dtype=float) - plain).mean())
+        assert result.start_step == start_step  # no reference face: the configured start step
+        return len(calls), refined.tobytes()
 
-    assert drift(3) < drift(0)
+    try:
+        late, early = refine(3), refine(0)
+    finally:
+        hook.remove()
+    # 128 px in 64 px tiles overlapping by 16: 3 x 3 tiles, each denoised for the steps after the start step.
+    assert (late[0], early[0]) == (9 * 1, 9 * 4)
+    assert late[1] != early[1]
 
 
 def test_captions_start_with_the_trigger_and_what_the_stage_knows(reference):
     from tasks.caption import caption_image
 
-    caption = caption_image.fn(reference, "Ada", "side", TINY.caption, TINY)
+    caption = caption_image.fn(reference, "Ada", ["side view", "neutral expression", "full body"], TINY.caption, TINY)
     assert caption.startswith("Ada, side view, neutral expression, full body, ")
     assert len(caption) > len("Ada, side view, neutral expression, full body, ")
 
@@ -67,16 +76,10 @@ def test_captions_start_with_the_trigger_and_what_the_stage_knows(reference):
 def dataset(reference):
     images = [load_image(reference).rotate(angle).resize((64, 64)) for angle in (0, 90)]
     items = tuple(
-        DatasetItem(
-            variation=variation,
-            image=put_image(image, f"{variation}.png"),
-            caption=f"Ada, {variation}",
-            edit_prompt="",
-            seed=0,
-        )
+        dataset_item(variation, put_image(image, f"{variation}.png"), f"Ada, {variation}")
         for variation, image in zip(("front", "side"), images, strict=True)
     )
-    return DatasetRef(trigger="Ada", reference=reference, items=items, manifest=reference, contact_sheet=reference)
+    return dataset_ref(reference, items)
 
 
 def test_training_checkpoints_every_k_steps_and_leaves_the_pipeline_clean(dataset, tmp_path):
@@ -198,9 +201,11 @@ def test_each_checkpoint_holds_the_weights_after_its_optimizer_step(dataset, tmp
 def test_an_edit_follows_its_seed(reference):
     from tasks.variations import edit_variation
 
-    seeds = {seed: edit_variation.fn(reference, "smile", TINY.edit, seed, TINY) for seed in (1, 2)}
+    seeds = {
+        seed: edit_variation.fn([reference], "smile", 64, 64, TINY.edit, seed, TINY, "smile.png") for seed in (1, 2)
+    }
     assert seeds[1].sha256 != seeds[2].sha256
-    assert edit_variation.fn(reference, "smile", TINY.edit, 1, TINY).sha256 == seeds[1].sha256
+    assert edit_variation.fn([reference], "smile", 64, 64, TINY.edit, 1, TINY, "smile.png").sha256 == seeds[1].sha256
 
 
 def test_model_work_in_a_worker_thread_stops_at_its_next_step_once_the_run_is_interrupted(reference, dataset):
@@ -219,7 +224,7 @@ def test_model_work_in_a_worker_thread_stops_at_its_next_step_once_the_run_is_in
 
     def work() -> None:
         for stage in (
-            lambda: edit_variation.fn(reference, "front", TINY.edit, 0, TINY),
+            lambda: edit_variation.fn([reference], "front view", 64, 64, TINY.edit, 0, TINY, "front.png"),
             lambda: fit_lora.fn(dataset, TINY.train, TINY),
             lambda: render_media.fn(lora, "image", "Ada", TINY.render, 0, TINY),
         ):
@@ -239,4 +244,4 @@ def test_model_work_in_a_worker_thread_stops_at_its_next_step_once_the_run_is_in
         worker.start()
         worker.join(timeout=120)
     assert [type(outcome) for outcome in outcomes] == [StageStopped, StageStopped, StageStopped]
-    assert edit_variation.fn(reference, "front", TINY.edit, 0, TINY).sha256
+    assert edit_variation.fn([reference], "front view", 64, 64, TINY.edit, 0, TINY, "front.png").sha256

@@ -129,15 +129,23 @@ def test_spandrel_import_leaves_no_torchvision_behind():
 
 
 def test_captioner(tiny, reference_image):
-    from transformers import AutoProcessor, BlipForConditionalGeneration
+    from transformers import Qwen3VLForConditionalGeneration
 
-    processor = AutoProcessor.from_pretrained(tiny["captioner"])
-    model = BlipForConditionalGeneration.from_pretrained(tiny["captioner"])
-    inputs = processor(images=reference_image, text="a photo of", return_tensors="pt")
-    out = model.generate(**inputs, max_new_tokens=12)
-    caption = processor.decode(out[0], skip_special_tokens=True)
-    assert isinstance(caption, str) and caption.startswith("a photo of ")
-    assert len(caption.split()) > 3  # random weights: word salad, but words
+    from likeness.captions import caption_messages
+    from likeness.qwen_vl import load_qwen3_vl_processor
+
+    processor = load_qwen3_vl_processor(tiny["captioner"])
+    model = Qwen3VLForConditionalGeneration.from_pretrained(tiny["captioner"]).eval()
+    assert model.config.model_type == "qwen3_vl"
+    chat = processor.apply_chat_template(
+        caption_messages("qwen3_vl", "Describe the pose."), tokenize=False, add_generation_prompt=True
+    )
+    inputs = processor(text=[chat], images=[reference_image], return_tensors="pt")
+    assert inputs["pixel_values"].ndim == 2 and int(inputs["image_grid_thw"].prod()) == inputs["pixel_values"].shape[0]
+    out = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 12
+    caption = processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert isinstance(caption, str) and caption.strip()  # random weights: word salad, but text
 
 
 def test_video_frames_and_lora_round_trip(tiny, tmp_path):
