@@ -175,7 +175,9 @@ def produce(
     verbose: Verbose = False,
 ) -> None:
     """Make the dataset, train the LoRA and render images and a video, all locally."""
-    run = _prepare("produce", name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh)
+    run = _prepare(
+        "produce", name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh, beyond_limits
+    )
     if run is not None:
         run.start(refresh, verbose, beyond_limits)
 
@@ -196,7 +198,9 @@ def dataset(
     verbose: Verbose = False,
 ) -> None:
     """Make only the LoRA training dataset: curated images, captions, masks, manifest and contact sheet."""
-    run = _prepare("dataset", name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh)
+    run = _prepare(
+        "dataset", name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh, beyond_limits
+    )
     if run is not None:
         run.start(refresh, verbose, beyond_limits)
 
@@ -213,7 +217,7 @@ def _prepare(
     out: Path | None,
     overrides: list[str] | None,
     refresh: bool,
-    beyond_limits: bool = False,
+    beyond_limits: bool,
 ) -> CharacterRun | None:
     """Check every input before any model loads; None when the output folder is already up to date."""
     settings = get_settings()

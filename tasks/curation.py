@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from likeness.artifacts import ArtifactRef, load_image, put_image
 from likeness.curation import Figures, measure
-from likeness.identity import get_identity_model, reference_face
+from likeness.identity import get_identity_model, main_face, reference_face
 from likeness.masks import face_mask
 from likeness.stages import stage_task
 
@@ -35,5 +35,5 @@ def measure_image(image: ArtifactRef, reference: tuple[float, ...] | None) -> Fi
 def make_mask(image: ArtifactRef) -> ArtifactRef:
     """The loss mask of a training image, in AI Toolkit's layout: the face weighted, found on the image itself."""
     picture = load_image(image)
-    faces = get_identity_model().faces(picture)
-    return put_image(face_mask(picture.size, faces[0] if faces else None), image.filename)
+    # The face curation judged: the largest clear one, not a larger stray detection.
+    return put_image(face_mask(picture.size, main_face(get_identity_model().faces(picture))), image.filename)

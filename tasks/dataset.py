@@ -67,7 +67,7 @@ def manifest_lines(
             "seed": item.seed,
             "attempt": item.attempt,
             "edit_prompt": item.edit_prompt,
-            "models": models,
+            **models,  # the models behind each role, and the precision
             "edited": item.edited.key,
             **_figures(item),
             "refine_start_step": item.upscale.start_step,

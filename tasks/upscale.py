@@ -50,11 +50,11 @@ def choose_start_step(
     Bisection assumes distance grows as the start step falls; it measures ceil(log2(n + 1)) of n candidates and
     returns a step that passed whose next lower candidate, if measured, failed. A distance of None (no face
     found) fails. If none passes, the measured step that drifted least; without a baseline, `fallback`."""
-    if baseline is None:
-        return GuardChoice(fallback, ((fallback, distance_at(fallback)),))
     steps = sorted(set(candidates))
     if not steps:
         raise ValueError("the guard needs at least one candidate start step")
+    if baseline is None:
+        return GuardChoice(fallback, ((fallback, distance_at(fallback)),))
     tries: list[tuple[int, float | None]] = []
     low, high = 0, len(steps)
     while low < high:

@@ -175,7 +175,9 @@ def test_every_numeric_setting_has_a_limit():
     for path, section in SECTIONS.items():
         config = setting(RunConfig.from_profile(TINY), path)
         numeric = {name for name, field in type(config).model_fields.items() if field.annotation in (int, float)}
-        assert numeric - {"seed", "start_step", "overlap", "esrgan_overlap"} <= set(type(getattr(Limits(), section)).model_fields), path
+        assert numeric - {"seed", "start_step", "overlap", "esrgan_overlap"} <= set(
+            type(getattr(Limits(), section)).model_fields
+        ), path
 
 
 def test_checkpoint_every_past_steps_is_fine_and_the_number_of_checkpoints_is_bounded():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,28 @@ from tests.prefect_server import api_post
 pytestmark = pytest.mark.slow
 
 LIKENESS = str(Path(sys.executable).parent / "likeness")
-STAGES = ("edit-variation", "upscale-image", "caption-image", "assemble-dataset", "fit-lora", "render-media")
+STAGES = (
+    "measure-reference",
+    "edit-variation",
+    "measure-image",
+    "upscale-image",
+    "face-mask",
+    "caption-image",
+    "assemble-dataset",
+    "fit-lora",
+    "render-media",
+)
+# The tiny profile's default entries (front, back, smile, face, golden-hour) and the size of each shot: a 64 px
+# long side edited, 128 px upscaled; portrait 3:4 unless the entry asks for a square.
+SHOTS = {
+    "front": (96, 128),
+    "back": (96, 128),
+    "smile-30": (128, 128),
+    "smile-60": (128, 128),
+    "smile-100": (128, 128),
+    "face": (128, 128),
+    "golden-hour": (96, 128),
+}
 
 
 def likeness(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -55,21 +77,33 @@ def manifest(out: Path) -> dict:
 def test_first_run_writes_the_documented_layout(workdir):
     tmp, _, _ = workdir
     out = tmp / "out"
-    variations = ["front", "side", "back", "smile", "surprised", "closeup"]
-    for variation in variations:
-        image = Image.open(out / "dataset" / f"Grace_Hopper_{variation}.png")
-        assert image.size == (128, 128)
-        caption = (out / "dataset" / f"Grace_Hopper_{variation}.txt").read_text().strip()
+    # dataset/ holds only what a trainer reads: images and same-stem captions.
+    assert sorted(p.name for p in (out / "dataset").iterdir()) == sorted(
+        f"Grace_Hopper_{shot}{suffix}" for shot in SHOTS for suffix in (".png", ".txt")
+    )
+    for shot, size in SHOTS.items():
+        assert Image.open(out / "dataset" / f"Grace_Hopper_{shot}.png").size == size
+        mask = Image.open(out / "masks" / f"Grace_Hopper_{shot}.png")
+        assert mask.mode == "L" and mask.size == size
+        caption = (out / "dataset" / f"Grace_Hopper_{shot}.txt").read_text().strip()
         assert caption.startswith("Grace_Hopper, ")
-    assert "side view" in (out / "dataset" / "Grace_Hopper_side.txt").read_text()
-    assert "smiling" in (out / "dataset" / "Grace_Hopper_smile.txt").read_text()
-    assert "close-up" in (out / "dataset" / "Grace_Hopper_closeup.txt").read_text()
-    lines = [json.loads(line) for line in (out / "dataset" / "manifest.jsonl").read_text().splitlines()]
-    assert [line["variation"] for line in lines] == variations
+    assert "back view" in (out / "dataset" / "Grace_Hopper_back.txt").read_text()
+    assert "slight smile" in (out / "dataset" / "Grace_Hopper_smile-30.txt").read_text()
+    assert "broad smile" in (out / "dataset" / "Grace_Hopper_smile-100.txt").read_text()
+    assert "close-up of the face" in (out / "dataset" / "Grace_Hopper_face.txt").read_text()
+
+    lines = [json.loads(line) for line in (out / "dataset_manifest.jsonl").read_text().splitlines()]
+    assert [line["shot"] for line in lines] == list(SHOTS)
     for line in lines:
-        assert (out / "dataset" / line["file"].replace(".png", ".txt")).read_text() == line["caption"] + "\n"
-        assert (out / "dataset" / line["file"]).is_file()
-    assert Image.open(out / "dataset" / "contact_sheet.png").size[0] >= 4 * 128
+        assert (out / line["file"].replace(".png", ".txt")).read_text() == line["caption"] + "\n"
+        assert (out / line["file"]).is_file() and (out / line["mask"]).is_file()
+        # Every figure is measured on the tiny profile's noise too: no face is found, so no identity distance.
+        assert line["kept"] and line["faces"] == 0 and line["identity_distance"] is None
+        assert line["sharpness"] >= 0 and 0 <= line["exposure"] <= 1 and len(line["phash"]) == 16
+        assert line["models"]["editor"]["source"] == "tiny:editor"
+        assert line["refine_start_step"] == 2  # no face to guard: the configured start step
+    assert [line["intensity"] for line in lines if line["entry"] == "smile"] == [0.3, 0.6, 1.0]
+    assert Image.open(out / "dataset_contact_sheet.png").size[0] >= 4 * 128
 
     assert sorted(p.name for p in (out / "lora").iterdir()) == [
         "Grace_Hopper_000000003.safetensors",
@@ -91,7 +125,8 @@ def test_first_run_loads_each_model_once_and_reports_progress(workdir, prefect_a
     assert last_run["model_loads"] == {"editor": 1, "upscaler": 1, "refiner": 1, "captioner": 1, "video": 1}
     states = task_states(prefect_api, last_run["flow_run_id"])
     assert set(states) == set(STAGES)
-    assert len(states["edit-variation"]) == 6
+    assert len(states["edit-variation"]) == len(SHOTS)
+    assert len(states["measure-reference"]) == 1
     assert all(state == "Completed" for names in states.values() for state in names)
     artifacts = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]}}})
     assert {"grace-hopper-dataset", "grace-hopper-train", "grace-hopper-render"} <= {a["key"] for a in artifacts}
@@ -133,7 +168,7 @@ def test_rerun_is_cached_and_a_render_change_reruns_only_rendering(workdir, pref
     assert unchanged.returncode == 0 and "is up to date" in unchanged.stderr, unchanged.stderr[-4000:]
 
     # With one output gone the run takes the cached path: Prefect runs, every stage is a cache hit.
-    (out / "dataset" / "contact_sheet.png").unlink()
+    (out / "dataset_contact_sheet.png").unlink()
     again = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--out", "out")
     assert again.returncode == 0, again.stderr[-4000:]
     last_run = manifest(out)["last_run"]
@@ -183,3 +218,44 @@ def test_another_character_is_refused_in_the_same_folder(workdir):
     assert retrained.returncode == 2
     assert "different train" in retrained.stderr
     assert (out / "likeness.json").read_text() == before
+
+
+def test_the_dataset_command_makes_the_whole_default_catalogue_readable_by_others(
+    tmp_path, models_dir, prefect_api, face_photo
+):
+    from tests.photos import astronaut, no_face_photo
+
+    env = cli_env(tmp_path, models_dir, prefect_api)
+    garment, pose = tmp_path / "coat.png", tmp_path / "pose.png"
+    no_face_photo().save(garment)
+    astronaut().save(pose)
+    args = ["dataset", "Grace Hopper", "--image", str(face_photo), "--garment", str(garment), "--pose", str(pose)]
+    result = subprocess.run(
+        [LIKENESS, *args, "--set", "dataset.variations=null", "--out", "out"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        preexec_fn=lambda: os.umask(0o022),
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = tmp_path / "out"
+    lines = [json.loads(line) for line in (out / "dataset_manifest.jsonl").read_text().splitlines()]
+    # The default catalogue: 32 shots, and one try-on and one pose transfer for the garment and the pose given.
+    assert len(lines) == 34 and all(line["kept"] for line in lines)
+    assert {line["group"] for line in lines} == {
+        "turnaround", "pose", "emotion", "closeup", "try-on", "pose-transfer", "background", "lighting",
+    }  # fmt: skip
+    assert {"try-on-1", "pose-transfer-1", "lying-down", "scared-100"} <= {line["shot"] for line in lines}
+    assert len(list((out / "dataset").glob("*.png"))) == len(list((out / "masks").glob("*.png"))) == 34
+    assert Image.open(out / "dataset" / "Grace_Hopper_turnaround.png").size == (128, 96)  # landscape
+    assert Image.open(out / "dataset" / "Grace_Hopper_try-on-1.png").size == (96, 128)  # portrait
+    record = manifest(out)
+    assert record["lora"] == [] and record["renders"] == []
+    assert record["last_run"]["model_loads"] == {"editor": 1, "upscaler": 1, "refiner": 1, "captioner": 1}
+    # Written with the user's umask, so a trainer or ComfyUI container running as another user can read them.
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}
+    store = tmp_path / "likeness-data" / "store" / "objects"
+    assert {oct(p.stat().st_mode & 0o777) for p in store.rglob("*") if p.is_file()} == {oct(0o644)}

@@ -98,7 +98,10 @@ def test_bad_name(run, tmp_path, name, message):
         (["--set", "dataset.upscale.start_step=4"], "start_step (4) must be below steps (4)"),
         (["--set", "render.video_frames=6"], "video_frames must be 4k+1"),
         (["--set", "render.fps"], "is not of the form section.field=value"),
-        (["--set", "dataset.variations=[front, cartwheel]"], "unknown catalogue entries 'cartwheel'; known: turnaround, front,"),
+        (
+            ["--set", "dataset.variations=[front, cartwheel]"],
+            "unknown catalogue entries 'cartwheel'; known: turnaround, front,",
+        ),
     ],
 )
 def test_bad_settings(run, tmp_path, args, message):
@@ -145,3 +148,39 @@ def test_an_incomplete_s3_store_setting_is_refused(run, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "opening s3://characters/likeness needs endpoint, access_key" in result.stderr
     assert "do-not-print-me" not in result.output + result.stderr
+
+
+def test_a_reference_without_a_face_says_how_to_go_on_without_identity(run, tmp_path):
+    result = run("produce", "Ada", "--image", str(blank(tmp_path, "drawing.png")))
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "no face found in" in message and "drawing.png" in message
+    assert "for an illustrated or stylised character pass --no-identity" in message
+
+
+@pytest.mark.parametrize(
+    ("option", "make_image", "message"),
+    [
+        ("--garment", lambda tmp: tmp / "coat.png", "garment image not found: "),
+        ("--garment", lambda tmp: (tmp / "coat.png").write_text("a coat") and tmp / "coat.png", "is not an image"),
+        ("--pose", lambda tmp: tmp / "pose.png", "pose image not found: "),
+        ("--pose", truncated_jpeg, "is truncated or corrupt"),
+        ("--pose", lambda tmp: blank(tmp, "pose.png", (100, 100)), "is 100x100 px"),
+    ],
+    ids=["missing-garment", "garment-not-an-image", "missing-pose", "truncated-pose", "tiny-pose"],
+)
+def test_a_bad_garment_or_pose_image_is_refused(run, tmp_path, option, make_image, message):
+    result = run("dataset", "Ada", "--image", str(photo(tmp_path)), option, str(make_image(tmp_path)))
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())
+
+
+def test_a_bad_catalogue_is_refused_naming_the_file_and_the_entry(run, tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("entries:\n  - id: wave\n    group: pose\n    prompt: Wave.\n    colour: red\n")
+    result = run("dataset", "Ada", "--image", str(photo(tmp_path)), "--catalogue", str(mine))
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "mine.yaml" in message and "'wave'" in message and "colour" in message
+    missing = run("dataset", "Ada", "--image", str(photo(tmp_path)), "--catalogue", str(tmp_path / "none.yaml"))
+    assert missing.exit_code == 2 and "none.yaml: no such file" in " ".join(missing.stderr.split())

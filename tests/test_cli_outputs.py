@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from likeness.outputs import MANIFEST
+from likeness.outputs import DATASET_CONTACT_SHEET, MANIFEST
 from likeness.profiles import PROFILES_DIR
 from tests.conftest import cli_env
 from tests.prefect_server import api_post
@@ -86,16 +86,16 @@ def test_an_export_cut_off_by_a_write_error_says_so_in_one_line_and_the_next_run
     complete = folder_bytes(tmp / "out")
     # Everything is cached in the store, so only the export writes: the dataset images fit, the contact sheet not.
     limit = max(len(data) for name, data in complete.items() if name.startswith("dataset/Ada_")) + 1024
-    assert len(complete["dataset/contact_sheet.png"]) > limit
+    assert len(complete[DATASET_CONTACT_SHEET]) > limit
     cut = produce(env, tmp, photo, "--out", str(out), preexec_fn=limit_file_size(limit))
     assert cut.returncode == 2, cut.stderr[-3000:]
     error = [line for line in cut.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "File too large (EFBIG)" in error[0] and str(out / "dataset") in error[0]
+    assert len(error) == 1 and "File too large (EFBIG)" in error[0] and str(out / DATASET_CONTACT_SHEET) in error[0]
     assert "Traceback" not in cut.stderr
     assert not list(out.rglob(".*.likeness-part")), "a temporary file was left behind"
     record = json.loads((out / MANIFEST).read_text())
     assert record["complete"] is False
-    assert not (out / "dataset" / "contact_sheet.png").exists() and not (out / "lora").exists()
+    assert not (out / DATASET_CONTACT_SHEET).exists() and not (out / "lora").exists()
 
     finished = produce(env, tmp, photo, "--out", str(out))
     assert finished.returncode == 0, finished.stderr[-3000:]
@@ -188,7 +188,8 @@ def test_progress_shows_as_plain_lines_when_stderr_is_not_a_terminal(made):
     tmp, env, photo = made
     result = produce(env, tmp, photo, "--refresh")
     assert result.returncode == 0, result.stderr[-3000:]
-    for stage in ("dataset 0/6", "dataset 6/6", "train 0/6", "train 6/6", "render 2/2"):
+    # Four shots (front and three smiles), each edited, upscaled, masked and captioned.
+    for stage in ("dataset 0/16", "dataset 16/16", "train 0/6", "train 6/6", "render 2/2"):
         assert stage in result.stderr
 
 
@@ -269,10 +270,16 @@ def test_a_16_bit_photo_is_read_as_people_see_it(made):
     gradient = np.tile(np.linspace(0, 65535, 512, dtype=np.uint16), (512, 1))
     photo = tmp / "scan16.png"
     Image.fromarray(gradient).save(photo)
-    result = produce(env, tmp, photo, "--out", str(tmp / "scan16"), "--set", "dataset.variations=[front]")
+    # A gradient shows no face: refused as a reference unless identity is left out of curation.
+    args = ["--out", str(tmp / "scan16"), "--set", "dataset.variations=[front]"]
+    refused = produce(env, tmp, photo, *args)
+    assert refused.returncode == 2 and "pass --no-identity" in " ".join(refused.stderr.split())
+    result = produce(env, tmp, photo, *args, "--no-identity")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"note: {photo} is 16-bit: scaled to 8-bit" in result.stderr
-    sheet = np.asarray(Image.open(tmp / "scan16" / "dataset" / "contact_sheet.png").convert("L"), dtype=float)
+    line = json.loads((tmp / "scan16" / "dataset_manifest.jsonl").read_text())
+    assert line["identity_distance"] is None and line["final_identity_distance"] is None
+    sheet = np.asarray(Image.open(tmp / "scan16" / DATASET_CONTACT_SHEET).convert("L"), dtype=float)
     reference_cell = sheet[:256, :256]
     # Saturated, the reference thumbnail would be all white; scaled, it keeps its dark-to-light ramp.
     assert reference_cell[:, :40].mean() < 60 and reference_cell[:, -40:].mean() > 190

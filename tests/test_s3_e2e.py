@@ -52,14 +52,9 @@ def test_a_run_on_s3_keeps_its_bytes_there_and_its_secrets_hidden(
     assert any(key.endswith("/Ada_000000006.safetensors") for key in keys)
     assert not (tmp_path / "likeness-data" / "store").exists()
     manifest = json.loads((tmp_path / "out" / "likeness.json").read_text())
-    assert sorted(manifest["dataset"]) == [
-        "Ada_front.png",
-        "Ada_front.txt",
-        "Ada_smile.png",
-        "Ada_smile.txt",
-        "contact_sheet.png",
-        "manifest.jsonl",
-    ]
+    shots = ["front", "smile-100", "smile-30", "smile-60"]
+    assert sorted(manifest["dataset"]) == [f"Ada_{shot}.{suffix}" for shot in shots for suffix in ("png", "txt")]
+    assert {"dataset_manifest.jsonl", "dataset_contact_sheet.png", "masks/Ada_front.png"} <= set(manifest["files"])
 
     run_id = manifest["last_run"]["flow_run_id"]
     runs = api_post(prefect_api, "/flow_runs/filter", {})

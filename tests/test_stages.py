@@ -27,6 +27,22 @@ def test_the_pipeline_cache_loads_a_model_once(likeness_env):
     assert pipelines.load_counts == {"captioner": 1}
 
 
+def test_a_released_model_is_freed_and_the_others_stay(likeness_env):
+    import gc
+    import weakref
+
+    pipelines.clear()
+    editor = weakref.ref(pipelines.get_pipeline("editor", TINY))
+    captioner = pipelines.get_pipeline("captioner", TINY)
+    pipelines.release("editor")
+    gc.collect()
+    # Nothing else holds the editor: its memory is returned when the flow moves on to the next stage.
+    assert editor() is None
+    assert pipelines.get_pipeline("captioner", TINY) is captioner
+    pipelines.get_pipeline("editor", TINY)
+    assert pipelines.load_counts == {"editor": 2, "captioner": 1}
+
+
 def test_variations_edit_the_reference(reference):
     from tasks.variations import edit_variation
 
@@ -245,3 +261,43 @@ def test_model_work_in_a_worker_thread_stops_at_its_next_step_once_the_run_is_in
         worker.join(timeout=120)
     assert [type(outcome) for outcome in outcomes] == [StageStopped, StageStopped, StageStopped]
     assert edit_variation.fn([reference], "front view", 64, 64, TINY.edit, 0, TINY, "front.png").sha256
+
+
+def test_the_editor_loads_with_its_lightning_lora_fused_and_its_authors_scheduler(likeness_env, tmp_path):
+    import math
+
+    import torch
+    from diffusers import QwenImageTransformer2DModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from safetensors.torch import load_file, save_file
+
+    from likeness.profiles import lora_path, model_path
+    from likeness.qwen_edit import fuse_lora_file, load_editor
+    from likeness.settings import get_settings
+
+    pipelines.clear()
+    editor = pipelines.get_pipeline("editor", TINY)
+    config = editor.scheduler.config
+    assert (config.base_shift, config.max_shift) == (math.log(3), math.log(3))
+    assert (config.shift, config.shift_terminal, config.time_shift_type) == (1.0, None, "exponential")
+    assert config.use_dynamic_shifting
+    # Fused and unloaded: no LoRA layers are left, so a step costs what a base step costs.
+    assert not any(isinstance(module, BaseTunerLayer) for module in editor.transformer.modules())
+
+    # The fused weight is the base weight plus (alpha / rank) * up @ down, read from the file in its real layout.
+    file = lora_path("editor", TINY, get_settings())
+    lora = load_file(file)
+    assert all(key.startswith("transformer_blocks.") for key in lora)
+    base = QwenImageTransformer2DModel.from_pretrained(model_path("editor", TINY, get_settings()) / "transformer")
+    name = "transformer_blocks.1.attn.to_q"
+    down, up = lora[f"{name}.lora_down.weight"].float(), lora[f"{name}.lora_up.weight"].float()
+    delta = float(lora[f"{name}.alpha"]) / down.shape[0] * up @ down
+    fused = editor.transformer.get_submodule(name).weight
+    assert torch.allclose(fused, base.get_submodule(name).weight + delta, atol=1e-5)
+
+    # A LoRA made for another model matches none of the editor's layers and is refused, not silently skipped.
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({key.replace("transformer_blocks", "single_blocks"): value for key, value in lora.items()}, foreign)
+    plain = load_editor(model_path("editor", TINY, get_settings()), torch.float32)
+    with pytest.raises(ValueError, match=r"foreign.safetensors: 0 of its \d+ LoRA layers match"):
+        fuse_lora_file(plain, foreign)
