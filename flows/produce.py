@@ -16,7 +16,7 @@ from likeness.config import ModelProfile, RunConfig, check_shot_count
 from likeness.inputs import normalise_reference, normalise_trigger
 from likeness.profiles import load_profile
 from likeness.progress import prefect_artifact_key
-from likeness.records import CharacterResult, DatasetItem, LoraRef, RenderItem
+from likeness.records import CharacterResult, DatasetItem, DatasetRef, LoraRef, RenderItem
 
 
 def image_from_store(key: str, label: str, filename: str) -> ArtifactRef:
@@ -35,6 +35,8 @@ def catalogue_from_store(key: str | None) -> Catalogue:
 
 
 class DatasetInputs(NamedTuple):
+    """A run's parameters, checked and resolved: the profile, the settings and the input images in the store."""
+
     trigger: str
     profile: ModelProfile
     config: RunConfig
@@ -42,6 +44,12 @@ class DatasetInputs(NamedTuple):
     garments: list[ArtifactRef]
     poses: list[ArtifactRef]
     catalogue: Catalogue
+
+    def build_dataset(self) -> DatasetRef:
+        """The dataset flow on these inputs."""
+        return build_dataset(
+            self.trigger, self.reference, self.config.dataset, self.profile, self.catalogue, self.garments, self.poses
+        )
 
 
 def dataset_inputs(
@@ -87,9 +95,7 @@ def produce_character(
     """Dataset, LoRA and renders for one character; `reference`, `garments`, `poses` and `catalogue` are keys in
     the artifact store (the catalogue a JSON copy; none: the default catalogue)."""
     run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue)
-    dataset = build_dataset(
-        run.trigger, run.reference, run.config.dataset, run.profile, run.catalogue, run.garments, run.poses
-    )
+    dataset = run.build_dataset()
     lora = train_lora(dataset, run.config.train, run.profile)
     renders = render(lora, run.config.render, run.profile)
 
@@ -114,10 +120,7 @@ def produce_dataset(
 ) -> CharacterResult:
     """Only the dataset of one character; the parameters are those of `produce-character`."""
     run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue)
-    dataset = build_dataset(
-        run.trigger, run.reference, run.config.dataset, run.profile, run.catalogue, run.garments, run.poses
-    )
-    return CharacterResult(dataset=dataset)
+    return CharacterResult(dataset=run.build_dataset())
 
 
 def summary_markdown(

@@ -135,7 +135,14 @@ def fuse_lora_file(pipe: QwenImageEditPlusPipeline, path: Path, scale: float = 1
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     expected = lora_layer_count(path)
-    pipe.load_lora_weights(path)
+    try:
+        pipe.load_lora_weights(path)
+    except ValueError as exc:
+        # peft refuses a LoRA none of whose layers the transformer has, in words about its own internals.
+        raise ValueError(
+            f"{path.name}: none of its {expected} LoRA layers match a layer of the editor's transformer; "
+            "is it a LoRA for this model?"
+        ) from exc
     # diffusers only logs the keys that match no layer; a LoRA for another model must not pass for a small one.
     loaded = sum(isinstance(module, BaseTunerLayer) for module in pipe.transformer.modules())
     if loaded != expected:

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -140,12 +141,9 @@ LIGHTNING_TARGETS = (
 LIGHTNING_FILE = "Qwen-Image-Edit-2511-Lightning-4steps-V1.0-bf16.safetensors"
 
 
-def _build_editor(folder: Path) -> None:
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from likeness.qwen_edit import ImageOnlyQwen2VLProcessor, QwenEditPlusPipeline
+def _qwen_tokenizer() -> Any:
+    """A Qwen2 tokenizer: a byte-level BPE trained in memory, with the special tokens Qwen's VL models use."""
+    from transformers import Qwen2Tokenizer
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
                "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
@@ -154,6 +152,17 @@ def _build_editor(folder: Path) -> None:
         vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
     )
     tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    return tokenizer
+
+
+def _build_editor(folder: Path) -> None:
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from likeness.qwen_edit import ImageOnlyQwen2VLProcessor, QwenEditPlusPipeline
+
+    tokenizer = _qwen_tokenizer()
     token_id = tokenizer.convert_tokens_to_ids
     text_encoder_config = Qwen2_5_VLConfig(
         text_config=dict(
@@ -340,16 +349,10 @@ _QWEN_VL_CHAT_TEMPLATE = (
 
 
 def _build_captioner(folder: Path) -> None:
-    from transformers import GenerationConfig, Qwen2Tokenizer, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-               "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
-    vocab, merges = _byte_level_bpe(special)
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    tokenizer = _qwen_tokenizer()
     tokenizer.chat_template = _QWEN_VL_CHAT_TEMPLATE
     token_id = tokenizer.convert_tokens_to_ids
     end_of_text, end_of_turn = token_id("<|endoftext|>"), token_id("<|im_end|>")

@@ -299,5 +299,10 @@ def test_the_editor_loads_with_its_lightning_lora_fused_and_its_authors_schedule
     foreign = tmp_path / "foreign.safetensors"
     save_file({key.replace("transformer_blocks", "single_blocks"): value for key, value in lora.items()}, foreign)
     plain = load_editor(model_path("editor", TINY, get_settings()), torch.float32)
-    with pytest.raises(ValueError, match=r"foreign.safetensors: 0 of its \d+ LoRA layers match"):
+    with pytest.raises(ValueError, match=r"foreign.safetensors: none of its 24 LoRA layers match"):
         fuse_lora_file(plain, foreign)
+    # One that matches only some of them is refused too: half a distillation LoRA would make wrong images.
+    partial = tmp_path / "partial.safetensors"
+    save_file({key.replace("blocks.1.", "blocks.7."): value for key, value in lora.items()}, partial)
+    with pytest.raises(ValueError, match=r"partial.safetensors: 12 of its 24 LoRA layers match"):
+        fuse_lora_file(plain, partial)
