@@ -34,7 +34,7 @@ PEAK_OF_CHILD = (
 
 
 def main() -> None:
-    with prefect_server() as api, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, prefect_server(Path(tmp) / "prefect-server") as api:
         cwd = Path(tmp)
         shutil.copyfile(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg", cwd / "grace.jpg")
         # A plain garment and pose picture are enough to run the try-on and pose-transfer entries.
