@@ -11,7 +11,7 @@ from flows.dataset import build_dataset
 from flows.render import render
 from flows.train import train_lora
 from likeness.artifacts import ArtifactRef, get_bytes, get_store, put_bytes
-from likeness.catalogue import Catalogue, load_catalogue
+from likeness.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.config import ModelProfile, RunConfig, check_shot_count
 from likeness.inputs import normalise_reference, normalise_trigger
 from likeness.profiles import load_profile
@@ -69,6 +69,7 @@ def dataset_inputs(
     garment_refs = [image_from_store(key, "garment image", f"garment-{n}.png") for n, key in enumerate(garments or [])]
     pose_refs = [image_from_store(key, "pose image", f"pose-{n}.png") for n, key in enumerate(poses or [])]
     shots = run_catalogue.shots(config.dataset.variations, garments=len(garment_refs), poses=len(pose_refs))
+    check_inputs_used(shots, len(garment_refs), len(pose_refs))
     check_shot_count(len(shots), model_profile.limits, beyond_limits)
     return DatasetInputs(
         trigger=normalise_trigger(name),

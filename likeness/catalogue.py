@@ -316,6 +316,18 @@ class Catalogue(_Frozen):
         return [entry for entry in self.entries if entry.id in only]
 
 
+def check_inputs_used(shots: Sequence[Shot], garments: int, poses: int) -> None:
+    """Refuse garment or pose images that no chosen shot uses: they would be dropped without a word."""
+    for kind, count, entry in (("garment", garments, "try-on"), ("pose", poses, "pose-transfer")):
+        if count and not any(shot.needs == kind for shot in shots):
+            raise InvalidCatalogue(
+                [
+                    f"{count} {kind} image(s) given, but none of the chosen catalogue entries uses one: add an "
+                    f"entry with `needs: {kind}` (the default's is {entry}) to dataset.variations"
+                ]
+            )
+
+
 def shot_size(aspect: str, long_side: int, multiple: int) -> tuple[int, int]:
     """Width and height for `aspect`: the long side `long_side`, both sides multiples of `multiple`."""
     if aspect not in ASPECTS:

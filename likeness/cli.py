@@ -23,7 +23,7 @@ from rich.table import Table
 
 from likeness import progress
 from likeness.artifacts import get_store, put_bytes
-from likeness.catalogue import Catalogue, load_catalogue
+from likeness.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.config import RunConfig, check_shot_count
 from likeness.errors import describe_failure
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
@@ -236,6 +236,7 @@ def _prepare(
             settings_given = _merge_setting(settings_given, ("dataset", "curation", "identity"), False)
         config = RunConfig.from_profile(model_profile, settings_given, beyond_limits=beyond_limits)
         shots = catalogue.shots(config.dataset.variations, garments=len(second["garment"]), poses=len(second["pose"]))
+        check_inputs_used(shots, len(second["garment"]), len(second["pose"]))
         check_shot_count(len(shots), model_profile.limits, beyond_limits)
         out = out or Path("likeness-out") / trigger
         inputs = {

@@ -184,3 +184,13 @@ def test_a_bad_catalogue_is_refused_naming_the_file_and_the_entry(run, tmp_path)
     assert "mine.yaml" in message and "'wave'" in message and "colour" in message
     missing = run("dataset", "Ada", "--image", str(photo(tmp_path)), "--catalogue", str(tmp_path / "none.yaml"))
     assert missing.exit_code == 2 and "none.yaml: no such file" in " ".join(missing.stderr.split())
+
+
+def test_a_garment_or_pose_no_chosen_entry_uses_is_refused(run, tmp_path):
+    garment = photo(tmp_path, name="coat.png")
+    args = ["--image", str(photo(tmp_path)), "--garment", str(garment), "--set", "dataset.variations=[front]"]
+    result = run("dataset", "Ada", *args)
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "1 garment image(s) given, but none of the chosen catalogue entries uses one" in message
+    assert "(the default's is try-on) to dataset.variations" in message
