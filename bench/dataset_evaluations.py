@@ -3,11 +3,15 @@
     .venv/bin/python bench/dataset_evaluations.py
 
 No model runs: the counts come from the profiles' settings through the code the dataset stage uses (the
-catalogue's shot sizes, the refine's tile grid, the identity guard's bisection), so they hold on any machine.
-An edit is `steps` evaluations of the editor's transformer, twice that with true CFG; a refine is `steps -
-start step` evaluations per tile. The guard refines once per start step it tries: a face that survives every
-candidate leads it to the lowest (the most steps), one that survives none to the highest. Curation may edit a
-shot again (up to `curation.max_tries` edits): the figures are for an edit kept on its first try, and the most.
+catalogue's shot sizes, the refine's tile grid, the guard's region around the face, its bisection), so they
+hold on any machine. An edit is `steps` evaluations of the editor's transformer, twice that with true CFG; a
+refine is `steps - start step` evaluations per tile. The guard refines the region around the face once per
+start step it tries (a face that survives every candidate leads it to the lowest, the most steps; one that
+survives none to the highest), then the whole image once at the step it chose. Curation may edit a shot again
+(up to `curation.max_tries` edits): the figures are for an edit kept on its first try, and the most.
+
+How large the face is in a shot is an assumption, by framing (face-box height as a share of the image height,
+the box square, centred across, its top at a tenth of the height unless that does not fit):
 """
 
 from __future__ import annotations
@@ -18,49 +22,61 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.dataset import EDIT_MULTIPLE  # noqa: E402
-from likeness.catalogue import shot_size  # noqa: E402
+from likeness.catalogue import load_catalogue, shot_size  # noqa: E402
+from likeness.config import UpscaleConfig  # noqa: E402
 from likeness.profiles import load_profile  # noqa: E402
 from likeness.tiling import tile_grid  # noqa: E402
-from tasks.upscale import choose_start_step, target_size  # noqa: E402
+from tasks.upscale import choose_start_step, guard_region, target_size  # noqa: E402
 
 # What production ran before the dataset issue (commit f0aefa5): Qwen-Image-Edit-2509 at 40 steps with true CFG 4,
 # one untiled FLUX.1-dev refine of the 2048 px square from step 16 of 20, no curation, no guard.
-BEFORE = {"edit": 40 * 2, "edit_px": 1024 * 1024, "refine": 20 - 16, "refine_px": 2048 * 2048}
+BEFORE = {"edit": 40 * 2, "refine": 20 - 16}
+# Face-box height as a share of the image height, by the framing a catalogue entry names.
+FACE_SHARE = {"full body": 0.08, "upper body": 0.2, "head and shoulders": 0.3, "close-up of the face": 0.5}
+__doc__ += "".join(f"    {framing}: {share:.0%}\n" for framing, share in FACE_SHARE.items())
 
 
-def refine_evaluations(profile_name: str, aspect: str, face_survives: bool) -> tuple[int, int, int]:
-    """(evaluations, tiles, refines) of one image's refine for `aspect`, when every or no candidate keeps the face."""
-    profile = load_profile(profile_name)
-    upscale = profile.upscale
-    width, height = shot_size(aspect, profile.edit.size, EDIT_MULTIPLE)
-    tiles = len(tile_grid(*target_size(width, height, upscale.size), upscale.tile, upscale.overlap))
-    low, high = upscale.start_steps
-    choice = choose_start_step(
-        range(low, high + 1), lambda step: 0.3 if face_survives else 0.9, 0.3, upscale.identity_tolerance, 0
+def refine_evaluations(upscale: UpscaleConfig, size: tuple[int, int], face_share: float, survives: bool) -> int:
+    """Tile evaluations of one image's guarded refine, when the face survives every start step or none."""
+    width, height = size
+    side = round(face_share * height)
+    top = min(round(0.1 * height), height - side)
+    region = guard_region(
+        ((width - side) // 2, top, (width + side) // 2, top + side), size, upscale.tile, upscale.overlap
     )
-    steps = sum(upscale.steps - step for step, _ in choice.tries)
-    return steps * tiles, tiles, len(choice.tries)
+    region_tiles = len(tile_grid(region[2] - region[0], region[3] - region[1], upscale.tile, upscale.overlap))
+    low, high = upscale.start_steps
+    choice = choose_start_step(range(low, high + 1), lambda step: 0.3 if survives else 0.9, 0.3, 0.05, 0)
+    guard = sum(upscale.steps - step for step, _ in choice.tries) * region_tiles
+    if region == (0, 0, width, height):
+        return guard  # the guard's refine of the whole image at the chosen step is the result
+    return guard + (upscale.steps - choice.start_step) * len(tile_grid(width, height, upscale.tile, upscale.overlap))
 
 
 def main() -> None:
-    print("transformer evaluations per dataset image (edit at a 1024 px long side; refine tiles of the 2048 px image)")
-    print(
-        f"  before (f0aefa5 production): edit {BEFORE['edit']} at 1.0 MP; "
-        f"refine {BEFORE['refine']} at 4.2 MP (one untiled 2048 px square)"
-    )
+    print("transformer evaluations per dataset image (edit at a 1024 px long side; refine in 1024 px tiles at 2048)")
+    print(f"  before (f0aefa5 production): edit {BEFORE['edit']}; refine {BEFORE['refine']} untiled at 4.2 MP")
     for name in ("production", "production-fullstep", "production-2509", "permissive"):
         profile = load_profile(name)
         edit = profile.edit.steps * (2 if profile.edit.true_cfg_scale > 1 else 1)
         tries = profile.dataset.curation.max_tries
-        tile_mp = profile.upscale.tile**2 / 1e6
-        for aspect in ("portrait", "square"):
-            survives, tiles, refines = refine_evaluations(name, aspect, face_survives=True)
-            drifts, _, _ = refine_evaluations(name, aspect, face_survives=False)
-            print(
-                f"  {name:20s} {aspect:8s}: edit {edit} (up to {edit * tries} with {tries} tries); "
-                f"refine {survives} tile evaluations at {tile_mp:.1f} MP if the face survives every start step, "
-                f"{drifts} if none ({tiles} tiles, {refines} guarded refines)"
-            )
+        print(f"  {name}: edit {edit} (up to {edit * tries} with {tries} tries)")
+        totals = {True: 0, False: 0}
+        shots = load_catalogue().shots()
+        for shot in shots:
+            framing = next(words for words in FACE_SHARE if words in shot.tags)
+            size = target_size(*shot_size(shot.aspect, profile.edit.size, EDIT_MULTIPLE), profile.upscale.size)
+            for survives in totals:
+                totals[survives] += refine_evaluations(profile.upscale, size, FACE_SHARE[framing], survives)
+        print(
+            f"    refine, mean over the {len(shots)} default shots: {totals[True] / len(shots):.0f} tile evaluations "
+            f"if the face survives every start step, {totals[False] / len(shots):.0f} if none"
+        )
+        if name == "production":
+            for framing, share in FACE_SHARE.items():
+                size = (1536, 2048) if framing in ("full body", "upper body") else (2048, 2048)
+                figures = [refine_evaluations(profile.upscale, size, share, s) for s in (True, False)]
+                print(f"      {framing:20s} {size[0]}x{size[1]}: {figures[0]} / {figures[1]}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import hashlib
 from typing import NamedTuple
 
 from prefect import flow, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from likeness import pipelines
 from likeness.artifacts import ArtifactRef
@@ -53,7 +54,13 @@ class Chosen(NamedTuple):
     figures: Figures
 
 
-@flow(name="build-dataset", log_prints=True)
+# Model calls queue for one lock, so more workers than two only hold more decoded 2K images and intermediate
+# tensors while they wait: with Prefect's default (no limit) a tiny 2K build peaked at 4.4 GB RSS, with two at
+# 1.5 GB in the same time (bench/dataset_build.py). Two let one task prepare while another runs a model.
+DATASET_WORKERS = 2
+
+
+@flow(name="build-dataset", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=DATASET_WORKERS))
 def build_dataset(
     trigger: str,
     reference: ArtifactRef,

@@ -97,6 +97,10 @@ def produce_character(
     the artifact store (the catalogue a JSON copy; none: the default catalogue)."""
     run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue)
     dataset = run.build_dataset()
+    if not dataset.items:
+        # Nothing to train on; the dataset's manifest and contact sheet still say why every try was refused.
+        print(f"{run.trigger}: curation kept no image, so no LoRA is trained")
+        return CharacterResult(dataset=dataset)
     lora = train_lora(dataset, run.config.train, run.profile)
     renders = render(lora, run.config.render, run.profile)
 

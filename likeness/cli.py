@@ -29,6 +29,8 @@ from likeness.errors import describe_failure
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
 from likeness.interrupts import Interrupted, exit_now, interruptible
 from likeness.outputs import (
+    DATASET_CONTACT_SHEET,
+    DATASET_MANIFEST,
     OutputConflict,
     check_output_folder,
     export_outputs,
@@ -375,6 +377,12 @@ class CharacterRun:
         finally:
             self._stop_server()
         _print_summary(self.out, manifest)
+        if not any(name.endswith(".png") for name in manifest["dataset"]):
+            _fail(
+                f"curation kept no image, so there is nothing to train on: every refused try and its reasons are in "
+                f"{self.out / DATASET_MANIFEST} and {self.out / DATASET_CONTACT_SHEET}; loosen dataset.curation "
+                "(e.g. --set dataset.curation.max_tries=5) or, for an illustrated character, pass --no-identity"
+            )
 
     def _produce_and_export(self) -> dict[str, Any]:
         """Run the flow and export; a corrupt artifact met on the way is moved aside and remade by one more run."""

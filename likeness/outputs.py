@@ -223,7 +223,8 @@ def export_outputs(
         "identity": identity,
         "complete": True,
         "run_key": key,
-        "dataset": sorted(p.name for p in (out / "dataset").iterdir() if not _is_temp(p)),
+        # No dataset/ at all when curation kept no image.
+        "dataset": sorted(p.name for p in (out / "dataset").glob("*") if not _is_temp(p)),
         # A dataset-only run leaves the LoRA a produce run exported before it in place, and in the record.
         "lora": [
             {"file": f"lora/{c.weights.filename}", "step": c.step, "loss": c.loss, "sha256": c.weights.sha256}

@@ -4,7 +4,8 @@ refine in overlapping tiles from a start step the identity guard chooses per ima
 The refine runs the last `steps - start_step` of `steps` steps: a late start keeps the character, an early one
 adds skin and eye detail at the risk of drifting from the face. The guard bisects `config.start_steps` for the
 lowest start step whose identity distance to the reference stays within `config.identity_tolerance` of the
-ESRGAN output's, and records every step it tried.
+ESRGAN output's, and records every step it tried. It judges each step on the face and its surroundings alone
+(a tile or so of a full-body shot), then refines the whole image once at the step it chose.
 
     result = upscale_image.fn(edited, profile.upscale, "ada, front view", 0, profile, reference_embedding)
     result.image, result.start_step, result.tries
@@ -15,7 +16,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -26,9 +27,14 @@ from likeness.interrupts import check_stop, stop_between_steps
 from likeness.pipelines import get_pipeline, gpu_lock
 from likeness.records import UpscaleResult
 from likeness.stages import stage_task
-from likeness.tiling import apply_tiled
+from likeness.tiling import apply_tiled, tile_grid
 
-STAGE_VERSION = 2
+if TYPE_CHECKING:
+    from likeness.identity import Face
+
+STAGE_VERSION = 3
+# How far around the face the guard refines, in face-box sizes: the detector needs the whole head in view.
+GUARD_MARGIN = 0.75
 
 
 class GuardChoice(NamedTuple):
@@ -97,14 +103,35 @@ def esrgan_upscale(model: Any, image: Image.Image, tile: int | None = None, over
     return apply_tiled(image, partial(_esrgan, model), tile, overlap, scale=model.scale)
 
 
-def face_distance(image: Image.Image, reference: tuple[float, ...] | None) -> float | None:
-    """Identity distance of the image's main face to `reference`; None without a reference or a face."""
+def main_face_of(image: Image.Image, reference: tuple[float, ...] | None) -> Face | None:
+    """The image's main face, when there is a reference to compare it with."""
     if reference is None:
         return None
-    from likeness.identity import get_identity_model, identity_distance, main_face
+    from likeness.identity import get_identity_model, main_face
 
-    face = main_face(get_identity_model().faces(image))
-    return identity_distance(face.embedding, reference) if face else None
+    return main_face(get_identity_model().faces(image))
+
+
+def face_distance(image: Image.Image, reference: tuple[float, ...] | None) -> float | None:
+    """Identity distance of the image's main face to `reference`; None without a reference or a face."""
+    from likeness.identity import identity_distance
+
+    face = main_face_of(image, reference)
+    return identity_distance(face.embedding, reference) if face and reference else None
+
+
+def guard_region(
+    face_box: tuple[int, int, int, int], size: tuple[int, int], tile: int, overlap: int
+) -> tuple[int, int, int, int]:
+    """The part of the image the guard refines to judge a start step: the face box grown by `GUARD_MARGIN` of its
+    size on every side (room for the detector and the refine's context), inside the image; the whole image when
+    that part would take as many refine tiles (a close-up), so the guard's refine is the result."""
+    left, top, right, bottom = face_box
+    grow_x, grow_y = round((right - left) * GUARD_MARGIN), round((bottom - top) * GUARD_MARGIN)
+    width, height = size
+    region = max(0, left - grow_x), max(0, top - grow_y), min(width, right + grow_x), min(height, bottom + grow_y)
+    tiles = len(tile_grid(region[2] - region[0], region[3] - region[1], tile, overlap))
+    return (0, 0, width, height) if tiles >= len(tile_grid(width, height, tile, overlap)) else region
 
 
 def _prompt_inputs(refiner: Any, prompt: str) -> dict[str, Any]:
@@ -171,21 +198,43 @@ def upscale_image(
         upscaled = esrgan_upscale(upscaler, source, config.esrgan_tile, config.esrgan_overlap)
         prompt_inputs = _prompt_inputs(refiner, prompt)
     upscaled = upscaled.resize(target_size(*source.size, config.size), Image.Resampling.LANCZOS)
-    baseline = face_distance(upscaled, reference)
-    refined: dict[int, Image.Image] = {}
+    face = main_face_of(upscaled, reference)
+    if face is None or reference is None:
+        # Nothing to guard: the configured start step, and what distance there is to record.
+        refined = refine(refiner, upscaled, prompt_inputs, config, config.start_step, seed)
+        distance = face_distance(refined, reference)
+        return UpscaleResult(
+            image=put_image(refined, image.filename),
+            start_step=config.start_step,
+            pre_refine_distance=None,
+            identity_distance=distance,
+            tries=((config.start_step, distance),),
+        )
+    # The guard judges each start step on the face and its surroundings only, then the whole image is refined
+    # once at the step it chose: a few tiles per try instead of the whole image.
+    region = guard_region(face.box, upscaled.size, config.tile, config.overlap)
+    crop = upscaled.crop(region)
+    baseline = face_distance(crop, reference)
+
+    tried: dict[int, Image.Image] = {}
 
     def distance_at(start_step: int) -> float | None:
-        refined[start_step] = refine(refiner, upscaled, prompt_inputs, config, start_step, seed)
-        return face_distance(refined[start_step], reference)
+        tried[start_step] = refine(refiner, crop, prompt_inputs, config, start_step, seed)
+        return face_distance(tried[start_step], reference)
 
     low, high = config.start_steps
     choice = choose_start_step(
         range(low, high + 1), distance_at, baseline, config.identity_tolerance, config.start_step
     )
+    whole = region == (0, 0, *upscaled.size)
+    # A close-up's face region is the whole image: its refine at the chosen step is already done.
+    refined = (
+        tried[choice.start_step] if whole else refine(refiner, upscaled, prompt_inputs, config, choice.start_step, seed)
+    )
     return UpscaleResult(
-        image=put_image(refined[choice.start_step], image.filename),
+        image=put_image(refined, image.filename),
         start_step=choice.start_step,
         pre_refine_distance=baseline,
-        identity_distance=dict(choice.tries)[choice.start_step],
+        identity_distance=face_distance(refined, reference),
         tries=choice.tries,
     )

@@ -259,3 +259,26 @@ def test_the_dataset_command_makes_the_whole_default_catalogue_readable_by_other
     assert files and {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o644)}
     store = tmp_path / "likeness-data" / "store" / "objects"
     assert {oct(p.stat().st_mode & 0o777) for p in store.rglob("*") if p.is_file()} == {oct(0o644)}
+
+
+def test_refused_tries_are_edited_again_and_a_dataset_with_nothing_kept_says_why(
+    tmp_path, models_dir, prefect_api, face_photo
+):
+    env = cli_env(tmp_path, models_dir, prefect_api)
+    # The tiny editor's noise shows no face: with a face required, every try of the front view is refused.
+    strict = ["dataset.variations=[front]", "dataset.curation.require_face=true", "dataset.curation.max_tries=3"]
+    args = ["produce", "Grace Hopper", "--image", str(face_photo), "--out", "out"]
+    result = likeness(env, tmp_path, *args, *(part for setting in strict for part in ("--set", setting)))
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert "error: curation kept no image, so there is nothing to train on" in message
+    assert "dataset_manifest.jsonl" in message and "--no-identity" in message
+    out = tmp_path / "out"
+    (line,) = [json.loads(text) for text in (out / "dataset_manifest.jsonl").read_text().splitlines()]
+    assert line["shot"] == "front" and line["kept"] is False
+    tries = line["rejected"]
+    assert [t["attempt"] for t in tries] == [0, 1, 2] and len({t["seed"] for t in tries}) == 3
+    assert all(t["reasons"] == ["no face found"] and t["faces"] == 0 for t in tries)
+    # The contact sheet shows the reference and the three refused tries.
+    assert Image.open(out / "dataset_contact_sheet.png").size == (4 * 256, 256 + 18)
+    assert not (out / "lora").exists() and not (out / "dataset").exists()

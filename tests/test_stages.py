@@ -306,3 +306,65 @@ def test_the_editor_loads_with_its_lightning_lora_fused_and_its_authors_schedule
     save_file({key.replace("blocks.1.", "blocks.7."): value for key, value in lora.items()}, partial)
     with pytest.raises(ValueError, match=r"partial.safetensors: 12 of its 24 LoRA layers match"):
         fuse_lora_file(plain, partial)
+
+
+def test_the_guard_judges_start_steps_on_the_face_and_refines_the_whole_image_once(likeness_env, monkeypatch):
+    from PIL import ImageFilter
+
+    import tasks.upscale as upscale
+    from tests.photos import grace_hopper
+
+    # Random-weight ESRGAN and FLUX turn any face to noise, so the tiny models cannot show the guard at work on a
+    # face: here an honest resize upscales, and the refine blurs the more steps it runs, as drift grows in a real one.
+    def resize(model, image, tile=None, overlap=0):
+        return image.resize((image.width * 4, image.height * 4), Image.Resampling.LANCZOS)
+
+    calls = []
+
+    def blurring_refine(refiner, image, prompt_inputs, config, start_step, seed):
+        calls.append((image.size, start_step))
+        return image.filter(ImageFilter.GaussianBlur((config.steps - start_step) * 0.8))
+
+    monkeypatch.setattr(upscale, "esrgan_upscale", resize)
+    monkeypatch.setattr(upscale, "refine", blurring_refine)
+    face = upscale.main_face_of(grace_hopper(), (0.0,) * 128)
+    assert face is not None
+    reference = face.embedding
+    # A full-body-like framing: the head is small in the frame, as the guard's region is small in the image.
+    shot = Image.new("RGB", (192, 256), (128, 128, 128))
+    shot.paste(grace_hopper().resize((96, 112)), (48, 8))
+    edit = put_image(shot, "front.png")
+    config = TINY.upscale.model_copy(
+        update={"size": 1024, "steps": 20, "start_step": 16, "start_steps": (10, 18), "identity_tolerance": 0.05}
+    )
+    result = upscale.upscale_image.fn(edit, config, "photo of Ada", 0, TINY, reference)
+
+    *guard_calls, final_call = calls
+    assert final_call == ((768, 1024), result.start_step)  # the whole image, once, at the chosen step
+    crop_size = guard_calls[0][0]
+    assert crop_size[0] * crop_size[1] < 768 * 1024 / 2  # the guard refined the face's surroundings only
+    assert [(crop_size, step) for step, _ in result.tries] == guard_calls
+    assert 1 <= len(result.tries) <= 4  # bisection measures at most ceil(log2(9 + 1)) of 9 candidates
+    assert result.pre_refine_distance is not None and result.identity_distance is not None
+    ceiling = result.pre_refine_distance + config.identity_tolerance
+    chosen = dict(result.tries)[result.start_step]
+    assert chosen is not None and chosen <= ceiling
+    # Every earlier start step it tried drifted too far: the choice is the lowest that keeps the face.
+    assert all(d is None or d > ceiling for step, d in result.tries if step < result.start_step)
+    assert 10 < result.start_step <= 18
+    assert load_image(result.image).size == (768, 1024)
+
+
+def test_the_guard_region_grows_the_face_box_inside_the_image():
+    from tasks.upscale import GUARD_MARGIN, guard_region
+
+    assert GUARD_MARGIN == 0.75
+    # A full-body shot: one 1024 px tile around the face instead of the image's six.
+    assert guard_region((700, 200, 860, 360), (1536, 2048), 1024, 128) == (580, 80, 980, 480)
+    # Clipped at the image's edges.
+    assert guard_region((10, 20, 210, 220), (1536, 2048), 1024, 128) == (0, 0, 360, 370)
+    # A close-up whose grown face box takes as many tiles as the image: the whole image.
+    assert guard_region((512, 204, 1536, 1228), (2048, 2048), 1024, 128) == (0, 0, 2048, 2048)
+    # Small images are one tile however large the face: the whole image.
+    assert guard_region((40, 40, 60, 60), (96, 128), 64, 16) != (0, 0, 96, 128)
+    assert guard_region((40, 40, 60, 60), (64, 64), 64, 16) == (0, 0, 64, 64)
