@@ -368,3 +368,23 @@ def test_the_guard_region_grows_the_face_box_inside_the_image():
     # Small images are one tile however large the face: the whole image.
     assert guard_region((40, 40, 60, 60), (96, 128), 64, 16) != (0, 0, 96, 128)
     assert guard_region((40, 40, 60, 60), (64, 64), 64, 16) == (0, 0, 64, 64)
+
+
+@pytest.mark.slow
+def test_the_2k_path_on_tiny_models_reaches_2048_px_in_bounded_tiles(reference, monkeypatch):
+    import tasks.upscale as upscale
+
+    tiles = []
+    refine = upscale.refine
+
+    def counted_refine(refiner, image, *args):
+        tiles.extend(upscale.tile_grid(*image.size, config.tile, config.overlap))
+        return refine(refiner, image, *args)
+
+    monkeypatch.setattr(upscale, "refine", counted_refine)
+    edit = put_image(load_image(reference).resize((48, 64)), "front.png")
+    # Production's 2K size and tiling, with the tiny models: the same code path at the real output size.
+    config = TINY.upscale.model_copy(update={"size": 2048, "tile": 1024, "overlap": 128})
+    result = upscale.upscale_image.fn(edit, config, "photo of Ada", 0, TINY, None)
+    assert load_image(result.image).size == (1536, 2048)
+    assert len(tiles) == 6 and all(tile.width <= 1024 and tile.height <= 1024 for tile in tiles)
