@@ -388,3 +388,25 @@ def test_the_2k_path_on_tiny_models_reaches_2048_px_in_bounded_tiles(reference, 
     result = upscale.upscale_image.fn(edit, config, "photo of Ada", 0, TINY, None)
     assert load_image(result.image).size == (1536, 2048)
     assert len(tiles) == 6 and all(tile.width <= 1024 and tile.height <= 1024 for tile in tiles)
+
+
+def test_permissive_refines_with_flux2_klein_through_its_inpainting_pipeline(reference):
+    from tasks.upscale import upscale_image
+
+    # The tiny profile with permissive's refiner architecture: FLUX.2 klein, which has no img2img pipeline.
+    models = {**TINY.models, "refiner": TINY.models["refiner"].model_copy(update={"source": "tiny:refiner-klein"})}
+    klein = TINY.model_copy(update={"models": models, "name": "tiny-klein"})
+    refiner = pipelines.get_pipeline("refiner", klein)
+    assert type(refiner).__name__ == "Flux2KleinInpaintPipeline"
+    calls = []
+    hook = refiner.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    config = TINY.upscale.model_copy(update={"guidance_scale": 0.0})
+    try:
+        result = upscale_image.fn(
+            put_image(load_image(reference).resize((48, 64)), "front.png"), config, "Ada", 0, klein, None
+        )
+    finally:
+        hook.remove()
+    assert load_image(result.image).size == (96, 128)
+    # 96 x 128 in 64 px tiles overlapping by 16: 2 x 3 tiles, each denoised from the start step to the end.
+    assert len(calls) == 6 * (config.steps - config.start_step)
