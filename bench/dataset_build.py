@@ -47,7 +47,7 @@ def main() -> None:
         )
         # Build the tiny models first, so the figure is the dataset build's.
         subprocess.run(
-            [sys.executable, "-c", "from likeness.tiny import build_tiny_models; from likeness.settings import "
+            [sys.executable, "-c", "from likeness.models.tiny import build_tiny_models; from likeness.settings import "
              "get_settings; build_tiny_models(get_settings().resolved_models_dir / 'tiny')"],
             cwd=cwd, env=env, check=True,
         )  # fmt: skip

@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from flows.dataset import EDIT_MULTIPLE  # noqa: E402
-from likeness.catalogue import load_catalogue, shot_size  # noqa: E402
 from likeness.config import UpscaleConfig  # noqa: E402
-from likeness.profiles import load_profile  # noqa: E402
-from likeness.tiling import tile_grid  # noqa: E402
+from likeness.dataset.catalogue import load_catalogue, shot_size  # noqa: E402
+from likeness.media.tiling import tile_grid  # noqa: E402
+from likeness.models.profiles import load_profile  # noqa: E402
 from tasks.upscale import choose_start_step, guard_region, target_size  # noqa: E402
 
 # What production ran before the dataset issue (commit f0aefa5): Qwen-Image-Edit-2509 at 40 steps with true CFG 4,

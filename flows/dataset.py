@@ -17,14 +17,14 @@ from typing import NamedTuple
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from likeness import pipelines
-from likeness.artifacts import ArtifactRef
-from likeness.captions import phrases_in_every_caption
-from likeness.catalogue import Catalogue, Shot, shot_size
 from likeness.config import DatasetConfig, ModelProfile
-from likeness.curation import Figures, Kept, judge
-from likeness.progress import StageProgress
+from likeness.dataset.captions import phrases_in_every_caption
+from likeness.dataset.catalogue import Catalogue, Shot, shot_size
+from likeness.dataset.curation import Figures, Kept, judge
+from likeness.models import pipelines
 from likeness.records import DatasetItem, DatasetRef, Rejection
+from likeness.run.progress import StageProgress
+from likeness.storage.artifacts import ArtifactRef
 from tasks.caption import caption_image
 from tasks.curation import make_mask, measure_image, measure_reference
 from tasks.dataset import assemble_dataset

@@ -10,13 +10,13 @@ from prefect.artifacts import create_markdown_artifact
 from flows.dataset import build_dataset
 from flows.render import render
 from flows.train import train_lora
-from likeness.artifacts import ArtifactRef, get_bytes, get_store, put_bytes
-from likeness.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.config import ModelProfile, RunConfig, check_shot_count
+from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import normalise_reference, normalise_trigger
-from likeness.profiles import load_profile
-from likeness.progress import prefect_artifact_key
+from likeness.models.profiles import load_profile
 from likeness.records import CharacterResult, DatasetItem, DatasetRef, LoraRef, RenderItem
+from likeness.run.progress import prefect_artifact_key
+from likeness.storage.artifacts import ArtifactRef, get_bytes, get_store, put_bytes
 
 
 def image_from_store(key: str, label: str, filename: str) -> ArtifactRef:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 
 from likeness.config import ModelProfile, RenderConfig, render_template
-from likeness.progress import StageProgress
 from likeness.records import LoraRef, RenderItem
+from likeness.run.progress import StageProgress
 from tasks.render import render_media
 
 

@@ -21,14 +21,15 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from likeness import progress
-from likeness.artifacts import get_store, put_bytes
-from likeness.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.config import RunConfig, check_shot_count
-from likeness.errors import describe_failure
+from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
-from likeness.interrupts import Interrupted, exit_now, interruptible
-from likeness.outputs import (
+from likeness.models.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
+from likeness.records import CharacterResult
+from likeness.run import progress
+from likeness.run.errors import describe_failure
+from likeness.run.interrupts import Interrupted, exit_now, interruptible
+from likeness.run.outputs import (
     DATASET_CONTACT_SHEET,
     DATASET_MANIFEST,
     OutputConflict,
@@ -38,19 +39,18 @@ from likeness.outputs import (
     run_identity,
     run_key,
 )
-from likeness.prefect_server import ServerStartError, TemporaryPrefectServer
-from likeness.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
-from likeness.records import CharacterResult
-from likeness.runlog import log_file_path, route_logs
-from likeness.settings import Settings, get_settings
-from likeness.store import ArtifactStore, CorruptObject, MissingObject, StoreError
-from likeness.write_checks import (
+from likeness.run.prefect_server import ServerStartError, TemporaryPrefectServer
+from likeness.run.runlog import log_file_path, route_logs
+from likeness.run.write_checks import (
     WriteCheckFailed,
     check_out_location,
     check_writable,
     estimate_run_bytes,
     video_transformer_config,
 )
+from likeness.settings import Settings, get_settings
+from likeness.storage.artifacts import get_store, put_bytes
+from likeness.storage.store import ArtifactStore, CorruptObject, MissingObject, StoreError
 
 # Locals in tracebacks could show secrets from the settings.
 app = typer.Typer(
@@ -396,7 +396,7 @@ class CharacterRun:
             _fail(str(exc))
 
     def _attempt(self) -> dict[str, Any]:
-        from likeness import pipelines
+        from likeness.models import pipelines
 
         started = time.perf_counter()
         result, flow_run_id = self._produce_result()

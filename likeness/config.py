@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from likeness.captions import DEFAULT_PROMPT
-from likeness.curation import CurationConfig
+from likeness.dataset.captions import DEFAULT_PROMPT
+from likeness.dataset.curation import CurationConfig
 from likeness.inputs import InvalidInput
 
 Role = Literal["editor", "refiner", "upscaler", "captioner", "video"]
@@ -535,7 +535,7 @@ class RenderConfig(Stage):
 class DatasetConfig(Stage):
     """What the dataset stage makes: which catalogue entries, how they are curated, edited, refined, captioned."""
 
-    # Catalogue entry ids (see `likeness/catalogue/default.yaml`); None: every entry of the run's catalogue.
+    # Catalogue entry ids (see `likeness/dataset/catalogue/default.yaml`); None: every entry of the run's catalogue.
     variations: tuple[str, ...] | None = None
     seed: Seed = 0
     curation: CurationConfig = CurationConfig()

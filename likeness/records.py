@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
-from likeness.artifacts import ArtifactRef
-from likeness.curation import Figures
+from likeness.dataset.curation import Figures
+from likeness.storage.artifacts import ArtifactRef
 
 
 class Record(BaseModel):

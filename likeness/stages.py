@@ -1,5 +1,5 @@
 """The Prefect task a stage is: retried unless its failure is permanent, its result persisted as
-JSON, cached by the content of its inputs (`likeness.caching`), tagged for the GPU limit."""
+JSON, cached by the content of its inputs (`likeness.storage.caching`), tagged for the GPU limit."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 from prefect import task
 
-from likeness.caching import stage_cache
-from likeness.errors import retry_transient
+from likeness.run.errors import retry_transient
+from likeness.storage.caching import stage_cache
 
 
 def stage_task(name: str, version: int, *, retries: int = 2, retry_delay_seconds: float = 10, gpu: bool = True) -> Any:

@@ -13,11 +13,11 @@ from typing import Any
 
 from PIL import Image
 
-from likeness.artifacts import ArtifactRef, load_image
-from likeness.captions import caption_messages, caption_prompt, compose_caption
 from likeness.config import CaptionConfig, ModelProfile
-from likeness.pipelines import get_pipeline, gpu_lock
+from likeness.dataset.captions import caption_messages, caption_prompt, compose_caption
+from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.stages import stage_task
+from likeness.storage.artifacts import ArtifactRef, load_image
 
 STAGE_VERSION = 2
 

@@ -1,6 +1,6 @@
 """Curation: what is measured on every image (faces, identity, sharpness, exposure, hash), and the face masks.
 
-The decisions on these figures are `likeness.curation.judge`; the flow applies them across the dataset.
+The decisions on these figures are `likeness.dataset.curation.judge`; the flow applies them across the dataset.
 
     face = measure_reference.fn(reference)
     figures = measure_image.fn(edited, face)
@@ -9,11 +9,11 @@ The decisions on these figures are `likeness.curation.judge`; the flow applies t
 
 from __future__ import annotations
 
-from likeness.artifacts import ArtifactRef, load_image, put_image
-from likeness.curation import Figures, measure
+from likeness.dataset.curation import Figures, measure
 from likeness.identity import get_identity_model, main_face, reference_face
-from likeness.masks import face_mask
+from likeness.media.masks import face_mask
 from likeness.stages import stage_task
+from likeness.storage.artifacts import ArtifactRef, load_image, put_image
 
 STAGE_VERSION = 1
 

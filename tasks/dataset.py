@@ -13,11 +13,11 @@ from typing import Any
 from prefect.artifacts import create_table_artifact
 from prefect.context import FlowRunContext, TaskRunContext
 
-from likeness.artifacts import ArtifactRef, load_image, put_bytes, put_image
-from likeness.imaging import contact_sheet
-from likeness.progress import prefect_artifact_key
+from likeness.media.imaging import contact_sheet
 from likeness.records import DatasetItem, DatasetRef, Rejection
+from likeness.run.progress import prefect_artifact_key
 from likeness.stages import stage_task
+from likeness.storage.artifacts import ArtifactRef, load_image, put_bytes, put_image
 
 STAGE_VERSION = 2
 

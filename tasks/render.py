@@ -10,13 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import Literal
 
-from likeness.artifacts import ArtifactRef, get_bytes, put_bytes, put_image
 from likeness.config import ModelProfile, RenderConfig
-from likeness.imaging import encode_mp4, to_pil
-from likeness.interrupts import stop_between_steps
-from likeness.pipelines import get_pipeline, gpu_lock
+from likeness.media.imaging import encode_mp4, to_pil
+from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.records import RenderItem
+from likeness.run.interrupts import stop_between_steps
 from likeness.stages import stage_task
+from likeness.storage.artifacts import ArtifactRef, get_bytes, put_bytes, put_image
 
 STAGE_VERSION = 1
 ADAPTER = "likeness_character"

@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from likeness.artifacts import load_image, put_file
 from likeness.config import ModelProfile, TrainConfig
-from likeness.imaging import square
-from likeness.interrupts import check_stop
-from likeness.pipelines import get_pipeline, gpu_lock
-from likeness.progress import StageProgress
+from likeness.media.imaging import square
+from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.records import DatasetRef, LoraCheckpoint, LoraRef
+from likeness.run.interrupts import check_stop
+from likeness.run.progress import StageProgress
 from likeness.stages import stage_task
+from likeness.storage.artifacts import load_image, put_file
 
 if TYPE_CHECKING:
     import torch

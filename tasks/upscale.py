@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from likeness.artifacts import ArtifactRef, load_image, put_image
 from likeness.config import ModelProfile, UpscaleConfig
-from likeness.interrupts import check_stop, stop_between_steps
-from likeness.pipelines import get_pipeline, gpu_lock
+from likeness.media.tiling import apply_tiled, tile_grid
+from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.records import UpscaleResult
+from likeness.run.interrupts import check_stop, stop_between_steps
 from likeness.stages import stage_task
-from likeness.tiling import apply_tiled, tile_grid
+from likeness.storage.artifacts import ArtifactRef, load_image, put_image
 
 if TYPE_CHECKING:
     from likeness.identity import Face

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import hashlib
 
-from likeness.artifacts import ArtifactRef, load_image, put_image
 from likeness.config import EditConfig, ModelProfile
-from likeness.interrupts import stop_between_steps
-from likeness.pipelines import get_pipeline, gpu_lock
+from likeness.models.pipelines import get_pipeline, gpu_lock
+from likeness.run.interrupts import stop_between_steps
 from likeness.stages import stage_task
+from likeness.storage.artifacts import ArtifactRef, load_image, put_image
 
 STAGE_VERSION = 2
 

@@ -31,7 +31,9 @@ def face_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def likeness_env(tmp_path: Path, models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point Likeness' settings at a fresh data folder for this test; returns that folder."""
-    from likeness import artifacts, pipelines, settings
+    from likeness import settings
+    from likeness.models import pipelines
+    from likeness.storage import artifacts
 
     data_dir = tmp_path / "likeness-data"
     monkeypatch.setenv("LIKENESS_DATA_DIR", str(data_dir))

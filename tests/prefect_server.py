@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from likeness.prefect_server import free_port
+from likeness.run.prefect_server import free_port
 
 STARTUP_TIMEOUT_S = 90
 
@@ -38,8 +38,12 @@ def likeness_server_pids(cli_pid: int) -> list[int]:
             state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
         except (OSError, IndexError):
             continue
-        # argv: python -m likeness.prefect_server PORT CLI_PID
-        if argv[1:3] == [b"-m", b"likeness.prefect_server"] and argv[4:5] == [str(cli_pid).encode()] and state != "Z":
+        # argv: python -m likeness.run.prefect_server PORT CLI_PID
+        if (
+            argv[1:3] == [b"-m", b"likeness.run.prefect_server"]
+            and argv[4:5] == [str(cli_pid).encode()]
+            and state != "Z"
+        ):
             found.append(int(entry.name))
     return found
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from likeness.artifacts import ArtifactRef
-from likeness.curation import Figures
+from likeness.dataset.curation import Figures
 from likeness.records import DatasetItem, DatasetRef, UpscaleResult
+from likeness.storage.artifacts import ArtifactRef
 
 FIGURES = Figures(
     faces=1,

@@ -22,7 +22,7 @@ from likeness.config import (
     RunConfig,
     render_template,
 )
-from likeness.profiles import PROFILES_DIR, available_profiles, load_profile
+from likeness.models.profiles import PROFILES_DIR, available_profiles, load_profile
 
 TINY = load_profile("tiny")
 PRODUCTION = load_profile("production")
@@ -331,7 +331,7 @@ def test_a_profile_states_only_the_limits_that_differ():
 
 
 def test_the_tiny_hard_limits_are_what_the_tiny_models_can_do(likeness_env):
-    from likeness.pipelines import get_pipeline
+    from likeness.models.pipelines import get_pipeline
 
     limits = TINY.limits
     video = get_pipeline("video", TINY)

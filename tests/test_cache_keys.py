@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from likeness.artifacts import ArtifactRef
-from likeness.profiles import load_profile
+from likeness.models.profiles import load_profile
+from likeness.storage.artifacts import ArtifactRef
 from tests.records import dataset_item, dataset_ref
 
 TINY = load_profile("tiny")

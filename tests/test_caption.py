@@ -9,18 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from likeness import pipelines
-from likeness.artifacts import put_file
-from likeness.captions import (
+from likeness.config import CaptionConfig, InvalidSettings, RunConfig
+from likeness.dataset.captions import (
     DEFAULT_PROMPT,
     caption_messages,
     caption_prompt,
     compose_caption,
     phrases_in_every_caption,
 )
-from likeness.config import CaptionConfig, InvalidSettings, RunConfig
-from likeness.profiles import load_profile
-from likeness.tiny import build_tiny_models
+from likeness.models import pipelines
+from likeness.models.profiles import load_profile
+from likeness.models.tiny import build_tiny_models
+from likeness.storage.artifacts import put_file
 
 TINY = load_profile("tiny")
 TAGS = ["side view", "neutral expression", "full body"]
@@ -93,7 +93,7 @@ def test_a_llava_repo_like_joycaption_loads_and_gets_its_own_chat(tmp_path):
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Tokenizer
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    from likeness.tiny import _byte_level_bpe
+    from likeness.models.tiny import _byte_level_bpe
     from tasks.caption import describe
 
     # JoyCaption's layout at toy size: Llama 3 chat, a SigLIP tower, the image token placed by the template.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from likeness.catalogue import (
+from likeness.dataset.catalogue import (
     DEFAULT_CATALOGUE,
     Catalogue,
     InvalidCatalogue,

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from likeness.imaging import decode_mp4
+from likeness.media.imaging import decode_mp4
 from tests.conftest import cli_env
 from tests.prefect_server import api_post
 

@@ -140,7 +140,8 @@ def test_a_foreign_output_folder_is_left_alone(run, tmp_path):
 def test_an_incomplete_s3_store_setting_is_refused(run, tmp_path, monkeypatch):
     monkeypatch.setenv("LIKENESS_STORE_URI", "s3://characters/likeness")
     monkeypatch.setenv("LIKENESS_S3_SECRET_KEY", "do-not-print-me")
-    from likeness import artifacts, settings
+    from likeness import settings
+    from likeness.storage import artifacts
 
     settings.get_settings.cache_clear()
     artifacts.get_store.cache_clear()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from likeness.outputs import DATASET_CONTACT_SHEET, MANIFEST
-from likeness.profiles import PROFILES_DIR
+from likeness.models.profiles import PROFILES_DIR
+from likeness.run.outputs import DATASET_CONTACT_SHEET, MANIFEST
 from tests.conftest import cli_env
 from tests.prefect_server import api_post
 from tests.test_cli_e2e import LIKENESS

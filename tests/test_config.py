@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from likeness.caching import stage_key
 from likeness.config import ROLES, InvalidSettings, RunConfig, check_shot_count
-from likeness.profiles import available_profiles, load_profile
+from likeness.models.profiles import available_profiles, load_profile
 from likeness.settings import Settings
+from likeness.storage.caching import stage_key
 
 
 def test_every_profile_names_a_model_for_every_role():

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageFilter
 from pydantic import ValidationError
 
-from likeness.curation import CurationConfig, Figures, Kept, Verdict, judge, measure
+from likeness.dataset.curation import CurationConfig, Figures, Kept, Verdict, judge, measure
 from likeness.identity import (
     CLEAR_FACE_SCORE,
     IDENTITY_THRESHOLD,
@@ -17,7 +17,7 @@ from likeness.identity import (
     get_identity_model,
     reference_face,
 )
-from likeness.image_quality import exposure, hash_distance
+from likeness.media.image_quality import exposure, hash_distance
 from tests.photos import astronaut, grace_hopper, no_face_photo
 
 # Figures observed here (dlib 5-point + ResNet, skimage/matplotlib photos), for orientation only; the tests use

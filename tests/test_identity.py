@@ -20,7 +20,7 @@ from likeness.identity import (
     reference_face,
 )
 from likeness.inputs import InvalidInput
-from likeness.masks import face_mask
+from likeness.media.masks import face_mask
 from tests.photos import astronaut, grace_hopper, no_face_photo, side_by_side
 
 

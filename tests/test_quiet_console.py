@@ -7,14 +7,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-from likeness.prefect_server import free_port
+from likeness.run.prefect_server import free_port
 
 OUTAGE = textwrap.dedent(
     """
     import logging, sys
     from pathlib import Path
-    from likeness.runlog import route_logs
-    from likeness.store import S3Store, StoreError
+    from likeness.run.runlog import route_logs
+    from likeness.storage.store import S3Store, StoreError
 
     lines = []
     route_logs(Path(sys.argv[1]), verbose=False, notify=lines.append)
@@ -23,7 +23,7 @@ OUTAGE = textwrap.dedent(
         store.exists("sha256/ab/front.png")
     except StoreError as error:
         print("store error:", error)
-    logging.getLogger("likeness.caching").warning("object 'x' is missing: running the stage again")
+    logging.getLogger("likeness.storage.caching").warning("object 'x' is missing: running the stage again")
     for line in lines:
         print("notice:", line)
     """

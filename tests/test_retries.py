@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import urllib.request
 
-from likeness.artifacts import put_file
-from likeness.profiles import load_profile
+from likeness.models.profiles import load_profile
+from likeness.storage.artifacts import put_file
 
 TINY = load_profile("tiny")
 

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
-from likeness import pipelines
-from likeness.artifacts import get_bytes, load_image, put_file, put_image
-from likeness.profiles import load_profile
+from likeness.models import pipelines
+from likeness.models.profiles import load_profile
+from likeness.storage.artifacts import get_bytes, load_image, put_file, put_image
 from tests.records import dataset_item, dataset_ref
 
 TINY = load_profile("tiny")
@@ -54,7 +54,7 @@ def test_variations_edit_the_reference(reference):
 
 
 def test_upscale_reaches_the_target_and_a_later_start_step_runs_fewer_steps(reference):
-    from likeness.imaging import square
+    from likeness.media.imaging import square
     from tasks.upscale import upscale_image
 
     small = put_image(square(load_image(reference), 32), "small.png")
@@ -161,7 +161,7 @@ def test_render_applies_the_lora_at_its_scale(dataset):
 
 
 def test_a_video_render_is_an_mp4_of_the_requested_frames(dataset, tmp_path):
-    from likeness.imaging import decode_mp4
+    from likeness.media.imaging import decode_mp4
     from tasks.render import render_media
     from tasks.train import fit_lora
 
@@ -179,7 +179,7 @@ def test_the_training_loss_handles_wan22_5b_per_token_timesteps(likeness_env, mo
     import torch
     from diffusers import WanPipeline
 
-    from likeness.profiles import model_path
+    from likeness.models.profiles import model_path
     from likeness.settings import get_settings
     from tasks.train import flow_matching_loss
 
@@ -229,7 +229,7 @@ def test_model_work_in_a_worker_thread_stops_at_its_next_step_once_the_run_is_in
     import signal
     import threading
 
-    from likeness.interrupts import Interrupted, StageStopped, interruptible
+    from likeness.run.interrupts import Interrupted, StageStopped, interruptible
     from tasks.render import render_media
     from tasks.train import fit_lora
     from tasks.variations import edit_variation
@@ -271,8 +271,8 @@ def test_the_editor_loads_with_its_lightning_lora_fused_and_its_authors_schedule
     from peft.tuners.tuners_utils import BaseTunerLayer
     from safetensors.torch import load_file, save_file
 
-    from likeness.profiles import lora_path, model_path
-    from likeness.qwen_edit import fuse_lora_file, load_editor
+    from likeness.models.profiles import lora_path, model_path
+    from likeness.models.qwen_edit import fuse_lora_file, load_editor
     from likeness.settings import get_settings
 
     pipelines.clear()

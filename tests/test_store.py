@@ -13,8 +13,8 @@ from urllib.request import url2pathname
 
 import pytest
 
-import likeness.store as store_module
-from likeness.store import (
+import likeness.storage.store as store_module
+from likeness.storage.store import (
     ArtifactStore,
     InvalidKey,
     LocalStore,

@@ -14,10 +14,18 @@ from typing import Any
 
 import pytest
 
-from likeness import artifacts
-from likeness.artifacts import ArtifactRef, get_bytes, put_bytes, put_file
-from likeness.caching import artifact_refs, stage_cache, stale_artifact
-from likeness.store import ArtifactStore, CorruptObject, LocalStore, MissingObject, S3Store, StoreError, _Sidecar
+from likeness.storage import artifacts
+from likeness.storage.artifacts import ArtifactRef, get_bytes, put_bytes, put_file
+from likeness.storage.caching import artifact_refs, stage_cache, stale_artifact
+from likeness.storage.store import (
+    ArtifactStore,
+    CorruptObject,
+    LocalStore,
+    MissingObject,
+    S3Store,
+    StoreError,
+    _Sidecar,
+)
 from tests.test_store import _s3_store
 
 GOOD = b"the bytes a stage made" * 50
@@ -193,7 +201,7 @@ def test_put_replaces_a_corrupt_copy(
     assert put_bytes(GOOD, "lora.safetensors", store) == ref
     puts = count_calls(monkeypatch, store, "put_bytes")
     file_puts = count_calls(monkeypatch, store, "put_file")
-    warnings = warnings_of("likeness.artifacts")
+    warnings = warnings_of("likeness.storage.artifacts")
 
     for put in (lambda: put_bytes(GOOD, "lora.safetensors", store), lambda: put_file(source, store=store)):
         corrupt(store, ref.key, flip_a_byte(GOOD), keep_hash=False)
@@ -281,7 +289,7 @@ def test_a_cached_stage_runs_again_when_its_artifact_is_gone(
         return make_artifact("hello", return_state=True)
 
     store = artifacts.get_store()
-    warnings = warnings_of("likeness.caching")
+    warnings = warnings_of("likeness.storage.caching")
     settings = {PREFECT_API_URL: prefect_api, PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results"}
     with temporary_settings(settings):
         first = probe_flow()

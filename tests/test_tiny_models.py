@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from likeness.tiny import TINY_ROLES, build_tiny_models
+from likeness.models.tiny import TINY_ROLES, build_tiny_models
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +63,7 @@ def test_two_builds_are_byte_identical(tiny, tmp_path):
 
 
 def test_editor(tiny, reference_image):
-    from likeness.qwen_edit import QwenEditPlusPipeline
+    from likeness.models.qwen_edit import QwenEditPlusPipeline
 
     def edit(pipe):
         return pipe(
@@ -106,7 +106,7 @@ def test_refiner(tiny, reference_image):
 
 
 def test_upscaler(tiny):
-    from likeness.spandrel_compat import import_spandrel
+    from likeness.models.spandrel_compat import import_spandrel
 
     spandrel = import_spandrel()
     descriptor = spandrel.ModelLoader().load_from_file(tiny["upscaler"] / "model.safetensors")
@@ -118,7 +118,7 @@ def test_upscaler(tiny):
 
 
 def test_spandrel_import_leaves_no_torchvision_behind():
-    from likeness.spandrel_compat import import_spandrel
+    from likeness.models.spandrel_compat import import_spandrel
 
     assert import_spandrel().__name__ == "spandrel"
     assert not any(name == "torchvision" or name.startswith("torchvision.") for name in sys.modules)
@@ -131,8 +131,8 @@ def test_spandrel_import_leaves_no_torchvision_behind():
 def test_captioner(tiny, reference_image):
     from transformers import Qwen3VLForConditionalGeneration
 
-    from likeness.captions import caption_messages
-    from likeness.qwen_vl import load_qwen3_vl_processor
+    from likeness.dataset.captions import caption_messages
+    from likeness.models.qwen_vl import load_qwen3_vl_processor
 
     processor = load_qwen3_vl_processor(tiny["captioner"])
     model = Qwen3VLForConditionalGeneration.from_pretrained(tiny["captioner"]).eval()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from likeness.tiling import apply_tiled
+from likeness.media.tiling import apply_tiled
 from tasks.upscale import GuardChoice, choose_start_step, target_size
 
 

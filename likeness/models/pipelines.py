@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from likeness.config import ModelProfile, Role
-from likeness.profiles import device_for, model_path
+from likeness.models.profiles import device_for, model_path
 from likeness.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ def _place(pipe: Any, profile: ModelProfile, device: str) -> Any:
 
 
 def _load_editor(path: Path, profile: ModelProfile, device: str) -> Any:
-    from likeness.profiles import lora_path
-    from likeness.qwen_edit import load_editor
+    from likeness.models.profiles import lora_path
+    from likeness.models.qwen_edit import load_editor
 
     spec = profile.models["editor"]
     lora = lora_path("editor", profile, get_settings())
@@ -76,7 +76,7 @@ def _load_refiner(path: Path, profile: ModelProfile, device: str) -> Any:
 
 
 def _load_upscaler(path: Path, profile: ModelProfile, device: str) -> Any:
-    from likeness.spandrel_compat import import_spandrel
+    from likeness.models.spandrel_compat import import_spandrel
 
     spandrel = import_spandrel()
     descriptor = spandrel.ModelLoader(device=device).load_from_file(path)
@@ -92,7 +92,7 @@ def _load_captioner(path: Path, profile: ModelProfile, device: str) -> Any:
     """(processor, model) of a Qwen3-VL repo, or of a LLaVA one such as JoyCaption, told apart by its config."""
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration, Qwen3VLForConditionalGeneration
 
-    from likeness.qwen_vl import load_qwen3_vl_processor
+    from likeness.models.qwen_vl import load_qwen3_vl_processor
 
     model_type = AutoConfig.from_pretrained(path).model_type
     if model_type == "qwen3_vl":

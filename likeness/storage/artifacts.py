@@ -18,7 +18,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from likeness.settings import Settings, get_settings
-from likeness.store import ArtifactStore, CorruptObject, MissingObject, open_store
+from likeness.storage.store import ArtifactStore, CorruptObject, MissingObject, open_store
 
 logger = logging.getLogger(__name__)
 

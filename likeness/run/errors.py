@@ -6,8 +6,8 @@ import errno
 from typing import Any
 
 from likeness.inputs import InvalidInput
-from likeness.interrupts import StageStopped
-from likeness.store import CorruptObject, MissingObject
+from likeness.run.interrupts import StageStopped
+from likeness.storage.store import CorruptObject, MissingObject
 
 # The machine, not the moment: retrying a task after these only repeats the failure more slowly.
 PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EDQUOT})

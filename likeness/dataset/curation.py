@@ -36,7 +36,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from likeness.identity import CLEAR_FACE_SCORE, FaceIdentityModel, identity_distance, main_face
-from likeness.image_quality import exposure, hash_distance, perceptual_hash, sharpness
+from likeness.media.image_quality import exposure, hash_distance, perceptual_hash, sharpness
 
 FaceRule = Literal["shown", "hidden", "any"]
 

@@ -23,9 +23,9 @@ from prefect.settings import PREFECT_TASKS_REFRESH_CACHE
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
-from likeness.artifacts import ArtifactRef, get_store
 from likeness.config import ModelProfile
-from likeness.store import ArtifactStore, MissingObject
+from likeness.storage.artifacts import ArtifactRef, get_store
+from likeness.storage.store import ArtifactStore, MissingObject
 
 logger = logging.getLogger(__name__)
 

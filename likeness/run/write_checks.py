@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from likeness.config import ModelProfile, RunConfig
-from likeness.imaging import contact_sheet_size
-from likeness.profiles import model_path
+from likeness.media.imaging import contact_sheet_size
+from likeness.models.profiles import model_path
 from likeness.settings import Settings
-from likeness.store import ArtifactStore, LocalStore, StoreError
+from likeness.storage.store import ArtifactStore, LocalStore, StoreError
 
 # Room left over for Prefect's records, logs and the odd file the estimate does not see.
 HEADROOM_BYTES = 64 * 1024 * 1024
 # When the video model's config is not on disk yet: Wan 2.2 TI2V-5B, the largest LoRA base the
-# profiles name, and for `tiny:` sources the transformer `likeness.tiny` builds.
+# profiles name, and for `tiny:` sources the transformer `likeness.models.tiny` builds.
 FALLBACK_TRANSFORMER = {"num_layers": 30, "num_attention_heads": 24, "attention_head_dim": 128}
 TINY_TRANSFORMER = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 12}
 # to_q, to_k, to_v, to_out.0 in self- and cross-attention: each a (dim -> dim) layer.

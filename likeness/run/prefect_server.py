@@ -60,7 +60,7 @@ class TemporaryPrefectServer:
         log = self._log_path.open("ab") if self._log_path else subprocess.DEVNULL
         try:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "likeness.prefect_server", str(self.port), str(os.getpid())],
+                [sys.executable, "-m", "likeness.run.prefect_server", str(self.port), str(os.getpid())],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from likeness import __version__
-from likeness.artifacts import get_bytes
 from likeness.config import ModelProfile, RunConfig
 from likeness.records import CharacterResult
-from likeness.store import ArtifactStore
+from likeness.storage.artifacts import get_bytes
+from likeness.storage.store import ArtifactStore
 
 MANIFEST = "likeness.json"
 DATASET_MANIFEST = "dataset_manifest.jsonl"

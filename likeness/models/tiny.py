@@ -64,7 +64,7 @@ def _build_atomically(folder: Path, build: Callable[[Path], None]) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         build(staging)
-        (staging / _MARKER).write_text("built by likeness.tiny\n")
+        (staging / _MARKER).write_text("built by likeness.models.tiny\n")
         staging.chmod(0o755)  # mkdtemp makes it private; the repo folder should read like any other
         if folder.exists():
             # Only an incomplete folder can be here (a complete one is never rebuilt).
@@ -160,7 +160,7 @@ def _build_editor(folder: Path) -> None:
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from likeness.qwen_edit import ImageOnlyQwen2VLProcessor, QwenEditPlusPipeline
+    from likeness.models.qwen_edit import ImageOnlyQwen2VLProcessor, QwenEditPlusPipeline
 
     tokenizer = _qwen_tokenizer()
     token_id = tokenizer.convert_tokens_to_ids
@@ -326,7 +326,7 @@ def _build_refiner_klein(folder: Path) -> None:
 def _build_upscaler(folder: Path) -> None:
     from safetensors.torch import save_file
 
-    from likeness.spandrel_compat import import_spandrel
+    from likeness.models.spandrel_compat import import_spandrel
 
     import_spandrel()  # spandrel's architecture modules need its torchvision workaround
     from spandrel.architectures.ESRGAN import ESRGAN

@@ -5,7 +5,7 @@ Neighbouring tiles overlap; in each overlap the two tiles cross-fade linearly, s
 model saw the least context, weighs least and no seam shows. The blend is a normalised weighted mean, so
 a function that changes nothing gives its input back exactly.
 
-    from likeness.tiling import apply_tiled
+    from likeness.media.tiling import apply_tiled
     big = apply_tiled(image, lambda tile: tile.resize((tile.width * 4, tile.height * 4)), tile=256, overlap=32, scale=4)
 """
 

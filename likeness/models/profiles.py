@@ -1,6 +1,6 @@
 """Model profiles: load them, find each role's weights on disk, and check a profile can run here.
 
-`tiny:<role>` sources are built offline by `likeness.tiny` into the models folder; any other source
+`tiny:<role>` sources are built offline by `likeness.models.tiny` into the models folder; any other source
 is a local folder or a Hugging Face repo id, loaded exactly as production loads it.
 """
 
@@ -97,7 +97,7 @@ def lora_path(role: Role, profile: ModelProfile, settings: Settings) -> Path | N
 
 def _weights_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path:
     if spec.source.startswith("tiny:"):
-        from likeness.tiny import build_tiny_models
+        from likeness.models.tiny import build_tiny_models
 
         folder = build_tiny_models(settings.resolved_models_dir / "tiny", roles=[spec.source[5:]])[spec.source[5:]]
         return folder / spec.file if spec.file else folder

@@ -1,0 +1,1 @@
+"""What the dataset stages share: the variation catalogue, curation and captions."""

@@ -1,0 +1,1 @@
+"""Image operations: contact sheets, tiling, quality figures, loss masks."""

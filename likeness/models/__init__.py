@@ -1,0 +1,1 @@
+"""Model profiles, the process-wide pipeline cache, the tiny twins and compatibility shims."""
