@@ -12,8 +12,6 @@ so a prompt can speak of the person in image 1 and the coat in image 2.
 
 from __future__ import annotations
 
-import hashlib
-
 from likeness.config import EditConfig, ModelProfile
 from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.run.interrupts import stop_between_steps
@@ -21,12 +19,6 @@ from likeness.stages import stage_task
 from likeness.storage.artifacts import ArtifactRef, load_image, put_image
 
 STAGE_VERSION = 2
-
-
-def variation_seed(seed: int, variation_id: str) -> int:
-    """A seed per variation, stable across runs and independent of the catalogue's order."""
-    digest = hashlib.sha256(f"{seed}:{variation_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
 
 
 @stage_task("edit-variation", STAGE_VERSION)
