@@ -233,10 +233,9 @@ def _prepare(
         }
         catalogue = load_catalogue(catalogue_path)
         model_profile = load_profile(profile)
-        settings_given = parse_overrides(overrides or [])
-        if no_identity:
-            settings_given = _merge_setting(settings_given, ("dataset", "curation", "identity"), False)
-        config = RunConfig.from_profile(model_profile, settings_given, beyond_limits=beyond_limits)
+        # --no-identity is the setting it stands for, after any --set of it.
+        assignments = [*(overrides or []), *(["dataset.curation.identity=false"] if no_identity else [])]
+        config = RunConfig.from_profile(model_profile, parse_overrides(assignments), beyond_limits=beyond_limits)
         shots = catalogue.shots(config.dataset.variations, garments=len(second["garment"]), poses=len(second["pose"]))
         check_inputs_used(shots, len(second["garment"]), len(second["pose"]))
         check_shot_count(len(shots), model_profile.limits, beyond_limits)
@@ -285,14 +284,6 @@ def check_reference_face(reference: ReferenceImage, label: str, identity: bool) 
 
     _, warning = reference_face(Image.open(io.BytesIO(reference.png)), label)
     return warning
-
-
-def _merge_setting(overrides: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
-    node = overrides
-    for part in path[:-1]:
-        node = node.setdefault(part, {})
-    node[path[-1]] = value
-    return overrides
 
 
 class RunInputs(NamedTuple):

@@ -641,7 +641,7 @@ class RunConfig(Frozen):
             "render": profile.render.model_dump(),
         }
         try:
-            config = cls.model_validate(_merge(defaults, overrides or {}))
+            config = cls.model_validate(merge_nested(defaults, overrides or {}))
         except ValidationError as exc:
             raise InvalidSettings.from_validation_error(exc) from None
         problems = [p for p in config.limit_problems(profile.limits) if not (p.soft and beyond_limits)]
@@ -660,11 +660,12 @@ class RunConfig(Frozen):
         ]
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def merge_nested(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`update` on top of `base`, mapping into mapping key by key; any other value replaces."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_nested(merged[key], value)
         else:
             merged[key] = value
     return merged

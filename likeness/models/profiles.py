@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from likeness.config import ROLES, InvalidSettings, LoraSpec, ModelProfile, ModelSpec, Role
+from likeness.config import ROLES, InvalidSettings, LoraSpec, ModelProfile, ModelSpec, Role, merge_nested
 from likeness.settings import Settings
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -66,17 +66,9 @@ def _profile_data(path: Path, extended_by: tuple[Path, ...]) -> Any:
     base = _profile_data(_profile_path(str(data.pop("extends")), path.parent), (*extended_by, path.resolve()))
     if not isinstance(base, dict):
         return data
-    merged = _overlay(base, data)
+    merged = merge_nested(base, data)
     if isinstance(base.get("models"), dict) and isinstance(data.get("models"), dict):
         merged["models"] = {**base["models"], **data["models"]}
-    return merged
-
-
-def _overlay(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        both_mappings = isinstance(value, dict) and isinstance(merged.get(key), dict)
-        merged[key] = _overlay(merged[key], value) if both_mappings else value
     return merged
 
 
