@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.dataset import build_dataset
 from flows.render import render
-from flows.train import train_lora
+from flows.train import Backend, train_lora
 from likeness.config import ModelProfile, RunConfig, check_shot_count
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import normalise_reference, normalise_trigger
@@ -92,8 +92,9 @@ def produce_character(
     garments: list[str] | None = None,
     poses: list[str] | None = None,
     catalogue: str | None = None,
+    backend: Backend = "local",
 ) -> CharacterResult:
-    """Dataset, LoRA and renders for one character; `reference`, `garments`, `poses` and `catalogue` are keys in
+    """Dataset, LoRA (trained on `backend`) and renders for one character; `reference`, `garments`, `poses` and `catalogue` are keys in
     the artifact store (the catalogue a JSON copy; none: the default catalogue)."""
     run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue)
     dataset = run.build_dataset()
@@ -101,7 +102,7 @@ def produce_character(
         # Nothing to train on; the dataset's manifest and contact sheet still say why every try was refused.
         print(f"{run.trigger}: curation kept no image, so no LoRA is trained")
         return CharacterResult(dataset=dataset)
-    lora = train_lora(dataset, run.config.train, run.profile)
+    lora = train_lora(dataset, run.config.train, run.profile, backend, run.config.pod)
     renders = render(lora, run.config.render, run.profile)
 
     create_markdown_artifact(
@@ -134,8 +135,12 @@ def summary_markdown(
     """What a run made, as tables for the Prefect UI."""
     lines = [f"# {trigger} ({profile} profile)", "", "| image | caption |", "|---|---|"]
     lines += [f"| `{item.image.key}` | {item.caption} |" for item in items]
-    lines += ["", "| LoRA step | loss | weights |", "|---|---|---|"]
-    lines += [f"| {c.step} | {c.loss:.4f} | `{c.weights.key}` |" for c in lora.checkpoints]
+    lines += ["", "| LoRA step | loss | identity distance | weights |", "|---|---|---|---|"]
+    for c in lora.checkpoints:
+        loss = "" if c.loss is None else f"{c.loss:.4f}"
+        distance = "" if c.identity_distance is None else f"{c.identity_distance:.3f}"
+        best = " **best**" if c.step == lora.best.step else ""
+        lines.append(f"| {c.step}{best} | {loss} | {distance} | `{c.weights.key}` |")
     lines += ["", "| render | prompt | seed | output |", "|---|---|---|---|"]
     lines += [f"| {r.kind} | {r.prompt} | {r.seed} | `{r.output.key}` |" for r in renders]
     return "\n".join(lines)

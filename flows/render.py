@@ -12,13 +12,13 @@ from tasks.render import render_media
 
 @flow(name="render", log_prints=True)
 def render(lora: LoraRef, config: RenderConfig, profile: ModelProfile) -> list[RenderItem]:
-    """Render every image prompt as a PNG and every video prompt as an MP4."""
+    """Render every image prompt as a PNG and every video prompt as an MP4, with the LoRA's best checkpoint."""
     jobs = [("image", prompt) for prompt in config.image_prompts]
     jobs += [("video", prompt) for prompt in config.video_prompts]
     progress = StageProgress("render", len(jobs), artifact_key=f"{lora.trigger}-render")
     items = []
     for kind, template in jobs:
         prompt = render_template(template, trigger=lora.trigger)
-        items.append(render_media(lora.final.weights, kind, prompt, config, config.seed, profile))
+        items.append(render_media(lora.best.weights, kind, prompt, config, config.seed, profile, lora.best.low_noise))
         progress.advance(kind)
     return items

@@ -1,15 +1,32 @@
-"""The training flow: a character LoRA from a finished dataset."""
+"""The training flow: a character LoRA from a finished dataset, its best checkpoint chosen by identity."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
-from likeness.config import ModelProfile, TrainConfig
+from likeness.config import ModelProfile, PodConfig, TrainConfig
 from likeness.records import DatasetRef, LoraRef
+from tasks.checkpoints import pick_checkpoint
 from tasks.train import fit_lora
+from tasks.train_runpod import fit_lora_on_runpod
+
+Backend = Literal["local", "runpod-aitoolkit", "runpod-native"]
+BACKENDS: tuple[Backend, ...] = ("local", "runpod-aitoolkit", "runpod-native")
 
 
 @flow(name="train-lora", log_prints=True)
-def train_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) -> LoraRef:
-    """Train the character LoRA on the dataset, with checkpoints."""
-    return fit_lora(dataset, config, profile)
+def train_lora(
+    dataset: DatasetRef,
+    config: TrainConfig,
+    profile: ModelProfile,
+    backend: Backend = "local",
+    pod: PodConfig | None = None,
+) -> LoraRef:
+    """Train the character LoRA on the dataset with checkpoints, then pick the checkpoint most like the reference."""
+    if backend == "local":
+        fitted = fit_lora(dataset, config, profile)
+    else:
+        fitted = fit_lora_on_runpod(dataset, config, profile, backend, pod or PodConfig())
+    return pick_checkpoint(fitted, dataset.reference, dataset.identity_checked)

@@ -446,7 +446,11 @@ def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
     table.add_column("files")
     table.add_row("dataset", str(len(manifest["dataset"])))
     if manifest["lora"]:
-        table.add_row("lora checkpoints", ", ".join(entry["file"] for entry in manifest["lora"]))
+        best = next((entry for entry in manifest["lora"] if entry.get("best")), manifest["lora"][-1])
+        score = best.get("identity_distance")
+        chosen = f"step {best['step']}" + (f", identity distance {score:.3f}" if score is not None else "")
+        table.add_row("lora", f"{', '.join(best.get('published_as', best['files']))} ({chosen})")
+        table.add_row("lora checkpoints", ", ".join(str(entry["step"]) for entry in manifest["lora"]))
     if manifest["renders"]:
         table.add_row("renders", "\n".join(entry["file"] for entry in manifest["renders"]))
     loads = manifest["last_run"]["model_loads"]

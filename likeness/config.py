@@ -290,6 +290,8 @@ class TrainLimits(Frozen):
     learning_rate: Limit = _soft(
         0.001, "ten times the 1e-4 AI Toolkit uses for Wan LoRAs, past which LoRA training tends to diverge"
     )
+    sample_steps: Limit = _soft(100, "twice the 50 steps Wan 2.2 is run at (samples only need to show the face)")
+    sample_guidance_scale: Limit = _soft(10, "twice the guidance Wan 2.2 is run at (5), past which samples burn")
 
 
 class RenderLimits(Frozen):
@@ -530,14 +532,6 @@ class TrainConfig(Stage):
 
     @model_validator(mode="after")
     def _fits_the_base_model(self) -> TrainConfig:
-        multiple = BASE_SIZE_MULTIPLE[self.base]
-        for size in self.resolutions:
-            if size % multiple:
-                below = size // multiple * multiple
-                raise ValueError(
-                    f"resolution {size} is not a multiple of {multiple}, which {BASE_NAMES[self.base]} needs "
-                    f"(VAE stride times the 2x2 patch); use {below or multiple} or {below + multiple}"
-                )
         if any(bucket > self.size for bucket in self.buckets):
             raise ValueError(f"buckets {list(self.buckets)} must not exceed size ({self.size}), the largest resolution")
         if not self.experts or len(set(self.experts)) != len(self.experts):
@@ -563,7 +557,40 @@ class TrainConfig(Stage):
         problems = super().limit_problems(path, limits) + limits.checkpoints.problems(subject, count)
         for i, bucket in enumerate(self.buckets):
             problems += limits.size.problems(f"{path}.buckets[{i}]={bucket}", bucket)
+        # The base model's own multiple, where the profile's limits (written for its video model) do not say it.
+        base = Multiple(of=BASE_SIZE_MULTIPLE[self.base], why=f"as {BASE_NAMES[self.base]} needs (VAE stride x 2x2 patch)")
+        checked = Limit(hard=Ceiling(max=2**31, why="the largest size there is"), multiple=base)
+        for name, size in [("size", self.size), *((f"buckets[{i}]", b) for i, b in enumerate(self.buckets))]:
+            if not any(f"{path}.{name}=" in p.text and "multiple" in p.text for p in problems):
+                problems += checked.problems(f"{path}.{name}={size} (train.base={self.base})", size)
         return problems
+
+
+GpuCloud = Literal["SECURE", "COMMUNITY", "ALL"]
+
+
+class PodConfig(Frozen):
+    """The RunPod pod a `runpod-*` backend trains on: GPU types in order of preference, cloud, image, disk, limits."""
+
+    # Tried in order; the first with capacity is taken. Names as RunPod's API gives them (`gpuTypes { id }`).
+    gpu_types: tuple[str, ...] = ("NVIDIA GeForce RTX 5090", "NVIDIA RTX 6000 Ada Generation", "NVIDIA H100 80GB HBM3")
+    cloud_type: GpuCloud = "SECURE"
+    # None: the backend's image (our worker image for runpod-native, ostris/aitoolkit for runpod-aitoolkit).
+    image: str | None = None
+    container_disk_gb: int = Field(default=100, gt=0)
+    # A pod older than this is terminated by the sweeper, whatever its job says.
+    ttl_hours: float = Field(default=6.0, gt=0)
+    # A pod lost mid-training is replaced this many times, resuming from the last uploaded checkpoint.
+    max_replacements: int = Field(default=2, ge=0)
+    poll_seconds: float = Field(default=10.0, gt=0)
+    # A pod that has not reported progress for this long is taken as lost.
+    silent_after_s: float = Field(default=900.0, gt=0)
+
+    @model_validator(mode="after")
+    def _some_gpu(self) -> PodConfig:
+        if not self.gpu_types:
+            raise ValueError("gpu_types is empty: name at least one RunPod GPU type")
+        return self
 
 
 class RenderConfig(Stage):
@@ -706,6 +733,7 @@ class RunConfig(Frozen):
     dataset: DatasetConfig
     train: TrainConfig
     render: RenderConfig
+    pod: PodConfig = PodConfig()
 
     @classmethod
     def from_profile(

@@ -77,21 +77,59 @@ class DatasetRef(Record):
 
 
 class LoraCheckpoint(Record):
+    """The LoRA at one step, its samples and how close their faces are to the reference."""
+
     step: int
-    loss: float
+    # The training loss at this step (None where the trainer's log did not say).
+    loss: float | None
+    # The LoRA; for Wan 2.2 A14B the high-noise expert's file, loaded into `transformer`.
     weights: ArtifactRef
+    # Wan 2.2 A14B: the low-noise expert's file, loaded with `load_into_transformer_2=True`.
+    low_noise: ArtifactRef | None = None
+    # One image per sample prompt, fixed seeds (none where this step was not sampled).
+    samples: tuple[ArtifactRef, ...] = ()
+    # Median identity distance of the samples' faces to the reference (None: not scored, or no face found).
+    identity_distance: float | None = None
+    faces_found: int = 0
+
+    @property
+    def files(self) -> tuple[ArtifactRef, ...]:
+        return (self.weights,) if self.low_noise is None else (self.weights, self.low_noise)
+
+
+class TrainCost(Record):
+    """What a run on rented GPUs cost: the price the API quoted for the GPU times the pods' time."""
+
+    gpu_type: str
+    cost_per_hr: float
+    pod_seconds: float
+    dollars: float
+    # More than one where a lost pod was replaced.
+    pods: int
 
 
 class LoraRef(Record):
-    """The checkpoints of one LoRA training run, oldest first; the last is the final LoRA."""
+    """The checkpoints of one LoRA training run, oldest first, and the one chosen as the character's LoRA."""
 
     trigger: str
     base_model: str
+    base: str = "wan22_5b"
+    backend: str = "local"
     checkpoints: tuple[LoraCheckpoint, ...]
+    # The step whose samples look most like the reference; the last step until the checkpoints are scored.
+    best_step: int | None = None
+    # Identity distance by step, a PNG (None when identity was not checked).
+    scores_plot: ArtifactRef | None = None
+    cost: TrainCost | None = None
 
     @property
     def final(self) -> LoraCheckpoint:
         return self.checkpoints[-1]
+
+    @property
+    def best(self) -> LoraCheckpoint:
+        """The chosen checkpoint: the best-scoring one, else the last."""
+        return next((c for c in self.checkpoints if c.step == self.best_step), self.final)
 
 
 class RenderItem(Record):

@@ -38,16 +38,21 @@ def render_media(
     config: RenderConfig,
     seed: int,
     profile: ModelProfile,
+    low_noise: ArtifactRef | None = None,
 ) -> RenderItem:
-    """Render one image or video with the LoRA at `config.lora_scale`."""
+    """Render one image or video with the LoRA at `config.lora_scale` (and an A14B LoRA's low-noise file)."""
     import torch
 
     frames = 1 if kind == "image" else config.video_frames
     pipe = get_pipeline("video", profile)
     with gpu_lock, tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / lora.filename
-        weights.write_bytes(get_bytes(lora))
+        (Path(tmp) / lora.filename).write_bytes(get_bytes(lora))
         pipe.load_lora_weights(tmp, weight_name=lora.filename, adapter_name=ADAPTER)
+        if low_noise is not None:
+            (Path(tmp) / low_noise.filename).write_bytes(get_bytes(low_noise))
+            pipe.load_lora_weights(
+                tmp, weight_name=low_noise.filename, adapter_name=ADAPTER, load_into_transformer_2=True
+            )
         try:
             pipe.set_adapters([ADAPTER], adapter_weights=[config.lora_scale])
             video = pipe(

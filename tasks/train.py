@@ -1,8 +1,7 @@
-"""Train: a character LoRA on the Wan transformer with peft, from the captioned dataset.
+"""Train: the character LoRA on this machine, with our trainer (`likeness.training.native`) and the process's model.
 
-Each dataset image is one frame; the loss is rectified-flow velocity matching, as Wan was trained.
-Checkpoints are saved every `checkpoint_every` steps in the diffusers LoRA format that
-`WanPipeline.load_lora_weights` reads, named like AI Toolkit's (`<trigger>_000000500.safetensors`).
+The dataset is written out as the training folder AI Toolkit reads (images, same-stem captions, masks beside),
+the trainer writes checkpoints and samples in AI Toolkit's layout, and each checkpoint is published to the store.
 
     lora = fit_lora.fn(dataset, load_profile("tiny").train, load_profile("tiny"))
 """
@@ -11,118 +10,89 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-import numpy as np
 
 from likeness.config import ModelProfile, TrainConfig
-from likeness.media.imaging import square
 from likeness.models.pipelines import get_pipeline, gpu_lock
+from likeness.models.profiles import device_for
 from likeness.records import DatasetRef, LoraCheckpoint, LoraRef
 from likeness.run.interrupts import check_stop
 from likeness.run.progress import StageProgress
+from likeness.settings import get_settings
 from likeness.stages import stage_task
-from likeness.storage.artifacts import load_image, put_file
+from likeness.storage.artifacts import get_store, put_file
+from likeness.training.data import read_training_folder
+from likeness.training.native import Trainer
+from likeness.training.spec import SAMPLES_FOLDER, TrainJob
 
-if TYPE_CHECKING:
-    import torch
-
-STAGE_VERSION = 1
-ADAPTER = "likeness_training"
-LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+STAGE_VERSION = 2
 
 
-def encode_frames(pipe, images, size: int) -> torch.Tensor:
-    """Normalised Wan VAE latents (N, C, 1, h, w) of the images, each as a one-frame video."""
-    import torch
-
-    vae = pipe.vae
-    pixels = np.stack([np.asarray(square(image, size), dtype=np.float32) / 127.5 - 1.0 for image in images])
-    video = torch.from_numpy(pixels).permute(0, 3, 1, 2)[:, :, None].to(vae.device, vae.dtype)
-    latents = vae.encode(video).latent_dist.mode()
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents)
-    return (latents - mean) / std
-
-
-def flow_matching_loss(pipe, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Velocity loss at a random noise level: the transformer predicts noise - data."""
-    import torch
-
-    transformer = pipe.transformer
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
-    sigma = torch.rand((latents.shape[0],), generator=generator).to(latents)
-    noisy = (1 - sigma.view(-1, 1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1, 1) * noise
-    timestep = sigma * pipe.scheduler.config.num_train_timesteps
-    if pipe.config.expand_timesteps:
-        patch = transformer.config.patch_size
-        tokens = latents.shape[2] // patch[0] * (latents.shape[3] // patch[1]) * (latents.shape[4] // patch[2])
-        timestep = timestep[:, None].expand(-1, tokens)
-    prediction = transformer(
-        hidden_states=noisy.to(transformer.dtype),
-        timestep=timestep,
-        encoder_hidden_states=text.to(transformer.dtype),
-        return_dict=False,
-    )[0]
-    return torch.nn.functional.mse_loss(prediction.float(), (noise - latents).float())
+def train_job(trigger: str, config: TrainConfig, profile: ModelProfile) -> TrainJob:
+    """The job that trains `trigger`'s LoRA on the profile's video model."""
+    return TrainJob(
+        name=trigger,
+        trigger=trigger,
+        config=config,
+        model=profile.models["video"],
+        dtype=profile.dtype,
+        device=device_for(profile, get_settings()),
+    )
 
 
-def save_checkpoint(pipe, folder: Path, filename: str) -> Path:
-    from diffusers import WanPipeline
-    from peft.utils import get_peft_model_state_dict
+def write_training_folder(dataset: DatasetRef, folder: Path) -> tuple[Path, Path]:
+    """The dataset as AI Toolkit reads it: `folder/dataset` (images and captions) and `folder/masks`."""
+    images, masks = folder / "dataset", folder / "masks"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    store = get_store()
+    for item in dataset.items:
+        filename = item.filename(dataset.trigger)
+        store.get_file(item.image.key, images / filename)
+        (images / filename).with_suffix(".txt").write_text(item.caption + "\n")
+        store.get_file(item.mask.key, masks / filename)
+    return images, masks
 
-    layers = get_peft_model_state_dict(pipe.transformer, adapter_name=ADAPTER)
-    WanPipeline.save_lora_weights(folder, transformer_lora_layers=layers, weight_name=filename)
-    return folder / filename
+
+def publish_checkpoint(job: TrainJob, folder: Path, step: int, loss: float | None) -> LoraCheckpoint:
+    """The files of the checkpoint at `step` and its samples, from the training folder into the store."""
+    experts = job.config.trained_experts
+    files = [put_file(folder / job.checkpoint_filename(step, expert)) for expert in experts]
+    samples = [
+        put_file(path)
+        for index in range(len(job.config.sample_prompts))
+        if (path := folder / SAMPLES_FOLDER / job.sample_filename(step, index)).is_file()
+    ]
+    return LoraCheckpoint(
+        step=step,
+        loss=loss,
+        weights=files[0],
+        low_noise=files[1] if len(files) > 1 else None,
+        samples=tuple(samples),
+    )
 
 
 @stage_task("fit-lora", STAGE_VERSION, retries=1, retry_delay_seconds=30)
 def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) -> LoraRef:
-    """Train the character LoRA, saving a checkpoint every `checkpoint_every` steps."""
-    import torch
-    from peft import LoraConfig
-
+    """Train the character LoRA here, saving a checkpoint every `checkpoint_every` steps."""
+    job = train_job(dataset.trigger, config, profile)
     pipe = get_pipeline("video", profile)
     progress = StageProgress("train", config.steps, artifact_key=f"{dataset.trigger}-train")
-    checkpoints: list[LoraCheckpoint] = []
+    losses: dict[int, float] = {}
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        losses[step] = loss
+        progress.advance(f"loss {loss:.4f}")
+
     with gpu_lock, tempfile.TemporaryDirectory() as tmp:
-        with torch.no_grad():
-            latents = encode_frames(pipe, [load_image(item.image) for item in dataset.items], config.size)
-            texts = [pipe.encode_prompt(item.caption, do_classifier_free_guidance=False)[0] for item in dataset.items]
-        transformer = pipe.transformer
-        # The LoRA's initial weights come from the global RNG: seed it, or a re-run differs.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            transformer.add_adapter(
-                LoraConfig(
-                    r=config.rank, lora_alpha=config.rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS
-                ),
-                adapter_name=ADAPTER,
-            )
-        try:
-            transformer.set_adapter(ADAPTER)
-            trainable = [p for p in transformer.parameters() if p.requires_grad]
-            for parameter in trainable:
-                parameter.data = parameter.data.float()
-            optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
-            generator = torch.Generator("cpu").manual_seed(config.seed)
-            order = torch.randperm(len(texts), generator=generator).tolist()
-            for step in range(1, config.steps + 1):
-                check_stop()
-                index = order[(step - 1) % len(order)]
-                # latents live where the model runs, also when offload keeps the weights on the CPU.
-                with torch.autocast(
-                    latents.device.type, dtype=transformer.dtype, enabled=transformer.dtype != torch.float32
-                ):
-                    loss = flow_matching_loss(pipe, latents[index : index + 1], texts[index], generator)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                progress.advance(f"loss {loss.item():.4f}")
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    path = save_checkpoint(pipe, Path(tmp), f"{dataset.trigger}_{step:09d}.safetensors")
-                    checkpoints.append(LoraCheckpoint(step=step, loss=loss.item(), weights=put_file(path)))
-        finally:
-            transformer.delete_adapters(ADAPTER)
-            transformer.requires_grad_(False)
-    return LoraRef(trigger=dataset.trigger, base_model=profile.models["video"].source, checkpoints=tuple(checkpoints))
+        images, masks = write_training_folder(dataset, Path(tmp))
+        folder = Path(tmp) / "training"
+        trainer = Trainer(job, pipe, read_training_folder(images, masks if config.masks else None), folder)
+        steps = trainer.train(on_step=on_step, check_stop=check_stop)
+        checkpoints = tuple(publish_checkpoint(job, folder, step, losses.get(step)) for step in steps)
+    return LoraRef(
+        trigger=dataset.trigger,
+        base_model=job.model.source,
+        base=config.base,
+        backend="local",
+        checkpoints=checkpoints,
+    )

@@ -171,11 +171,13 @@ def test_lower_bounds_and_non_finite_numbers_are_refused_even_beyond_limits(path
 
 
 def test_every_numeric_setting_has_a_limit():
-    """Seeds have their own 32-bit range; start_step is bounded by steps, a tile's overlap by its tile."""
+    """Seeds have their own 32-bit range; start_step is bounded by steps, a tile's overlap by its tile; the A14B
+    boundary and the caption dropout are fractions, the expert switch interval is at most the steps."""
     for path, section in SECTIONS.items():
         config = setting(RunConfig.from_profile(TINY), path)
         numeric = {name for name, field in type(config).model_fields.items() if field.annotation in (int, float)}
-        assert numeric - {"seed", "start_step", "overlap", "esrgan_overlap"} <= set(
+        exempt = {"seed", "start_step", "overlap", "esrgan_overlap", "boundary_ratio", "caption_dropout"}
+        assert numeric - exempt - {"switch_boundary_every"} <= set(
             type(getattr(Limits(), section)).model_fields
         ), path
 

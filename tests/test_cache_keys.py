@@ -28,6 +28,8 @@ def changed(value: Any) -> Any:
         return value + " more"
     if isinstance(value, tuple):
         return (*value, value[0]) if value else ("x",)
+    if value is None:  # the optional numbers (train.alpha, train.sample_every)
+        return 6
     raise TypeError(f"no changed() for {type(value).__name__}")
 
 

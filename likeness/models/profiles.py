@@ -78,16 +78,17 @@ def device_for(profile: ModelProfile, settings: Settings) -> str:
 
 def model_path(role: Role, profile: ModelProfile, settings: Settings) -> Path:
     """The local folder (or file, for single-file models) holding `role`'s weights."""
-    return _weights_path(role, profile.models[role], settings)
+    return spec_path(role, profile.models[role], settings)
 
 
 def lora_path(role: Role, profile: ModelProfile, settings: Settings) -> Path | None:
     """The local file of the LoRA fused into `role`'s model, or None when it has none."""
     lora = profile.models[role].lora
-    return None if lora is None else _weights_path(f"{role} LoRA", lora, settings)
+    return None if lora is None else spec_path(f"{role} LoRA", lora, settings)
 
 
-def _weights_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path:
+def spec_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path:
+    """The local folder (or file) of one model or LoRA spec; `what` names it in errors."""
     if spec.source.startswith("tiny:"):
         from likeness.models.tiny import build_tiny_models
 

@@ -9,7 +9,8 @@ tokenizers are built from a fixed word list, so two builds write byte-identical 
 Real counterparts: editor = Qwen/Qwen-Image-Edit-2511, editor-lightning = its 4-step Lightning LoRA
 (lightx2v/Qwen-Image-Edit-2511-Lightning), refiner = FLUX.1 (img2img),
 upscaler = ESRGAN 4x (RRDBNet), captioner = Qwen/Qwen3-VL-8B-Instruct,
-video = Wan 2.x text-to-video (diffusers layout).
+video = Wan 2.x text-to-video (diffusers layout), video-a14b = Wan-AI/Wan2.2-T2V-A14B-Diffusers (two experts:
+`transformer` for high noise, `transformer_2` for low noise, split at boundary_ratio 0.875).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from typing import Any
 
 import torch
 
-TINY_ROLES = ("editor", "editor-lightning", "refiner", "refiner-klein", "upscaler", "captioner", "video")
+TINY_ROLES = (
+    "editor", "editor-lightning", "refiner", "refiner-klein", "upscaler", "captioner", "video", "video-a14b",
+)  # fmt: skip
 
 _MARKER = ".complete"
 
@@ -393,6 +396,20 @@ def _build_captioner(folder: Path) -> None:
 
 
 def _build_video(folder: Path) -> None:
+    _tiny_wan().save_pretrained(folder)
+
+
+# As in Wan2.2-T2V-A14B-Diffusers: `transformer` denoises timesteps >= 875 of 1000, `transformer_2` the rest.
+A14B_BOUNDARY_RATIO = 0.875
+
+
+def _build_video_a14b(folder: Path) -> None:
+    """The A14B's layout: the tiny video pipeline with a second expert of the same config and its own weights."""
+    _tiny_wan(two_experts=True).save_pretrained(folder)
+
+
+def _tiny_wan(two_experts: bool = False) -> Any:
+    """A tiny WanPipeline: Wan 2.1's VAE (z_dim 16, as the 14B models use), UMT5, one transformer or two experts."""
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -401,7 +418,15 @@ def _build_video(folder: Path) -> None:
         vocab_size=len(tokenizer), d_model=32, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
         feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )  # fmt: skip
-    pipe = WanPipeline(
+
+    def transformer() -> WanTransformer3DModel:
+        return WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+        )  # fmt: skip
+
+    return WanPipeline(
         # As in the Wan-AI diffusers repos (flow_shift 3.0 for 480p, 5.0 for 720p).
         scheduler=UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
@@ -411,13 +436,10 @@ def _build_video(folder: Path) -> None:
         )),
         text_encoder=_seeded(2, lambda: UMT5EncoderModel(text_config)),
         tokenizer=tokenizer,
-        transformer=_seeded(3, lambda: WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
-            text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
-        )),
+        transformer=_seeded(3, transformer),
+        transformer_2=_seeded(4, transformer) if two_experts else None,
+        boundary_ratio=A14B_BOUNDARY_RATIO if two_experts else None,
     )  # fmt: skip
-    pipe.save_pretrained(folder)
 
 
 _BUILDERS: dict[str, Callable[[Path], None]] = {
@@ -428,4 +450,5 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "upscaler": _build_upscaler,
     "captioner": _build_captioner,
     "video": _build_video,
+    "video-a14b": _build_video_a14b,
 }

@@ -23,14 +23,15 @@ from typing import Any
 
 from likeness import __version__
 from likeness.config import ModelProfile, RunConfig
-from likeness.records import CharacterResult
+from likeness.records import CharacterResult, LoraRef
 from likeness.storage.artifacts import get_bytes
 from likeness.storage.store import ArtifactStore
 
 MANIFEST = "likeness.json"
 DATASET_MANIFEST = "dataset_manifest.jsonl"
 DATASET_CONTACT_SHEET = "dataset_contact_sheet.png"
-RECORD_FORMAT = 3
+LORA_SCORES_PLOT = "lora/identity_by_step.png"
+RECORD_FORMAT = 4
 TEMP_SUFFIX = ".likeness-part"
 
 
@@ -177,6 +178,33 @@ def _write_record(out: Path, record: dict[str, Any]) -> None:
     _write(out / MANIFEST, (json.dumps(record, indent=2) + "\n").encode(), replace=True)
 
 
+def best_lora_names(lora: LoraRef) -> list[str]:
+    """`NAME.safetensors`, or for Wan 2.2 A14B `NAME_high_noise.safetensors` and `NAME_low_noise.safetensors`."""
+    if lora.best.low_noise is None:
+        return [f"{lora.trigger}.safetensors"]
+    return [f"{lora.trigger}_high_noise.safetensors", f"{lora.trigger}_low_noise.safetensors"]
+
+
+def lora_entries(lora: LoraRef) -> list[dict[str, Any]]:
+    """The record's lines for a LoRA: each checkpoint with its files and score, the best marked."""
+    entries = []
+    for c in lora.checkpoints:
+        best = c.step == lora.best.step
+        entries.append(
+            {
+                "files": [f"lora/checkpoints/{ref.filename}" for ref in c.files],
+                "step": c.step,
+                "loss": c.loss,
+                "identity_distance": c.identity_distance,
+                "faces_found": c.faces_found,
+                "samples": [f"lora/samples/{ref.filename}" for ref in c.samples],
+                "sha256": [ref.sha256 for ref in c.files],
+                **({"best": True, "published_as": [f"lora/{name}" for name in best_lora_names(lora)]} if best else {}),
+            }
+        )
+    return entries
+
+
 def export_outputs(
     result: CharacterResult,
     out: Path,
@@ -208,8 +236,16 @@ def export_outputs(
         export(f"masks/{filename}", get_bytes(item.mask, store))
     export(DATASET_MANIFEST, get_bytes(dataset.manifest, store))
     export(DATASET_CONTACT_SHEET, get_bytes(dataset.contact_sheet, store))
-    for checkpoint in lora.checkpoints if lora else ():
-        export(f"lora/{checkpoint.weights.filename}", get_bytes(checkpoint.weights, store))
+    if lora:
+        # The chosen LoRA under a name of its own: a loader given the folder would take the first step's file.
+        for ref, name in zip(lora.best.files, best_lora_names(lora), strict=True):
+            export(f"lora/{name}", get_bytes(ref, store))
+        for checkpoint in lora.checkpoints:
+            for ref in (*checkpoint.files, *checkpoint.samples):
+                folder = "samples" if ref in checkpoint.samples else "checkpoints"
+                export(f"lora/{folder}/{ref.filename}", get_bytes(ref, store))
+        if lora.scores_plot:
+            export(LORA_SCORES_PLOT, get_bytes(lora.scores_plot, store))
     for item in result.renders:
         file = f"renders/{dataset.trigger}_{item.output.filename}"
         export(file, get_bytes(item.output, store))
@@ -226,12 +262,8 @@ def export_outputs(
         # No dataset/ at all when curation kept no image.
         "dataset": sorted(p.name for p in (out / "dataset").glob("*") if not _is_temp(p)),
         # A dataset-only run leaves the LoRA a produce run exported before it in place, and in the record.
-        "lora": [
-            {"file": f"lora/{c.weights.filename}", "step": c.step, "loss": c.loss, "sha256": c.weights.sha256}
-            for c in lora.checkpoints
-        ]
-        if lora
-        else [entry for entry in previous.get("lora", []) if (out / entry["file"]).is_file()],
+        "lora": lora_entries(lora) if lora
+        else [entry for entry in previous.get("lora", []) if all((out / f).is_file() for f in entry["files"])],
         "renders": sorted(renders.values(), key=lambda entry: entry["file"]),
         "files": dict(sorted(files.items())),
         "last_run": run_stats,

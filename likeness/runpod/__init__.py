@@ -1,0 +1,1 @@
+"""RunPod: the pods that train LoRAs, started, watched and terminated through the `runpod` SDK."""

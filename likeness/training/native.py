@@ -1,0 +1,429 @@
+"""Our LoRA trainer: peft on the Wan transformer, or on both experts of Wan 2.2 A14B, each on its timestep range.
+
+It runs in a flow's process (the `local` backend, with the process's loaded pipeline) and inside a RunPod pod
+(`runpod-native`) without Prefect, the artifact store or any key. It writes AI Toolkit's training-folder layout,
+so one agent publishes either trainer's work and a restarted job resumes the same way:
+
+    <folder>/<name>_000000500.safetensors          the LoRA at step 500, original Wan key layout (A14B: one file
+                                                   per expert, `_high_noise` / `_low_noise`)
+    <folder>/optimizer.pt                          optimizer, RNG and step of the newest checkpoint
+    <folder>/samples/<name>__000000500_0.png       one image per sample prompt, fixed seeds
+
+Each dataset image is one frame. VAE latents and text embeddings are computed once, before the first step. The
+loss is rectified-flow velocity matching, as Wan was trained, weighted by the face masks when `masks` is on.
+
+    python -m likeness.training.native job.json --dataset likeness-out/ada/dataset --masks likeness-out/ada/masks \\
+        --out training/ada
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from likeness.config import Expert, render_template
+from likeness.training.data import TrainingImage, read_training_folder
+from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
+from likeness.training.wan_lora import (
+    LORA_TARGETS,
+    from_wan_layout,
+    is_complete_safetensors,
+    lora_metadata,
+    save_wan_lora,
+    to_wan_layout,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+ADAPTER = "likeness_training"
+# AI Toolkit's UI default for `mask_min_value`: outside the face still trains, at a tenth of the weight.
+MASK_FLOOR = 0.1
+# AI Toolkit's progress bar, so the pod agent reads both trainers' logs alike (`likeness.training.pod`).
+PROGRESS_LINE = "{name}: {percent:3d}%|| {step}/{total} [lr: {lr:.1e} loss: {loss:.3e}]"
+
+StepListener = Callable[[int, int, float], None]
+
+
+class Example(NamedTuple):
+    """One cached training example: latents of an image at one resolution, its loss weights, its caption's index."""
+
+    latents: torch.Tensor
+    weights: torch.Tensor | None
+    caption: int
+
+
+class TrainedExpert(NamedTuple):
+    """A transformer being trained and the range of noise levels (sigma) it sees."""
+
+    name: Expert
+    transformer: Any
+    low: float
+    high: float
+
+
+def _fit(image: Image.Image, long_side: int, multiple: int) -> Image.Image:
+    """The image at its own aspect, long side `long_side`, both sides multiples of `multiple` (centre-cropped)."""
+    width, height = image.size
+    scale = long_side / max(width, height)
+    size = (max(multiple, round(width * scale / multiple) * multiple), max(multiple, round(height * scale / multiple) * multiple))
+    return ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)
+
+
+def _encode(pipe: Any, image: Image.Image) -> torch.Tensor:
+    """Normalised Wan VAE latents (1, C, 1, h, w) of the image as a one-frame video."""
+    import torch
+
+    vae = pipe.vae
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+    video = pixels[None, :, None].to(vae.device, vae.dtype)
+    latents = vae.encode(video).latent_dist.mode()
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents)
+    return (latents - mean) / std
+
+
+def _mask_weights(mask: Path, size: tuple[int, int], latent_shape: torch.Size) -> torch.Tensor:
+    """The mask on the latent grid, mapped onto [MASK_FLOOR, 1] and divided by its mean (only ratios count)."""
+    import torch
+
+    grey = ImageOps.fit(Image.open(mask).convert("L"), size, Image.Resampling.BILINEAR)
+    grey = grey.resize((latent_shape[-1], latent_shape[-2]), Image.Resampling.BILINEAR)
+    weights = MASK_FLOOR + (1 - MASK_FLOOR) * torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)
+    return (weights / weights.mean()).view(1, 1, 1, *weights.shape)
+
+
+def cache_examples(
+    pipe: Any, images: list[TrainingImage], resolutions: tuple[int, ...], multiple: int, masks: bool
+) -> tuple[list[Example], list[torch.Tensor]]:
+    """Latents of every image at every resolution and the embedding of every caption (the last: the empty one)."""
+    import torch
+
+    examples = []
+    with torch.no_grad():
+        captions = [item.caption for item in images] + [""]
+        embeddings = [pipe.encode_prompt(c, do_classifier_free_guidance=False)[0] for c in captions]
+        for index, item in enumerate(images):
+            picture = Image.open(item.image)
+            for resolution in resolutions:
+                fitted = _fit(picture, resolution, multiple)
+                latents = _encode(pipe, fitted)
+                weights = None
+                if masks and item.mask is not None:
+                    weights = _mask_weights(item.mask, fitted.size, latents.shape).to(latents)
+                examples.append(Example(latents, weights, index))
+    return examples, embeddings
+
+
+def flow_matching_loss(
+    transformer: Any,
+    pipe: Any,
+    latents: torch.Tensor,
+    text: torch.Tensor,
+    sigma: torch.Tensor,
+    noise: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Velocity loss at noise level `sigma`: the transformer predicts noise - data; `weights` scale it per latent."""
+    import torch
+
+    noisy = (1 - sigma.view(-1, 1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1, 1) * noise
+    timestep = sigma * pipe.scheduler.config.num_train_timesteps
+    if pipe.config.expand_timesteps:
+        patch = transformer.config.patch_size
+        tokens = latents.shape[2] // patch[0] * (latents.shape[3] // patch[1]) * (latents.shape[4] // patch[2])
+        timestep = timestep[:, None].expand(-1, tokens)
+    prediction = transformer(
+        hidden_states=noisy.to(transformer.dtype),
+        timestep=timestep,
+        encoder_hidden_states=text.to(transformer.dtype),
+        return_dict=False,
+    )[0]
+    error = (prediction.float() - (noise - latents).float()) ** 2
+    if weights is not None:
+        error = error * weights
+    return error.mean()
+
+
+def experts_of(pipe: Any, job: TrainJob) -> list[TrainedExpert]:
+    """The transformers to train and their sigma ranges; refuses a base model the pipeline is not."""
+    two = getattr(pipe, "transformer_2", None) is not None
+    if two != (job.config.base == "wan22_14b"):
+        found = "two experts (transformer and transformer_2)" if two else "one transformer"
+        raise ValueError(f"train.base={job.config.base}, but the model {job.model.source} has {found}")
+    if not two:
+        return [TrainedExpert("high_noise", pipe.transformer, 0.0, 1.0)]
+    # The pipeline runs transformer (high noise) for timesteps at or above boundary_ratio * 1000, transformer_2 below.
+    boundary = pipe.config.boundary_ratio or job.config.boundary_ratio
+    ranges = {"high_noise": (pipe.transformer, boundary, 1.0), "low_noise": (pipe.transformer_2, 0.0, boundary)}
+    return [TrainedExpert(name, *ranges[name]) for name in job.config.experts]
+
+
+def newest_checkpoint(folder: Path, job: TrainJob) -> int:
+    """The newest step whose checkpoint files are all complete in `folder` (0: none)."""
+    pattern = re.compile(rf"^{re.escape(job.name)}_(\d{{9}})(?:_(high_noise|low_noise))?\.safetensors$")
+    found: dict[int, set[str]] = {}
+    for path in folder.glob("*.safetensors"):
+        match = pattern.match(path.name)
+        if match and is_complete_safetensors(path):
+            found.setdefault(int(match[1]), set()).add(match[2] or "high_noise")
+    wanted = set(job.config.trained_experts)
+    return max((step for step, experts in found.items() if wanted <= experts), default=0)
+
+
+def _save_atomically(obj: Any, path: Path) -> None:
+    import torch
+
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, temp)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class Trainer:
+    """One training run of `job` on `pipe`, writing into `folder`; `train()` runs it to the last step."""
+
+    def __init__(self, job: TrainJob, pipe: Any, images: list[TrainingImage], folder: Path) -> None:
+        self.job, self.pipe, self.images, self.folder = job, pipe, images, folder
+        self.config = job.config
+        self.experts = experts_of(pipe, job)
+        self.multiple = max(16, pipe.vae_scale_factor_spatial * 2)
+
+    def train(self, on_step: StepListener | None = None, check_stop: Callable[[], None] | None = None) -> list[int]:
+        """Train from the newest checkpoint in the folder (or from scratch); returns the checkpoint steps written."""
+        import torch
+        from peft import LoraConfig
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        examples, embeddings = cache_examples(
+            self.pipe, self.images, self.config.resolutions, self.multiple, self.config.masks
+        )
+        for expert in self.experts:
+            # The LoRA's initial weights come from the global RNG: seed it, or a re-run differs.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.config.seed + len(expert.name))
+                expert.transformer.add_adapter(
+                    LoraConfig(
+                        r=self.config.rank,
+                        lora_alpha=self.config.lora_alpha,
+                        init_lora_weights="gaussian",
+                        target_modules=LORA_TARGETS,
+                    ),
+                    adapter_name=ADAPTER,
+                )
+        written: list[int] = []
+        try:
+            trainable = self._trainable()
+            optimizer = self._optimizer(trainable)
+            generator = torch.Generator("cpu").manual_seed(self.config.seed)
+            start = self._resume(optimizer, generator)
+            order = np.random.default_rng(self.config.seed).permutation(len(examples)).tolist()
+            checkpoint_steps = set(self.job.checkpoint_steps())
+            sample_steps = set(self.job.sample_steps())
+            for step in range(start + 1, self.config.steps + 1):
+                if check_stop:
+                    check_stop()
+                loss = self._step(step, examples, embeddings, order, optimizer, trainable, generator)
+                line = PROGRESS_LINE.format(
+                    name=self.job.name,
+                    percent=100 * step // self.config.steps,
+                    step=step,
+                    total=self.config.steps,
+                    lr=self.config.learning_rate,
+                    loss=loss,
+                )
+                print(line, flush=True)
+                if on_step:
+                    on_step(step, self.config.steps, loss)
+                if step in checkpoint_steps:
+                    self._save(step, optimizer, generator)
+                    written.append(step)
+                    if step in sample_steps:
+                        self.sample(step)
+        finally:
+            for expert in self.experts:
+                expert.transformer.delete_adapters(ADAPTER)
+                expert.transformer.requires_grad_(False)
+                if self.config.gradient_checkpointing and expert.transformer.is_gradient_checkpointing:
+                    expert.transformer.disable_gradient_checkpointing()
+        return written
+
+    def _trainable(self) -> list[Any]:
+        parameters = []
+        for expert in self.experts:
+            expert.transformer.set_adapter(ADAPTER)
+            if self.config.gradient_checkpointing:
+                expert.transformer.enable_gradient_checkpointing()
+            for parameter in expert.transformer.parameters():
+                if parameter.requires_grad:
+                    # LoRA weights train in float32 under bf16 autocast: bf16 updates of 1e-4 round away.
+                    parameter.data = parameter.data.float()
+                    parameters.append(parameter)
+        return parameters
+
+    def _optimizer(self, parameters: list[Any]) -> Any:
+        import torch
+
+        if self.config.optimizer == "adamw8bit":
+            try:
+                import bitsandbytes
+            except ImportError:
+                raise RuntimeError(
+                    "train.optimizer=adamw8bit needs bitsandbytes (a CUDA machine; it is in the worker image); "
+                    "use train.optimizer=adamw"
+                ) from None
+            return bitsandbytes.optim.AdamW8bit(parameters, lr=self.config.learning_rate)
+        return torch.optim.AdamW(parameters, lr=self.config.learning_rate)
+
+    def _expert_at(self, step: int) -> TrainedExpert:
+        """Which expert trains at `step`: they take turns every `switch_boundary_every` steps, as in AI Toolkit."""
+        turn = (step - 1) // self.config.switch_boundary_every
+        return self.experts[turn % len(self.experts)]
+
+    def _step(
+        self,
+        step: int,
+        examples: list[Example],
+        embeddings: list[torch.Tensor],
+        order: list[int],
+        optimizer: Any,
+        trainable: list[Any],
+        generator: torch.Generator,
+    ) -> float:
+        import torch
+
+        example = examples[order[(step - 1) % len(order)]]
+        expert = self._expert_at(step)
+        dropped = torch.rand((), generator=generator).item() < self.config.caption_dropout
+        text = embeddings[-1 if dropped else example.caption]
+        noise = torch.randn(example.latents.shape, generator=generator).to(example.latents)
+        sigma = expert.low + (expert.high - expert.low) * torch.rand((1,), generator=generator)
+        transformer = expert.transformer
+        with torch.autocast(
+            example.latents.device.type, dtype=transformer.dtype, enabled=transformer.dtype != torch.float32
+        ):
+            loss = flow_matching_loss(
+                transformer, self.pipe, example.latents, text, sigma.to(example.latents), noise, example.weights
+            )
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def _save(self, step: int, optimizer: Any, generator: torch.Generator) -> None:
+        """The LoRA of each expert at `step`, then the optimizer and RNG state that resume from it."""
+        from peft.utils import get_peft_model_state_dict
+
+        settings = self.config.model_dump(mode="json", exclude={"sample_prompts"})
+        for expert in self.experts:
+            layers = get_peft_model_state_dict(expert.transformer, adapter_name=ADAPTER)
+            metadata = lora_metadata(
+                trigger=self.job.trigger,
+                base_model=self.job.model.source,
+                arch=self.config.base,
+                rank=self.config.rank,
+                alpha=self.config.lora_alpha,
+                step=step,
+                settings={**settings, "expert": expert.name},
+            )
+            path = self.folder / self.job.checkpoint_filename(step, expert.name)
+            save_wan_lora(path, to_wan_layout(layers, self.config.lora_alpha), metadata)
+        state = {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+        }
+        _save_atomically(state, self.folder / OPTIMIZER_STATE)
+
+    def _resume(self, optimizer: Any, generator: torch.Generator) -> int:
+        """Load the newest complete checkpoint and its optimizer state; the step to go on from (0: start)."""
+        import torch
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        step = newest_checkpoint(self.folder, self.job)
+        if not step:
+            return 0
+        for expert in self.experts:
+            wan = load_file(self.folder / self.job.checkpoint_filename(step, expert.name))
+            set_peft_model_state_dict(expert.transformer, from_wan_layout(wan), adapter_name=ADAPTER)
+        state_path = self.folder / OPTIMIZER_STATE
+        state = torch.load(state_path, weights_only=True) if state_path.is_file() else None
+        if state is None or state["step"] != step:
+            # The weights resume; the optimizer's moments start again, as AI Toolkit does without optimizer.pt.
+            print(f"resuming from step {step} without optimizer state ({OPTIMIZER_STATE} is not of that step)")
+            return step
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        print(f"resuming from step {step}", flush=True)
+        return step
+
+    def sample(self, step: int) -> list[Path]:
+        """One image per sample prompt with the LoRA at `step`, fixed seeds, saved in the samples folder."""
+        import torch
+
+        folder = self.folder / SAMPLES_FOLDER
+        folder.mkdir(exist_ok=True)
+        size = self.config.size
+        paths = []
+        for index, template in enumerate(self.config.sample_prompts):
+            frames = self.pipe(
+                prompt=render_template(template, trigger=self.job.trigger),
+                height=size,
+                width=size,
+                num_frames=1,
+                num_inference_steps=self.config.sample_steps,
+                guidance_scale=self.config.sample_guidance_scale,
+                generator=torch.Generator("cpu").manual_seed(self.config.seed + index),
+                output_type="np",
+            ).frames[0]
+            path = folder / self.job.sample_filename(step, index)
+            Image.fromarray((np.clip(frames[0], 0, 1) * 255).round().astype(np.uint8)).save(path)
+            paths.append(path)
+        return paths
+
+
+def load_base_pipeline(job: TrainJob) -> Any:
+    """The job's base model as a diffusers WanPipeline, on the job's device (a pod loads its own)."""
+    import torch
+    from diffusers import WanPipeline
+
+    from likeness.models.profiles import spec_path
+    from likeness.settings import get_settings
+
+    pipe = WanPipeline.from_pretrained(spec_path("LoRA base", job.model, get_settings()), dtype=getattr(torch, job.dtype))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(job.device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train a job from its JSON file: the entry point a pod runs."""
+    parser = argparse.ArgumentParser(prog="python -m likeness.training.native", description=__doc__.splitlines()[0])
+    parser.add_argument("job", type=Path, help="the TrainJob as JSON")
+    parser.add_argument("--dataset", type=Path, required=True, help="images with same-stem .txt captions")
+    parser.add_argument("--masks", type=Path, help="a mask per image, same stem (used when the job's masks is on)")
+    parser.add_argument("--out", type=Path, required=True, help="the training folder: checkpoints, optimizer.pt, samples")
+    args = parser.parse_args(argv)
+    job = TrainJob.model_validate_json(args.job.read_text())
+    images = read_training_folder(args.dataset, args.masks if job.config.masks else None)
+    pipe = load_base_pipeline(job)
+    steps = Trainer(job, pipe, images, args.out).train()
+    print(f"done: {len(steps)} checkpoints, last step {job.config.steps}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

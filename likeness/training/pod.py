@@ -1,0 +1,247 @@
+"""The agent a RunPod pod runs: fetch the job, train, publish every checkpoint as it is written, report progress.
+
+It needs only the standard library, so it runs in our worker image and in AI Toolkit's (`ostris/aitoolkit`) alike.
+The pod gets one presigned URL (`LIKENESS_JOB_URL`) to a manifest of presigned URLs for exactly its job: the
+dataset and any checkpoint to resume from (GET), and each checkpoint, optimizer state, sample, the progress
+record and the log it may write (PUT). No storage key and no RunPod key ever reach the pod.
+
+    LIKENESS_JOB_URL=https://... python -m likeness.training.pod
+
+The trainer writes AI Toolkit's training folder (ours does too). A checkpoint is uploaded once it is complete
+(its safetensors header and every tensor's bytes are there) and its size has held for one poll, so a file cut
+off mid-write, as AI Toolkit's are on Ctrl-C during a save, is never published; `optimizer.pt` goes up after the
+checkpoint it belongs to, so a replacement pod resumes from both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import deque
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from likeness.training.wan_lora import is_complete_safetensors
+
+# AI Toolkit's progress bar: a tqdm (ToolkitProgressBar) on stderr, desc = the job's name, total = steps, redrawn
+# in place with `\r` (one `\n` when it closes); `run.py --log FILE` tees stdout and stderr into FILE. `step` counts
+# finished steps; before the first step there is no postfix, and a loss that went NaN prints as `nan`. The bar is
+# unicode blocks on a UTF-8 stream, `#` and digits otherwise; the rate is `it/s` or `s/it`. For example
+#   Ada_Lovelace:  10%|█         | 200/2000 [05:12<46:48,  1.56s/it, lr: 1.0e-04 loss: 4.123e-01]
+PROGRESS_LINE = (
+    "{name}: {percent:3d}%|{bar}| {step}/{total} [{elapsed}<{remaining}, {rate}, lr: {lr:.1e} loss: {loss:.3e}]"
+)
+_BAR = re.compile(r"^(?P<desc>.*): +\d+%\|[^|]*\| *(?P<step>\d+)/(?P<total>\d+) \[(?P<stats>[^\]]*)\]\s*$")
+_LOSS = re.compile(r"\bloss: (?P<loss>[-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|nan|inf))")
+
+
+SAMPLE_PATTERN = re.compile(r"_(\d{9})_(\d+)\.(?:png|jpe?g|webp)$")
+LOG_TAIL = 40
+
+
+def fetch(url: str, dest: Path) -> None:
+    """Download `url` (https or, for a local store, file) to `dest`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("file:"):
+        shutil.copyfile(unquote(urlparse(url).path), dest)
+        return
+    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out)
+
+
+def upload(url: str, path: Path | None = None, data: bytes | None = None) -> None:
+    """PUT a file or bytes to a presigned URL (or write it, for a local store's file URL)."""
+    if url.startswith("file:"):
+        target = Path(unquote(urlparse(url).path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.part")
+        if path is not None:
+            shutil.copyfile(path, temp)
+        else:
+            temp.write_bytes(data or b"")
+        os.replace(temp, target)
+        return
+    size = path.stat().st_size if path is not None else len(data or b"")
+    for attempt in range(3):
+        body: Any = open(path, "rb") if path is not None else (data or b"")
+        try:
+            request = urllib.request.Request(url, data=body, method="PUT", headers={"Content-Length": str(size)})
+            with urllib.request.urlopen(request, timeout=300):
+                return
+        except OSError:
+            if attempt == 2:
+                raise
+            time.sleep(2**attempt)
+        finally:
+            if path is not None:
+                body.close()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_progress(line: str, name: str | None = None) -> tuple[int, int, float | None] | None:
+    """(step, total, loss) from AI Toolkit's training progress bar in `line`, the last redraw; None if it has none.
+
+    With `name` (the job's name) only that bar counts; without, only a redraw with the trainer's `lr:` postfix, so
+    other bars (latent caching, checkpoint shards, sample generation) are never taken for training steps.
+    """
+    for redraw in reversed(re.split(r"[\r\n]", line)):
+        match = _BAR.match(redraw.strip())
+        if not match:
+            continue
+        stats = match["stats"]
+        ours = match["desc"] == name if name is not None else "lr: " in stats
+        if not ours:
+            continue
+        loss = _LOSS.search(stats)
+        return int(match["step"]), int(match["total"]), float(loss["loss"]) if loss else None
+    return None
+
+
+class Agent:
+    """One pod's job: the manifest, the trainer process, and what has gone up so far."""
+
+    def __init__(self, manifest: dict[str, Any], workspace: Path) -> None:
+        self.manifest, self.workspace = manifest, workspace
+        self.folder = workspace / manifest["training_folder"]
+        self.uploads: dict[str, Any] = manifest["uploads"]
+        self.uploaded: dict[str, str] = {}  # what went up -> its sha256
+        self.sizes: dict[Path, int] = {}
+        self.step, self.total, self.loss = 0, manifest["total_steps"], None
+        self.log = workspace / "train.log"
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL)
+        self.lock = threading.Lock()
+
+    def prepare(self) -> list[str]:
+        """Fetch the dataset, the trainer's config and any checkpoint to resume from; the trainer's command."""
+        for item in self.manifest["files"]:
+            dest = self.workspace / item["path"]
+            if "text" in item:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(item["text"])
+            else:
+                fetch(item["url"], dest)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.manifest["backend"] == "aitoolkit":
+            toolkit = os.environ.get("AITOOLKIT_DIR", "/app/ai-toolkit")
+            return [sys.executable, f"{toolkit}/run.py", str(self.workspace / "config.yaml")]
+        return [
+            sys.executable, "-m", "likeness.training.native", str(self.workspace / "job.json"),
+            "--dataset", str(self.workspace / "dataset"), "--masks", str(self.workspace / "masks"),
+            "--out", str(self.folder),
+        ]  # fmt: skip
+
+    def run(self) -> int:
+        """Train to the end, publishing as it goes; the trainer's exit code."""
+        command = self.prepare()
+        with open(self.log, "a") as log:
+            process = subprocess.Popen(
+                command, cwd=self.workspace, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            )
+            reader = threading.Thread(target=self._read, args=(process, log), daemon=True)
+            reader.start()
+            every = float(self.manifest.get("progress_every_s", 5))
+            while process.poll() is None:
+                self.publish("running")
+                time.sleep(every)
+            reader.join(timeout=10)
+        code = process.returncode
+        self.publish("done" if code == 0 else "failed", exit_code=code)
+        upload(self.uploads["log"], path=self.log)
+        return code
+
+    def _read(self, process: subprocess.Popen[str], log: Any) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            log.flush()
+            with self.lock:
+                self.tail.append(line.rstrip())
+                parsed = parse_progress(line, self.manifest["name"])
+                if parsed:
+                    self.step, self.total, loss = parsed
+                    self.loss = loss if loss is not None else self.loss
+
+    def publish(self, status: str, exit_code: int | None = None) -> None:
+        """Upload what is newly complete, then the progress record that lists it."""
+        self._upload_checkpoints(final=status != "running")
+        self._upload_samples()
+        with self.lock:
+            record = {
+                "status": status,
+                "step": self.step,
+                "total": self.total,
+                "loss": self.loss,
+                "uploaded": dict(self.uploaded),
+                "exit_code": exit_code,
+                "log_tail": list(self.tail) if status == "failed" else [],
+                "time": time.time(),
+            }
+        upload(self.uploads["progress"], data=json.dumps(record).encode())
+
+    def _stable(self, path: Path, final: bool) -> bool:
+        """Complete, and the same size as at the last look (a trainer that exited writes no more)."""
+        size = path.stat().st_size
+        previous, self.sizes[path] = self.sizes.get(path), size
+        return is_complete_safetensors(path) and (final or previous == size)
+
+    def _upload_checkpoints(self, final: bool) -> None:
+        newest = None
+        for name, url in self.uploads["checkpoints"].items():
+            path = self.folder / name
+            if name not in self.uploaded and path.is_file() and self._stable(path, final):
+                upload(url, path=path)
+                self.uploaded[name] = sha256_of(path)
+        for name in self.uploaded:
+            match = re.search(r"_(\d{9})(?:_(?:high|low)_noise)?\.safetensors$", name)
+            if match:
+                newest = max(newest or 0, int(match[1]))
+        state = self.folder / "optimizer.pt"
+        key = f"optimizer_{newest:09d}.pt" if newest else None
+        if key and key in self.uploads["optimizer"] and key not in self.uploaded and state.is_file():
+            checkpoint_time = max(
+                (self.folder / n).stat().st_mtime for n in self.uploaded if n.endswith(".safetensors")
+            )
+            size = state.stat().st_size
+            stable = final or self.sizes.get(state) == size
+            self.sizes[state] = size
+            if state.stat().st_mtime >= checkpoint_time and stable:
+                upload(self.uploads["optimizer"][key], path=state)
+                self.uploaded[key] = sha256_of(state)
+
+    def _upload_samples(self) -> None:
+        folder = self.folder / "samples"
+        for path in sorted(folder.glob("*")) if folder.is_dir() else []:
+            match = SAMPLE_PATTERN.search(path.name)
+            key = f"sample_{int(match[1]):09d}_{match[2]}" if match else None
+            if key and key in self.uploads["samples"] and key not in self.uploaded:
+                upload(self.uploads["samples"][key], path=path)
+                self.uploaded[key] = sha256_of(path)
+
+
+def main() -> int:
+    """Run the job the pod was given (LIKENESS_JOB_URL) in LIKENESS_WORKSPACE."""
+    workspace = Path(os.environ.get("LIKENESS_WORKSPACE", "/workspace/likeness"))
+    workspace.mkdir(parents=True, exist_ok=True)
+    fetch(os.environ["LIKENESS_JOB_URL"], workspace / "manifest.json")
+    manifest = json.loads((workspace / "manifest.json").read_text())
+    return Agent(manifest, workspace).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

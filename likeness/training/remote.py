@@ -1,0 +1,321 @@
+"""Training on a RunPod pod: start it, hand it its job, follow its progress, publish its checkpoints, end it.
+
+The driver runs on a cheap CPU machine (a flow's process). It writes the pod's manifest of presigned URLs into
+the store under `runpod-jobs/<job id>/`, starts a pod of the first GPU type with capacity, and polls the pod's
+progress record. Every checkpoint the pod uploads is downloaded, checked (complete safetensors, the sha256 the pod
+reported) and published into the content-addressed store as it arrives. The pod is terminated in every case:
+success, failure, a stop asked for (Ctrl-C, cancellation from the Prefect UI), an error in the driver. A pod lost
+mid-training is replaced and resumes from the last published checkpoint and its optimizer state. A driver that
+dies without unwinding (SIGKILL, a lost machine) leaves a heartbeat that stops; the sweeper (`sweep_pods`)
+terminates the pods of jobs whose heartbeat is stale or whose age passed the TTL.
+
+    result = RemoteTraining(job, "runpod-native", images, config.pod, client, store).run()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from likeness import __version__
+from likeness.config import PodConfig
+from likeness.records import TrainCost
+from likeness.runpod.pods import PodRequest, RunPodClient
+from likeness.storage.artifacts import ArtifactRef, put_bytes, put_file
+from likeness.storage.store import ArtifactStore, StoreError
+from likeness.training.aitoolkit import aitoolkit_checkpoint_names
+from likeness.training.spec import OPTIMIZER_STATE, TrainJob
+from likeness.training.wan_lora import is_complete_safetensors
+from likeness.training.wheel import build_wheel
+
+log = logging.getLogger(__name__)
+
+RemoteBackend = Literal["runpod-aitoolkit", "runpod-native"]
+JOBS_PREFIX = "runpod-jobs/"
+POD_NAME_PREFIX = "likeness-"
+# Our worker image (deployments/Dockerfile) and AI Toolkit's RunPod template image.
+DEFAULT_IMAGES = {"runpod-native": f"likeness/worker:{__version__}", "runpod-aitoolkit": "ostris/aitoolkit:latest"}
+# Installs the job's Likeness wheel over the image's dependencies, runs the agent, then idles until terminated
+# (a pod whose command exits is restarted by RunPod, which would train again).
+BOOTSTRAP = (
+    'set -e; W="${LIKENESS_WORKSPACE:-/workspace/likeness}"; mkdir -p "$W"; cd "$W"; '
+    'python -c "import os, urllib.request; urllib.request.urlretrieve(os.environ[\'LIKENESS_WHEEL_URL\'], '
+    "'likeness-{version}-py3-none-any.whl')\"; "
+    "python -m pip install -q --no-deps --target code likeness-{version}-py3-none-any.whl; "
+    'PYTHONPATH="$W/code" LIKENESS_WORKSPACE="$W" python -m likeness.training.pod || true; '
+    "exec sleep infinity"
+)
+
+
+class TrainingFailed(RuntimeError):
+    """The trainer on the pod failed; the message holds the end of its log."""
+
+
+class TrainingStopped(RuntimeError):
+    """Training was stopped (Ctrl-C, or cancelled from the Prefect UI); the pod is terminated."""
+
+
+class PublishedCheckpoint(BaseModel):
+    """A checkpoint the pod uploaded, checked and copied into the content-addressed store."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: int
+    loss: float | None
+    files: tuple[ArtifactRef, ...]
+    optimizer: ArtifactRef | None
+    samples: tuple[ArtifactRef, ...]
+
+
+class RemoteResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    checkpoints: tuple[PublishedCheckpoint, ...]
+    cost: TrainCost
+
+
+def job_prefix(job_id: str) -> str:
+    return f"{JOBS_PREFIX}{job_id}/"
+
+
+def pod_name(job_id: str) -> str:
+    """Our pods' names carry the job id, so the sweeper finds each one's heartbeat."""
+    return f"{POD_NAME_PREFIX}{job_id}"
+
+
+def job_id_of(name: str) -> str | None:
+    match = re.fullmatch(rf"{POD_NAME_PREFIX}([0-9a-f]{{32}})", name)
+    return match[1] if match else None
+
+
+class RemoteTraining:
+    """One training job on RunPod, from the first pod to the last checkpoint."""
+
+    def __init__(
+        self,
+        job: TrainJob,
+        backend: RemoteBackend,
+        dataset: list[tuple[str, ArtifactRef | str]],
+        pod: PodConfig,
+        client: RunPodClient,
+        store: ArtifactStore,
+        aitoolkit_yaml: Callable[[str, str | None, str], str] | None = None,
+        on_progress: Callable[[int, int, float | None, str], None] | None = None,
+        check_stop: Callable[[], None] | None = None,
+        flow_run_id: str | None = None,
+    ) -> None:
+        self.job, self.backend, self.dataset, self.pod, self.client, self.store = job, backend, dataset, pod, client, store
+        self.aitoolkit_yaml = aitoolkit_yaml
+        self.on_progress, self.check_stop, self.flow_run_id = on_progress, check_stop, flow_run_id
+        self.job_id = uuid.uuid4().hex
+        self.prefix = job_prefix(self.job_id)
+        self.expires = timedelta(hours=pod.ttl_hours)
+        self.published: dict[int, PublishedCheckpoint] = {}
+        self.pod_seconds, self.dollars, self.pods_started = 0.0, 0.0, 0
+        self.gpu_type, self.cost_per_hr = "", 0.0
+        # The files each checkpoint is on the pod: AI Toolkit saves the last one without a step in its name.
+        experts = job.config.trained_experts
+        self.pod_files: dict[int, tuple[str, ...]] = (
+            aitoolkit_checkpoint_names(job)
+            if backend == "runpod-aitoolkit"
+            else {step: tuple(job.checkpoint_filename(step, e) for e in experts) for step in job.checkpoint_steps()}
+        )
+
+    # The job's files -------------------------------------------------------------------------------------------
+
+    def _url(self, key: str, method: Literal["GET", "PUT"] = "GET") -> str:
+        return self.store.presigned_url(key, expires=self.expires, method=method)
+
+    def _training_folder(self) -> str:
+        # AI Toolkit writes into <training_folder>/<name>/.
+        return f"output/{self.job.name}" if self.backend == "runpod-aitoolkit" else "training"
+
+    def manifest(self, attempt: int) -> dict[str, Any]:
+        """What the pod may read and write, as presigned URLs for exactly this job."""
+        job, out = self.job, f"{self.prefix}out/"
+        files: list[dict[str, str]] = []
+        for path, source in self.dataset:
+            files.append({"path": path, "text": source} if isinstance(source, str) else {"path": path, "url": self._url(source.key)})
+        if self.backend == "runpod-aitoolkit":
+            assert self.aitoolkit_yaml is not None
+            masks = "masks" if job.config.masks and any(p.startswith("masks/") for p, _ in self.dataset) else None
+            files.append({"path": "config.yaml", "text": self.aitoolkit_yaml("dataset", masks, "output")})
+        else:
+            files.append({"path": "job.json", "text": job.model_dump_json()})
+        folder = self._training_folder()
+        newest = max(self.published, default=0)
+        if newest:
+            checkpoint = self.published[newest]
+            for ref in checkpoint.files:
+                files.append({"path": f"{folder}/{ref.filename}", "url": self._url(ref.key)})
+            if checkpoint.optimizer:
+                files.append({"path": f"{folder}/{OPTIMIZER_STATE}", "url": self._url(checkpoint.optimizer.key)})
+        names = [name for step_names in self.pod_files.values() for name in step_names]
+        samples = [f"sample_{s:09d}_{i}" for s in job.sample_steps() for i in range(len(job.config.sample_prompts))]
+        return {
+            "backend": "aitoolkit" if self.backend == "runpod-aitoolkit" else "native",
+            "name": job.name,
+            "total_steps": job.config.steps,
+            "training_folder": folder,
+            "progress_every_s": min(self.pod.poll_seconds, 30.0),
+            "files": files,
+            "uploads": {
+                "checkpoints": {name: self._url(f"{out}{name}", "PUT") for name in names},
+                "optimizer": {
+                    f"optimizer_{s:09d}.pt": self._url(f"{out}optimizer_{s:09d}.pt", "PUT") for s in job.checkpoint_steps()
+                },
+                "samples": {key: self._url(f"{out}{key}.png", "PUT") for key in samples},
+                "progress": self._url(f"{self.prefix}progress-{attempt}.json", "PUT"),
+                "log": self._url(f"{self.prefix}log-{attempt}.txt", "PUT"),
+            },
+        }
+
+    # The pod ---------------------------------------------------------------------------------------------------
+
+    def run(self) -> RemoteResult:
+        """Train to the last step on as many pods as it takes (one, unless a pod is lost)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            wheel = put_file(build_wheel(Path(tmp)), store=self.store)
+        for attempt in range(self.pod.max_replacements + 1):
+            if self._attempt(attempt, wheel):
+                return self._result()
+            log.warning("pod lost at step %s; starting another from the last checkpoint", max(self.published, default=0))
+        raise TrainingFailed(
+            f"{self.pod.max_replacements + 1} pods were lost before training finished "
+            f"(last checkpoint: step {max(self.published, default=0)}); see {self.prefix} in the store"
+        )
+
+    def _attempt(self, attempt: int, wheel: ArtifactRef) -> bool:
+        """One pod's life; True when training finished on it, False when the pod was lost."""
+        manifest_ref = put_bytes(json.dumps(self.manifest(attempt)).encode(), f"manifest-{attempt}.json", self.store)
+        env = {
+            "LIKENESS_JOB_URL": self._url(manifest_ref.key),
+            "LIKENESS_WHEEL_URL": self._url(wheel.key),
+            "LIKENESS_JOB_ID": self.job_id,
+        }
+        request = PodRequest(
+            name=pod_name(self.job_id),
+            image=self.pod.image or DEFAULT_IMAGES[self.backend],
+            gpu_types=self.pod.gpu_types,
+            cloud_type=self.pod.cloud_type,
+            container_disk_gb=self.pod.container_disk_gb,
+            volume_gb=0,
+            env=env,
+            docker_args=f"bash -c {shlex.quote(BOOTSTRAP.format(version=__version__))}",
+        )
+        pod = self.client.start_pod(request)
+        self.pods_started += 1
+        self.gpu_type, self.cost_per_hr = pod.gpu_type, pod.cost_per_hr
+        started = time.monotonic()
+        self._heartbeat(pod.id)
+        try:
+            return self._follow(pod.id, attempt)
+        finally:
+            self.client.terminate(pod.id)
+            seconds = time.monotonic() - started
+            self.pod_seconds += seconds
+            self.dollars += pod.cost_per_hr * seconds / 3600
+            self._heartbeat(None)
+
+    def _follow(self, pod_id: str, attempt: int) -> bool:
+        """Poll the pod's progress and publish its checkpoints until it finishes, fails or is lost."""
+        last_report = time.monotonic()
+        seen_time = None
+        while True:
+            if self.check_stop:
+                try:
+                    self.check_stop()
+                except BaseException as stop:
+                    raise TrainingStopped(f"training stopped ({stop}); pod {pod_id} terminated") from stop
+            progress = self._progress(attempt)
+            if progress and progress["time"] != seen_time:
+                seen_time, last_report = progress["time"], time.monotonic()
+                self._publish(progress["uploaded"], progress["loss"])
+                if self.on_progress:
+                    self.on_progress(progress["step"], progress["total"], progress["loss"], progress["status"])
+                if progress["status"] == "done":
+                    return True
+                if progress["status"] == "failed":
+                    tail = "\n".join(progress.get("log_tail", [])[-15:])
+                    raise TrainingFailed(f"the trainer on pod {pod_id} failed (exit {progress['exit_code']}):\n{tail}")
+            status = self.client.status(pod_id)
+            if status is None or not status.is_running:
+                # Gone or stopped: whatever it uploaded before that is already published.
+                final = self._progress(attempt)
+                if final and final["status"] == "done":
+                    self._publish(final["uploaded"], final["loss"])
+                    return True
+                return False
+            if time.monotonic() - last_report > self.pod.silent_after_s:
+                log.warning("pod %s reported nothing for %.0f s: taking it as lost", pod_id, self.pod.silent_after_s)
+                return False
+            self._heartbeat(pod_id)
+            time.sleep(self.pod.poll_seconds)
+
+    def _progress(self, attempt: int) -> dict[str, Any] | None:
+        key = f"{self.prefix}progress-{attempt}.json"
+        try:
+            return json.loads(self.store.get_bytes(key)) if self.store.exists(key) else None
+        except (StoreError, ValueError):
+            return None
+
+    def _heartbeat(self, pod_id: str | None) -> None:
+        """What the sweeper reads: the driver is alive (or done) and which pod is its."""
+        record = {"pod_id": pod_id, "flow_run_id": self.flow_run_id, "time": time.time(), "done": pod_id is None}
+        self.store.put_bytes(f"{self.prefix}heartbeat.json", json.dumps(record).encode())
+
+    # Publishing ------------------------------------------------------------------------------------------------
+
+    def _publish(self, uploaded: dict[str, str], loss: float | None) -> None:
+        """Check and copy into the store every checkpoint that is whole (all its experts' files) and not yet in."""
+        job, out = self.job, f"{self.prefix}out/"
+        for step, names in self.pod_files.items():
+            if step in self.published or not all(name in uploaded for name in names):
+                continue
+            # Published under one naming whichever trainer wrote them: `<name>_<step>[_expert].safetensors`.
+            canonical = [job.checkpoint_filename(step, e) for e in job.config.trained_experts]
+            files = tuple(
+                self._checked(f"{out}{name}", final, uploaded[name]) for name, final in zip(names, canonical, strict=True)
+            )
+            state = f"optimizer_{step:09d}.pt"
+            optimizer = self._checked(f"{out}{state}", state, uploaded[state], tensors=False) if state in uploaded else None
+            samples = tuple(
+                self._checked(f"{out}{key}.png", job.sample_filename(step, i), uploaded[key], tensors=False)
+                for i in range(len(job.config.sample_prompts))
+                if (key := f"sample_{step:09d}_{i}") in uploaded
+            )
+            self.published[step] = PublishedCheckpoint(
+                step=step, loss=loss, files=files, optimizer=optimizer, samples=samples
+            )
+            log.info("published checkpoint step %s (%s)", step, ", ".join(f.filename for f in files))
+
+    def _checked(self, key: str, filename: str, sha256: str, tensors: bool = True) -> ArtifactRef:
+        """The uploaded object as a content-addressed artifact, if it is whole and what the pod said it sent."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.store.get_file(key, Path(tmp) / filename)
+            ref = put_file(path, filename, self.store)
+            if ref.sha256 != sha256 or (tensors and not is_complete_safetensors(path)):
+                raise TrainingFailed(f"{key}: the uploaded file is not what the pod wrote (sha256 or size differs)")
+        return ref
+
+    def _result(self) -> RemoteResult:
+        seconds = round(self.pod_seconds, 1)
+        cost = TrainCost(
+            gpu_type=self.gpu_type,
+            cost_per_hr=self.cost_per_hr,
+            pod_seconds=seconds,
+            dollars=round(self.dollars, 4),
+            pods=self.pods_started,
+        )
+        return RemoteResult(checkpoints=tuple(self.published[s] for s in sorted(self.published)), cost=cost)

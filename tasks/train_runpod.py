@@ -1,0 +1,154 @@
+"""Train on RunPod: the thin Prefect driver of `likeness.training.remote`, with AI Toolkit or our trainer on a pod.
+
+It runs on a CPU worker: the GPU is the pod's. The pod is terminated when training ends, fails, is stopped
+(Ctrl-C, cancellation from the Prefect UI, which this task polls for) or the driver errs; the `sweep-pods` flow
+terminates what a killed driver leaves behind.
+
+    lora = fit_lora_on_runpod.fn(dataset, profile.train, profile, "runpod-native", PodConfig())
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+from likeness.config import ModelProfile, PodConfig, TrainConfig
+from likeness.inputs import InvalidInput
+from likeness.records import DatasetRef, LoraCheckpoint, LoraRef
+from likeness.run.interrupts import check_stop
+from likeness.run.progress import StageProgress
+from likeness.runpod.pods import RunPodClient
+from likeness.settings import get_settings
+from likeness.stages import stage_task
+from likeness.storage.artifacts import ArtifactRef, get_store
+from likeness.storage.store import S3Store
+from likeness.training.aitoolkit import aitoolkit_yaml
+from likeness.training.remote import RemoteBackend, RemoteTraining
+from likeness.training.spec import TrainJob
+from tasks.train import train_job
+
+STAGE_VERSION = 1
+
+
+class CancelledFromPrefect(RuntimeError):
+    """The flow run was cancelled (from the UI or the API) while the pod trained."""
+
+
+def runpod_client() -> RunPodClient:
+    """A client with the key from settings (LIKENESS_RUNPOD_API_KEY), checked before anything is created."""
+    client = RunPodClient(get_settings().runpod_api_key)
+    client.check_key()
+    return client
+
+
+def check_remote_store() -> S3Store:
+    """The store, if a pod can reach it: presigned URLs need S3-compatible storage."""
+    store = get_store()
+    if not isinstance(store, S3Store):
+        raise InvalidInput(
+            f"the RunPod backends need an S3-compatible store a pod can reach (LIKENESS_STORE_URI=s3://bucket/prefix "
+            f"and LIKENESS_S3_ENDPOINT); the store is {store.uri}"
+        )
+    return store
+
+
+def dataset_files(dataset: DatasetRef, masks: bool) -> list[tuple[str, ArtifactRef | str]]:
+    """The training folder's files by path: images and masks from the store, captions as text."""
+    files: list[tuple[str, ArtifactRef | str]] = []
+    for item in dataset.items:
+        filename = item.filename(dataset.trigger)
+        files += [(f"dataset/{filename}", item.image), (f"dataset/{filename.removesuffix('.png')}.txt", item.caption)]
+        if masks:
+            files.append((f"masks/{filename}", item.mask))
+    return files
+
+
+def _stop_if_cancelled() -> None:
+    """Raise when this flow run is being cancelled, or the process interrupted."""
+    check_stop()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.context import get_run_context
+
+    context = get_run_context()
+    flow_run_id = getattr(getattr(context, "task_run", None), "flow_run_id", None)
+    if flow_run_id is None:
+        return
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run_id).state
+    if state is not None and state.type in (StateType.CANCELLING, StateType.CANCELLED):
+        raise CancelledFromPrefect(f"flow run {flow_run_id} was cancelled")
+
+
+def _flow_run_id() -> str | None:
+    from prefect.context import get_run_context
+
+    task_run = getattr(get_run_context(), "task_run", None)
+    return str(task_run.flow_run_id) if task_run and task_run.flow_run_id else None
+
+
+class ProgressWithEta:
+    """Pod progress (step, loss) as the stage's bar, with the time left at the pace so far."""
+
+    def __init__(self, trigger: str, total: int) -> None:
+        self.bar = StageProgress("train", total, artifact_key=f"{trigger}-train")
+        self.started: tuple[float, int] | None = None
+
+    def __call__(self, step: int, total: int, loss: float | None, status: str) -> None:
+        now = time.monotonic()
+        self.started = self.started or (now, step)
+        detail = [status] + ([f"loss {loss:.4f}"] if loss is not None else [])
+        first_time, first_step = self.started
+        if step > first_step:
+            left = (now - first_time) / (step - first_step) * (total - step)
+            detail.append(f"ETA {left / 60:.0f} min" if left >= 60 else f"ETA {left:.0f} s")
+        self.bar.advance(" ".join(detail), steps=step - self.bar.done)
+
+
+def lora_from_remote(job: TrainJob, backend: RemoteBackend, training: RemoteTraining) -> LoraRef:
+    result = training.run()
+    checkpoints = tuple(
+        LoraCheckpoint(
+            step=c.step,
+            loss=c.loss,
+            weights=c.files[0],
+            low_noise=c.files[1] if len(c.files) > 1 else None,
+            samples=c.samples,
+        )
+        for c in result.checkpoints
+    )
+    return LoraRef(
+        trigger=job.trigger,
+        base_model=job.model.source,
+        base=job.config.base,
+        backend=backend,
+        checkpoints=checkpoints,
+        cost=result.cost,
+    )
+
+
+@stage_task("fit-lora-on-runpod", STAGE_VERSION, retries=0, gpu=False)
+def fit_lora_on_runpod(
+    dataset: DatasetRef, config: TrainConfig, profile: ModelProfile, backend: RemoteBackend, pod: PodConfig
+) -> LoraRef:
+    """Train the character LoRA on a RunPod pod (AI Toolkit's image or our worker image)."""
+    job = train_job(dataset.trigger, config, profile)
+    store = check_remote_store()
+    client = runpod_client()
+    training = RemoteTraining(
+        job,
+        backend,
+        dataset_files(dataset, config.masks),
+        pod,
+        client,
+        store,
+        aitoolkit_yaml=partial(aitoolkit_yaml, job) if backend == "runpod-aitoolkit" else None,
+        on_progress=ProgressWithEta(dataset.trigger, config.steps),
+        check_stop=_stop_if_cancelled,
+        flow_run_id=_flow_run_id(),
+    )
+    lora = lora_from_remote(job, backend, training)
+    cost = lora.cost
+    if cost:
+        print(f"{dataset.trigger}: {cost.pods} pod(s) on {cost.gpu_type}, {cost.pod_seconds:.0f} s, ${cost.dollars:.2f}")
+    return lora
