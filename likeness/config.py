@@ -465,7 +465,11 @@ EXPERTS: tuple[Expert, ...] = ("high_noise", "low_noise")
 # VAE stride times patch size: the multiple each base model's sizes must be (Wan 2.1's VAE, used by both 14B
 # models, downsamples 8x; Wan 2.2's, used by the 5B, 16x; every transformer patches 2x2).
 BASE_SIZE_MULTIPLE: dict[str, int] = {"wan21_14b": 16, "wan22_14b": 16, "wan22_5b": 32}
-BASE_NAMES: dict[str, str] = {"wan21_14b": "Wan 2.1 14B", "wan22_14b": "Wan 2.2 T2V-A14B", "wan22_5b": "Wan 2.2 TI2V-5B"}
+BASE_NAMES: dict[str, str] = {
+    "wan21_14b": "Wan 2.1 14B",
+    "wan22_14b": "Wan 2.2 T2V-A14B",
+    "wan22_5b": "Wan 2.2 TI2V-5B",
+}
 
 
 class TrainConfig(Stage):
@@ -558,7 +562,9 @@ class TrainConfig(Stage):
         for i, bucket in enumerate(self.buckets):
             problems += limits.size.problems(f"{path}.buckets[{i}]={bucket}", bucket)
         # The base model's own multiple, where the profile's limits (written for its video model) do not say it.
-        base = Multiple(of=BASE_SIZE_MULTIPLE[self.base], why=f"as {BASE_NAMES[self.base]} needs (VAE stride x 2x2 patch)")
+        base = Multiple(
+            of=BASE_SIZE_MULTIPLE[self.base], why=f"as {BASE_NAMES[self.base]} needs (VAE stride x 2x2 patch)"
+        )
         checked = Limit(hard=Ceiling(max=2**31, why="the largest size there is"), multiple=base)
         for name, size in [("size", self.size), *((f"buckets[{i}]", b) for i, b in enumerate(self.buckets))]:
             if not any(f"{path}.{name}=" in p.text and "multiple" in p.text for p in problems):

@@ -262,7 +262,8 @@ def export_outputs(
         # No dataset/ at all when curation kept no image.
         "dataset": sorted(p.name for p in (out / "dataset").glob("*") if not _is_temp(p)),
         # A dataset-only run leaves the LoRA a produce run exported before it in place, and in the record.
-        "lora": lora_entries(lora) if lora
+        "lora": lora_entries(lora)
+        if lora
         else [entry for entry in previous.get("lora", []) if all((out / f).is_file() for f in entry["files"])],
         "renders": sorted(renders.values(), key=lambda entry: entry["file"]),
         "files": dict(sorted(files.items())),

@@ -75,7 +75,10 @@ def _fit(image: Image.Image, long_side: int, multiple: int) -> Image.Image:
     """The image at its own aspect, long side `long_side`, both sides multiples of `multiple` (centre-cropped)."""
     width, height = image.size
     scale = long_side / max(width, height)
-    size = (max(multiple, round(width * scale / multiple) * multiple), max(multiple, round(height * scale / multiple) * multiple))
+    size = (
+        max(multiple, round(width * scale / multiple) * multiple),
+        max(multiple, round(height * scale / multiple) * multiple),
+    )
     return ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)
 
 
@@ -404,7 +407,9 @@ def load_base_pipeline(job: TrainJob) -> Any:
     from likeness.models.profiles import spec_path
     from likeness.settings import get_settings
 
-    pipe = WanPipeline.from_pretrained(spec_path("LoRA base", job.model, get_settings()), dtype=getattr(torch, job.dtype))
+    pipe = WanPipeline.from_pretrained(
+        spec_path("LoRA base", job.model, get_settings()), dtype=getattr(torch, job.dtype)
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(job.device)
 
@@ -415,7 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job", type=Path, help="the TrainJob as JSON")
     parser.add_argument("--dataset", type=Path, required=True, help="images with same-stem .txt captions")
     parser.add_argument("--masks", type=Path, help="a mask per image, same stem (used when the job's masks is on)")
-    parser.add_argument("--out", type=Path, required=True, help="the training folder: checkpoints, optimizer.pt, samples")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="the training folder: checkpoints, optimizer.pt, samples"
+    )
     args = parser.parse_args(argv)
     job = TrainJob.model_validate_json(args.job.read_text())
     images = read_training_folder(args.dataset, args.masks if job.config.masks else None)

@@ -44,6 +44,7 @@ _BAR = re.compile(r"^(?P<desc>.*): +\d+%\|[^|]*\| *(?P<step>\d+)/(?P<total>\d+) 
 _LOSS = re.compile(r"\bloss: (?P<loss>[-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|nan|inf))")
 
 
+CHECKPOINT_STEP = re.compile(r"_(\d{9})(?:_(?:high|low)_noise)?\.safetensors$")
 SAMPLE_PATTERN = re.compile(r"_(\d{9})_(\d+)\.(?:png|jpe?g|webp)$")
 LOG_TAIL = 40
 
@@ -201,28 +202,42 @@ class Agent:
         return is_complete_safetensors(path) and (final or previous == size)
 
     def _upload_checkpoints(self, final: bool) -> None:
-        newest = None
         for name, url in self.uploads["checkpoints"].items():
             path = self.folder / name
             if name not in self.uploaded and path.is_file() and self._stable(path, final):
                 upload(url, path=path)
                 self.uploaded[name] = sha256_of(path)
-        for name in self.uploaded:
-            match = re.search(r"_(\d{9})(?:_(?:high|low)_noise)?\.safetensors$", name)
-            if match:
-                newest = max(newest or 0, int(match[1]))
-        state = self.folder / "optimizer.pt"
-        key = f"optimizer_{newest:09d}.pt" if newest else None
-        if key and key in self.uploads["optimizer"] and key not in self.uploaded and state.is_file():
-            checkpoint_time = max(
-                (self.folder / n).stat().st_mtime for n in self.uploaded if n.endswith(".safetensors")
-            )
-            size = state.stat().st_size
-            stable = final or self.sizes.get(state) == size
-            self.sizes[state] = size
-            if state.stat().st_mtime >= checkpoint_time and stable:
-                upload(self.uploads["optimizer"][key], path=state)
-                self.uploaded[key] = sha256_of(state)
+        self._upload_optimizer(final)
+
+    def _newest_on_disk(self) -> tuple[int, float] | None:
+        """The newest numbered checkpoint in the training folder, uploaded or not, and when it was written."""
+        found = [
+            (int(match[1]), path.stat().st_mtime)
+            for path in self.folder.glob("*.safetensors")
+            if (match := CHECKPOINT_STEP.search(path.name))
+        ]
+        return max(found) if found else None
+
+    def _upload_optimizer(self, final: bool) -> None:
+        """`optimizer.pt` as the state of the newest checkpoint, only while no newer save can have replaced it."""
+        state, newest = self.folder / "optimizer.pt", self._newest_on_disk()
+        if newest is None or not state.is_file():
+            return
+        step, written = newest
+        key = f"optimizer_{step:09d}.pt"
+        names = [n for n in self.uploads["checkpoints"] if CHECKPOINT_STEP.search(n) and f"_{step:09d}" in n]
+        if key not in self.uploads["optimizer"] or key in self.uploaded or not all(n in self.uploaded for n in names):
+            return
+        before = state.stat()
+        stable = final or self.sizes.get(state) == before.st_size
+        self.sizes[state] = before.st_size
+        if before.st_mtime < written or not stable:
+            return
+        upload(self.uploads["optimizer"][key], path=state)
+        digest = sha256_of(state)
+        # A save that landed meanwhile would have replaced the file: then this upload was of a later state.
+        if self._newest_on_disk() == newest and state.stat().st_mtime == before.st_mtime:
+            self.uploaded[key] = digest
 
     def _upload_samples(self) -> None:
         folder = self.folder / "samples"
@@ -236,7 +251,7 @@ class Agent:
 
 def main() -> int:
     """Run the job the pod was given (LIKENESS_JOB_URL) in LIKENESS_WORKSPACE."""
-    workspace = Path(os.environ.get("LIKENESS_WORKSPACE", "/workspace/likeness"))
+    workspace = Path(os.environ.get("LIKENESS_WORKSPACE", "/workspace/likeness")).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     fetch(os.environ["LIKENESS_JOB_URL"], workspace / "manifest.json")
     manifest = json.loads((workspace / "manifest.json").read_text())

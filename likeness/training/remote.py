@@ -49,8 +49,8 @@ DEFAULT_IMAGES = {"runpod-native": f"likeness/worker:{__version__}", "runpod-ait
 # Installs the job's Likeness wheel over the image's dependencies, runs the agent, then idles until terminated
 # (a pod whose command exits is restarted by RunPod, which would train again).
 BOOTSTRAP = (
-    'set -e; W="${LIKENESS_WORKSPACE:-/workspace/likeness}"; mkdir -p "$W"; cd "$W"; '
-    'python -c "import os, urllib.request; urllib.request.urlretrieve(os.environ[\'LIKENESS_WHEEL_URL\'], '
+    'set -e; W="${LIKENESS_WORKSPACE:-/workspace/likeness}"; mkdir -p "$W"; cd "$W"; W="$PWD"; '
+    "python -c \"import os, urllib.request; urllib.request.urlretrieve(os.environ['LIKENESS_WHEEL_URL'], "
     "'likeness-{version}-py3-none-any.whl')\"; "
     "python -m pip install -q --no-deps --target code likeness-{version}-py3-none-any.whl; "
     'PYTHONPATH="$W/code" LIKENESS_WORKSPACE="$W" python -m likeness.training.pod || true; '
@@ -115,7 +115,14 @@ class RemoteTraining:
         check_stop: Callable[[], None] | None = None,
         flow_run_id: str | None = None,
     ) -> None:
-        self.job, self.backend, self.dataset, self.pod, self.client, self.store = job, backend, dataset, pod, client, store
+        self.job, self.backend, self.dataset, self.pod, self.client, self.store = (
+            job,
+            backend,
+            dataset,
+            pod,
+            client,
+            store,
+        )
         self.aitoolkit_yaml = aitoolkit_yaml
         self.on_progress, self.check_stop, self.flow_run_id = on_progress, check_stop, flow_run_id
         self.job_id = uuid.uuid4().hex
@@ -146,7 +153,11 @@ class RemoteTraining:
         job, out = self.job, f"{self.prefix}out/"
         files: list[dict[str, str]] = []
         for path, source in self.dataset:
-            files.append({"path": path, "text": source} if isinstance(source, str) else {"path": path, "url": self._url(source.key)})
+            files.append(
+                {"path": path, "text": source}
+                if isinstance(source, str)
+                else {"path": path, "url": self._url(source.key)}
+            )
         if self.backend == "runpod-aitoolkit":
             assert self.aitoolkit_yaml is not None
             masks = "masks" if job.config.masks and any(p.startswith("masks/") for p, _ in self.dataset) else None
@@ -154,9 +165,10 @@ class RemoteTraining:
         else:
             files.append({"path": "job.json", "text": job.model_dump_json()})
         folder = self._training_folder()
-        newest = max(self.published, default=0)
-        if newest:
-            checkpoint = self.published[newest]
+        # The newest checkpoint with its optimizer state (its moments and RNG resume too), else the newest.
+        ranked = sorted(self.published.values(), key=lambda c: (c.optimizer is not None, c.step))
+        if ranked:
+            checkpoint = ranked[-1]
             for ref in checkpoint.files:
                 files.append({"path": f"{folder}/{ref.filename}", "url": self._url(ref.key)})
             if checkpoint.optimizer:
@@ -173,7 +185,8 @@ class RemoteTraining:
             "uploads": {
                 "checkpoints": {name: self._url(f"{out}{name}", "PUT") for name in names},
                 "optimizer": {
-                    f"optimizer_{s:09d}.pt": self._url(f"{out}optimizer_{s:09d}.pt", "PUT") for s in job.checkpoint_steps()
+                    f"optimizer_{s:09d}.pt": self._url(f"{out}optimizer_{s:09d}.pt", "PUT")
+                    for s in job.checkpoint_steps()
                 },
                 "samples": {key: self._url(f"{out}{key}.png", "PUT") for key in samples},
                 "progress": self._url(f"{self.prefix}progress-{attempt}.json", "PUT"),
@@ -190,7 +203,9 @@ class RemoteTraining:
         for attempt in range(self.pod.max_replacements + 1):
             if self._attempt(attempt, wheel):
                 return self._result()
-            log.warning("pod lost at step %s; starting another from the last checkpoint", max(self.published, default=0))
+            log.warning(
+                "pod lost at step %s; starting another from the last checkpoint", max(self.published, default=0)
+            )
         raise TrainingFailed(
             f"{self.pod.max_replacements + 1} pods were lost before training finished "
             f"(last checkpoint: step {max(self.published, default=0)}); see {self.prefix} in the store"
@@ -212,7 +227,7 @@ class RemoteTraining:
             container_disk_gb=self.pod.container_disk_gb,
             volume_gb=0,
             env=env,
-            docker_args=f"bash -c {shlex.quote(BOOTSTRAP.format(version=__version__))}",
+            docker_args=f"bash -c {shlex.quote(BOOTSTRAP.replace('{version}', __version__))}",
         )
         pod = self.client.start_pod(request)
         self.pods_started += 1
@@ -281,15 +296,24 @@ class RemoteTraining:
         """Check and copy into the store every checkpoint that is whole (all its experts' files) and not yet in."""
         job, out = self.job, f"{self.prefix}out/"
         for step, names in self.pod_files.items():
-            if step in self.published or not all(name in uploaded for name in names):
+            state = f"optimizer_{step:09d}.pt"
+            known = self.published.get(step)
+            if known is not None and known.optimizer is None and state in uploaded:
+                # optimizer.pt goes up after its checkpoint: a later report brings it.
+                optimizer = self._checked(f"{out}{state}", state, uploaded[state], tensors=False)
+                self.published[step] = known.model_copy(update={"optimizer": optimizer})
+            if known is not None or not all(name in uploaded for name in names):
                 continue
             # Published under one naming whichever trainer wrote them: `<name>_<step>[_expert].safetensors`.
             canonical = [job.checkpoint_filename(step, e) for e in job.config.trained_experts]
             files = tuple(
-                self._checked(f"{out}{name}", final, uploaded[name]) for name, final in zip(names, canonical, strict=True)
+                self._checked(f"{out}{name}", final, uploaded[name])
+                for name, final in zip(names, canonical, strict=True)
             )
             state = f"optimizer_{step:09d}.pt"
-            optimizer = self._checked(f"{out}{state}", state, uploaded[state], tensors=False) if state in uploaded else None
+            optimizer = (
+                self._checked(f"{out}{state}", state, uploaded[state], tensors=False) if state in uploaded else None
+            )
             samples = tuple(
                 self._checked(f"{out}{key}.png", job.sample_filename(step, i), uploaded[key], tensors=False)
                 for i in range(len(job.config.sample_prompts))
