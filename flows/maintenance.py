@@ -1,4 +1,4 @@
-"""Maintenance flows: `sweep-pods` terminates RunPod pods of ours that outlived their job (a deployment on a schedule)."""
+"""Maintenance flows: `sweep-pods` terminates RunPod pods of ours that outlived their job (deployed on a schedule)."""
 
 from __future__ import annotations
 

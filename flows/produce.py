@@ -94,8 +94,8 @@ def produce_character(
     catalogue: str | None = None,
     backend: Backend = "local",
 ) -> CharacterResult:
-    """Dataset, LoRA (trained on `backend`) and renders for one character; `reference`, `garments`, `poses` and `catalogue` are keys in
-    the artifact store (the catalogue a JSON copy; none: the default catalogue)."""
+    """Dataset, LoRA (trained on `backend`) and renders for one character; `reference`, `garments`, `poses` and
+    `catalogue` are keys in the artifact store (the catalogue a JSON copy; none: the default catalogue)."""
     run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue)
     dataset = run.build_dataset()
     if not dataset.items:

@@ -153,6 +153,14 @@ Poses = Annotated[
 CatalogueFile = Annotated[
     Path | None, typer.Option("--catalogue", help="A YAML catalogue whose entries add to or replace the default's.")
 ]
+TrainBackend = Annotated[
+    str,
+    typer.Option(
+        "--backend",
+        help="Where the LoRA trains: local (this machine), runpod-native (our trainer on a RunPod pod) or "
+        "runpod-aitoolkit (AI Toolkit on a pod); the pod is set with --set pod.gpu_types=[...].",
+    ),
+]
 NoIdentity = Annotated[
     bool,
     typer.Option(
@@ -175,12 +183,14 @@ def produce(
     refresh: Refresh = False,
     beyond_limits: BeyondLimits = False,
     verbose: Verbose = False,
+    backend: TrainBackend = "local",
 ) -> None:
-    """Make the dataset, train the LoRA and render images and a video, all locally."""
+    """Make the dataset, train the LoRA (here or on a RunPod pod) and render images and a video."""
     run = _prepare(
         "produce", name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh, beyond_limits
     )
     if run is not None:
+        run.backend = _checked_backend(backend)
         run.start(refresh, verbose, beyond_limits)
 
 
@@ -271,6 +281,24 @@ def _prepare(
     return CharacterRun(command, trigger, inputs_png, profile, config, out, identity, key, store, settings)
 
 
+def _checked_backend(backend: str) -> str:
+    """The backend, if it is one; a RunPod one only with a key (checked against the API) and an S3 store."""
+    from flows.train import BACKENDS
+
+    if backend not in BACKENDS:
+        _fail(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend != "local":
+        from likeness.runpod.pods import RunPodError
+        from tasks.train_runpod import check_remote_store, runpod_client
+
+        try:
+            check_remote_store()
+            runpod_client()
+        except (InvalidInput, RunPodError) as exc:
+            _fail(str(exc))
+    return backend
+
+
 def catalogue_digest(catalogue: Catalogue) -> str:
     """What of a catalogue decides the dataset: its entries, not where they were read from."""
     return hashlib.sha256(json.dumps(catalogue.model_dump(mode="json")["entries"]).encode()).hexdigest()
@@ -317,6 +345,7 @@ class CharacterRun:
         self.results_dir, self.beyond_limits = settings.results_dir, False
         self.server: TemporaryPrefectServer | None = None
         self.tracker: StageTracker | None = None
+        self.backend = "local"
 
     def start(self, refresh: bool, verbose: bool, beyond_limits: bool) -> None:
         """Run to the end, or stop on Ctrl-C / SIGTERM saying what was interrupted."""
@@ -428,6 +457,8 @@ class CharacterRun:
             "overrides": self.config.model_dump(mode="json"),
             "beyond_limits": self.beyond_limits,
         }
+        if self.command == "produce":
+            parameters["backend"] = self.backend
         flow = produce_character if self.command == "produce" else produce_dataset
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console

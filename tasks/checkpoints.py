@@ -51,7 +51,7 @@ def pick_checkpoint(lora: LoraRef, reference: ArtifactRef, identity: bool) -> Lo
     create_table_artifact(
         key=prefect_artifact_key(f"{lora.trigger}-checkpoint-scores"),
         table=scores_table(scores, best.step),
-        description=f"{lora.trigger}: identity distance of each checkpoint's samples (lower is closer); best {best.step}",
+        description=f"{lora.trigger}: identity distance of each checkpoint's samples (lower is closer)",
     )
     # An inline image: the plot shows in the UI whatever store holds it.
     create_markdown_artifact(

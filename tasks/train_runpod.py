@@ -150,5 +150,7 @@ def fit_lora_on_runpod(
     lora = lora_from_remote(job, backend, training)
     cost = lora.cost
     if cost:
-        print(f"{dataset.trigger}: {cost.pods} pod(s) on {cost.gpu_type}, {cost.pod_seconds:.0f} s, ${cost.dollars:.2f}")
+        print(
+            f"{dataset.trigger}: {cost.pods} pod(s) on {cost.gpu_type}, {cost.pod_seconds:.0f} s, ${cost.dollars:.2f}"
+        )
     return lora

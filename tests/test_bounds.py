@@ -177,9 +177,7 @@ def test_every_numeric_setting_has_a_limit():
         config = setting(RunConfig.from_profile(TINY), path)
         numeric = {name for name, field in type(config).model_fields.items() if field.annotation in (int, float)}
         exempt = {"seed", "start_step", "overlap", "esrgan_overlap", "boundary_ratio", "caption_dropout"}
-        assert numeric - exempt - {"switch_boundary_every"} <= set(
-            type(getattr(Limits(), section)).model_fields
-        ), path
+        assert numeric - exempt - {"switch_boundary_every"} <= set(type(getattr(Limits(), section)).model_fields), path
 
 
 def test_checkpoint_every_past_steps_is_fine_and_the_number_of_checkpoints_is_bounded():

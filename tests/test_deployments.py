@@ -28,7 +28,10 @@ def test_every_entrypoint_is_a_flow():
         "dataset": "build-dataset",
         "train": "train-lora",
         "render": "render",
+        "sweep-pods": "sweep-pods",
     }
+    sweeper = next(d for d in config["deployments"] if d["name"] == "sweep-pods")
+    assert sweeper["work_pool"]["name"] == "likeness-cpu" and sweeper["schedules"][0]["cron"]
 
 
 def test_pools_and_deployments_register(prefect_api, tmp_path, models_dir):

@@ -137,7 +137,6 @@ def flow_matching_loss(
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Velocity loss at noise level `sigma`: the transformer predicts noise - data; `weights` scale it per latent."""
-    import torch
 
     noisy = (1 - sigma.view(-1, 1, 1, 1, 1)) * latents + sigma.view(-1, 1, 1, 1, 1) * noise
     timestep = sigma * pipe.scheduler.config.num_train_timesteps

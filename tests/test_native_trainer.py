@@ -1,0 +1,110 @@
+"""Our trainer on the tiny models: both A14B experts, resume that gives the uninterrupted run's weights, bad folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
+from likeness.models import pipelines
+from likeness.models.profiles import load_profile
+from likeness.training.data import DatasetProblem, read_training_folder
+from likeness.training.native import Trainer
+from likeness.training.spec import TrainJob
+
+
+def folder_of(root: Path, count: int = 3, masks: bool = True) -> tuple[Path, Path]:
+    images, mask_dir = root / "dataset", root / "masks"
+    images.mkdir(parents=True)
+    mask_dir.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(images / f"Ada_{i}.png")
+        (images / f"Ada_{i}.txt").write_text(f"Ada, shot {i}")
+        if masks:
+            Image.fromarray(np.full((64, 48), 255 * (i % 2), np.uint8)).save(mask_dir / f"Ada_{i}.png")
+    return images, mask_dir
+
+
+def job_for(profile: str, **train) -> TrainJob:
+    loaded = load_profile(profile)
+    config = loaded.train.model_copy(update=train)
+    return TrainJob(name="Ada", trigger="Ada", config=config, model=loaded.models["video"], dtype="float32", device="cpu")
+
+
+def test_the_a14b_trains_both_experts_into_one_file_each(likeness_env, tmp_path):
+    job = job_for("tiny-a14b", steps=4, checkpoint_every=4)
+    images, masks = folder_of(tmp_path)
+    pipe = pipelines.get_pipeline("video", load_profile("tiny-a14b"))
+    assert Trainer(job, pipe, read_training_folder(images, masks), tmp_path / "out").train() == [4]
+    for expert in ("high_noise", "low_noise"):
+        tensors = load_file(tmp_path / "out" / f"Ada_000000004_{expert}.safetensors")
+        assert all(key.startswith("diffusion_model.blocks.") for key in tensors)
+        # lora_B starts at zero: each expert took optimizer steps on its own timestep range.
+        assert any(np.abs(v).max() > 0 for k, v in tensors.items() if "lora_B" in k), expert
+    assert getattr(pipe.transformer_2, "peft_config", {}) == {}
+
+
+def test_the_base_model_must_be_the_pipelines(likeness_env, tmp_path):
+    images, masks = folder_of(tmp_path)
+    pipe = pipelines.get_pipeline("video", load_profile("tiny"))
+    with pytest.raises(ValueError, match="train.base=wan22_14b, but the model tiny:video has one transformer"):
+        Trainer(job_for("tiny", base="wan22_14b"), pipe, read_training_folder(images, masks), tmp_path / "out")
+
+
+def test_a_resumed_run_ends_with_the_uninterrupted_runs_weights(likeness_env, tmp_path):
+    images, masks = folder_of(tmp_path)
+    data = read_training_folder(images, masks)
+    pipe = pipelines.get_pipeline("video", load_profile("tiny"))
+    job = job_for("tiny", steps=6, checkpoint_every=3, caption_dropout=0.3)
+    Trainer(job, pipe, data, tmp_path / "whole").train()
+
+    class Cut(Exception):
+        pass
+
+    seen = []
+
+    def stop_after_the_first_checkpoint() -> None:
+        if len(seen) == 4:  # steps 1-3 ran and saved; stop before step 5
+            raise Cut
+        seen.append(1)
+
+    with pytest.raises(Cut):
+        Trainer(job, pipe, data, tmp_path / "cut").train(check_stop=stop_after_the_first_checkpoint)
+    assert sorted(p.name for p in (tmp_path / "cut").glob("*.safetensors")) == ["Ada_000000003.safetensors"]
+    assert Trainer(job, pipe, data, tmp_path / "cut").train() == [6]
+    whole = load_file(tmp_path / "whole" / "Ada_000000006.safetensors")
+    resumed = load_file(tmp_path / "cut" / "Ada_000000006.safetensors")
+    assert whole.keys() == resumed.keys()
+    assert all(np.array_equal(whole[key], resumed[key]) for key in whole)
+
+
+def test_a_checkpoint_cut_off_mid_write_is_not_resumed_from(likeness_env, tmp_path):
+    images, masks = folder_of(tmp_path)
+    data = read_training_folder(images, masks)
+    pipe = pipelines.get_pipeline("video", load_profile("tiny"))
+    job = job_for("tiny", steps=6, checkpoint_every=3)
+    Trainer(job, pipe, data, tmp_path / "out").train()
+    last = tmp_path / "out" / "Ada_000000006.safetensors"
+    last.write_bytes(last.read_bytes()[:-100])
+    # Step 6 is cut off: training resumes from step 3 and writes step 6 again, whole.
+    assert Trainer(job, pipe, data, tmp_path / "out").train() == [6]
+    assert load_file(last)
+
+
+def test_a_folder_without_captions_or_masks_is_refused_naming_the_files(tmp_path):
+    images, masks = folder_of(tmp_path)
+    (images / "Ada_1.txt").unlink()
+    with pytest.raises(DatasetProblem, match=r"1 of 3 images have no caption .*: Ada_1\.png"):
+        read_training_folder(images, masks)
+    (images / "Ada_1.txt").write_text("Ada")
+    (masks / "Ada_2.png").unlink()
+    with pytest.raises(DatasetProblem, match=r"no mask for 1 images: Ada_2\.png .*train\.masks=false"):
+        read_training_folder(images, masks)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetProblem, match="holds no image"):
+        read_training_folder(empty)
