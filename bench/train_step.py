@@ -31,8 +31,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     args = parser.parse_args()
     profile = load_profile("tiny")
-    job = TrainJob(name="B", trigger="B", config=profile.train.model_copy(update={"steps": args.steps,
-                   "checkpoint_every": args.steps}), model=profile.models["video"], dtype="float32", device="cpu")  # fmt: skip
+    config = profile.train.model_copy(update={"steps": args.steps, "checkpoint_every": args.steps})
+    job = TrainJob(name="B", trigger="B", config=config, model=profile.models["video"], dtype="float32", device="cpu")
     pipe = get_pipeline("video", profile)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

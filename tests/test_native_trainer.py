@@ -32,7 +32,8 @@ def folder_of(root: Path, count: int = 3, masks: bool = True) -> tuple[Path, Pat
 def job_for(profile: str, **train) -> TrainJob:
     loaded = load_profile(profile)
     config = loaded.train.model_copy(update=train)
-    return TrainJob(name="Ada", trigger="Ada", config=config, model=loaded.models["video"], dtype="float32", device="cpu")
+    video = loaded.models["video"]
+    return TrainJob(name="Ada", trigger="Ada", config=config, model=video, dtype="float32", device="cpu")
 
 
 def test_the_a14b_trains_both_experts_into_one_file_each(likeness_env, tmp_path):
