@@ -29,6 +29,7 @@ STAGES = (
     "caption-image",
     "assemble-dataset",
     "fit-lora",
+    "pick-checkpoint",
     "render-media",
 )
 # The tiny profile's default entries (front, back, smile, face, golden-hour) and the size of each shot: a 64 px
@@ -105,10 +106,26 @@ def test_first_run_writes_the_documented_layout(workdir):
     assert [line["intensity"] for line in lines if line["entry"] == "smile"] == [0.3, 0.6, 1.0]
     assert Image.open(out / "dataset_contact_sheet.png").size[0] >= 4 * 128
 
+    # The chosen checkpoint under the character's name; the steps and their samples in folders of their own.
     assert sorted(p.name for p in (out / "lora").iterdir()) == [
+        "Grace_Hopper.safetensors",
+        "checkpoints",
+        "identity_by_step.png",
+        "samples",
+    ]
+    assert sorted(p.name for p in (out / "lora" / "checkpoints").iterdir()) == [
         "Grace_Hopper_000000003.safetensors",
         "Grace_Hopper_000000006.safetensors",
     ]
+    assert len(list((out / "lora" / "samples").iterdir())) == 2 * 2
+    lora = manifest(out)["lora"]
+    assert [entry["step"] for entry in lora] == [3, 6]
+    # Random weights draw no face: no checkpoint scores, so the last is chosen (and says so).
+    (best,) = [entry for entry in lora if entry.get("best")]
+    assert best["step"] == 6 and best["published_as"] == ["lora/Grace_Hopper.safetensors"]
+    assert all(entry["faces_found"] == 0 and entry["identity_distance"] is None for entry in lora)
+    chosen = (out / "lora" / "Grace_Hopper.safetensors").read_bytes()
+    assert chosen == (out / "lora" / "checkpoints" / "Grace_Hopper_000000006.safetensors").read_bytes()
 
     renders = manifest(out)["renders"]
     assert sorted(entry["kind"] for entry in renders) == ["image", "video"]
@@ -132,7 +149,11 @@ def test_first_run_loads_each_model_once_and_reports_progress(workdir, prefect_a
     assert {"grace-hopper-dataset", "grace-hopper-train", "grace-hopper-render"} <= {a["key"] for a in artifacts}
     assert all(a["data"] == 100.0 for a in artifacts if a["key"].startswith("grace-hopper"))
     summaries = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["grace-hopper-summary"]}}})
-    assert summaries and "| LoRA step | loss | weights |" in summaries[0]["data"]
+    assert summaries and "| LoRA step | loss | identity distance | weights |" in summaries[0]["data"]
+    plots = api_post(
+        prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["grace-hopper-checkpoint-plot"]}}}
+    )
+    assert plots and "data:image/png;base64," in plots[0]["data"]
 
 
 def test_the_lora_loads_into_wan_and_changes_its_output(workdir, models_dir):
@@ -155,7 +176,8 @@ def test_the_lora_loads_into_wan_and_changes_its_output(workdir, models_dir):
         ).frames[0]
 
     base = frame()
-    pipe.load_lora_weights(tmp / "out" / "lora", weight_name="Grace_Hopper_000000006.safetensors")
+    # The original Wan key layout (what ComfyUI reads), converted by diffusers on load.
+    pipe.load_lora_weights(tmp / "out" / "lora", weight_name="Grace_Hopper.safetensors")
     assert not np.allclose(base, frame())
 
 

@@ -69,7 +69,7 @@ def test_an_unchanged_rerun_is_up_to_date_without_starting_prefect(made, prefect
     assert flow_run_count(prefect_api) == runs
 
     # A missing file means "not up to date": the cached path puts it back.
-    lora = sorted((tmp / "out" / "lora").iterdir())[-1]
+    lora = sorted((tmp / "out" / "lora" / "checkpoints").iterdir())[-1]
     kept = lora.read_bytes()
     lora.unlink()
     restored = produce(env, tmp, photo)
@@ -243,7 +243,7 @@ def test_a_corrupt_artifact_is_moved_aside_and_remade(made, keep_stat):
     tmp, env, photo = made
     record = json.loads((tmp / "out" / MANIFEST).read_text())
     lora = record["lora"][-1]
-    path = stored_object(tmp, lora["sha256"])
+    path = stored_object(tmp, lora["sha256"][0])
     good = path.read_bytes()
     before = path.stat()
     path.write_bytes(bytes(b ^ 0xFF for b in good[:64]) + good[64:])
@@ -254,10 +254,10 @@ def test_a_corrupt_artifact_is_moved_aside_and_remade(made, keep_stat):
     healed = produce(env, tmp, photo, "--out", str(out))
     assert healed.returncode == 0, healed.stderr[-3000:]
     text = " ".join(healed.stderr.split())
-    assert f"sha256/{lora['sha256']}/" in text and "moved it aside to 'corrupt/" in text
+    assert f"sha256/{lora['sha256'][0]}/" in text and "moved it aside to 'corrupt/" in text
     assert "Traceback" not in healed.stderr
     assert path.read_bytes() == good
-    assert (out / lora["file"]).read_bytes() == good
+    assert (out / lora["files"][0]).read_bytes() == good
     aside = list((tmp / "likeness-data" / "store" / "objects" / "corrupt").rglob(path.name))
     assert aside and any(p.read_bytes()[:64] != good[:64] for p in aside)
 
