@@ -9,8 +9,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.dataset import build_dataset
 from flows.render import render
-from flows.train import Backend, train_lora
-from likeness.config import ModelProfile, RunConfig, check_shot_count
+from flows.train import train_lora
+from likeness.config import Backend, ModelProfile, RunConfig, check_shot_count
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import normalise_reference, normalise_trigger
 from likeness.models.profiles import load_profile

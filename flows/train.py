@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from prefect import flow
 
-from likeness.config import ModelProfile, PodConfig, TrainConfig
+from likeness.config import Backend, ModelProfile, PodConfig, TrainConfig
 from likeness.records import DatasetRef, LoraRef
 from tasks.checkpoints import pick_checkpoint
 from tasks.train import fit_lora
 from tasks.train_runpod import fit_lora_on_runpod
-
-Backend = Literal["local", "runpod-aitoolkit", "runpod-native"]
-BACKENDS: tuple[Backend, ...] = ("local", "runpod-aitoolkit", "runpod-native")
 
 
 @flow(name="train-lora", log_prints=True)

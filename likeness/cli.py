@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from likeness.config import RunConfig, check_shot_count
+from likeness.config import BACKENDS, RunConfig, check_shot_count
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
 from likeness.models.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
@@ -283,17 +283,17 @@ def _prepare(
 
 def _checked_backend(backend: str) -> str:
     """The backend, if it is one; a RunPod one only with a key (checked against the API) and an S3 store."""
-    from flows.train import BACKENDS
-
     if backend not in BACKENDS:
         _fail(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend != "local":
-        from likeness.runpod.pods import RunPodError
-        from tasks.train_runpod import check_remote_store, runpod_client
+        # Not through tasks/: Prefect must not be imported before the run configures it.
+        from likeness.runpod.pods import RunPodClient, RunPodError
+        from likeness.storage.store import S3Store
 
         try:
-            check_remote_store()
-            runpod_client()
+            if not isinstance(get_store(), S3Store):
+                raise InvalidInput("the RunPod backends need an S3-compatible store a pod can reach (LIKENESS_STORE_URI)")
+            RunPodClient(get_settings().runpod_api_key).check_key()
         except (InvalidInput, RunPodError) as exc:
             _fail(str(exc))
     return backend

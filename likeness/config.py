@@ -573,6 +573,9 @@ class TrainConfig(Stage):
 
 
 GpuCloud = Literal["SECURE", "COMMUNITY", "ALL"]
+# Where the LoRA trains: this machine, our trainer on a RunPod pod, AI Toolkit on a RunPod pod.
+Backend = Literal["local", "runpod-aitoolkit", "runpod-native"]
+BACKENDS: tuple[Backend, ...] = ("local", "runpod-aitoolkit", "runpod-native")
 
 
 class PodConfig(Frozen):
