@@ -292,7 +292,9 @@ def _checked_backend(backend: str) -> str:
 
         try:
             if not isinstance(get_store(), S3Store):
-                raise InvalidInput("the RunPod backends need an S3-compatible store a pod can reach (LIKENESS_STORE_URI)")
+                raise InvalidInput(
+                    "the RunPod backends need an S3-compatible store a pod can reach (LIKENESS_STORE_URI)"
+                )
             RunPodClient(get_settings().runpod_api_key).check_key()
         except (InvalidInput, RunPodError) as exc:
             _fail(str(exc))
