@@ -20,7 +20,7 @@ from likeness.run.progress import StageProgress
 from likeness.settings import get_settings
 from likeness.stages import stage_task
 from likeness.storage.artifacts import get_store, put_file
-from likeness.training.data import read_training_folder
+from likeness.training.data import read_training_folder, training_files
 from likeness.training.native import Trainer
 from likeness.training.spec import SAMPLES_FOLDER, TrainJob
 
@@ -41,16 +41,14 @@ def train_job(trigger: str, config: TrainConfig, profile: ModelProfile) -> Train
 
 def write_training_folder(dataset: DatasetRef, folder: Path) -> tuple[Path, Path]:
     """The dataset as AI Toolkit reads it: `folder/dataset` (images and captions) and `folder/masks`."""
-    images, masks = folder / "dataset", folder / "masks"
-    images.mkdir(parents=True)
-    masks.mkdir()
     store = get_store()
-    for item in dataset.items:
-        filename = item.filename(dataset.trigger)
-        store.get_file(item.image.key, images / filename)
-        (images / filename).with_suffix(".txt").write_text(item.caption + "\n")
-        store.get_file(item.mask.key, masks / filename)
-    return images, masks
+    for path, source in training_files(dataset):
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(source, str):
+            (folder / path).write_text(source)
+        else:
+            store.get_file(source.key, folder / path)
+    return folder / "dataset", folder / "masks"
 
 
 def publish_checkpoint(job: TrainJob, folder: Path, step: int, loss: float | None) -> LoraCheckpoint:

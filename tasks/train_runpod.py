@@ -20,9 +20,10 @@ from likeness.run.progress import StageProgress
 from likeness.runpod.pods import RunPodClient
 from likeness.settings import get_settings
 from likeness.stages import stage_task
-from likeness.storage.artifacts import ArtifactRef, get_store
+from likeness.storage.artifacts import get_store
 from likeness.storage.store import S3Store
 from likeness.training.aitoolkit import aitoolkit_yaml
+from likeness.training.data import training_files
 from likeness.training.remote import RemoteBackend, RemoteTraining
 from likeness.training.spec import TrainJob
 from tasks.train import train_job
@@ -50,17 +51,6 @@ def check_remote_store() -> S3Store:
             f"and LIKENESS_S3_ENDPOINT); the store is {store.uri}"
         )
     return store
-
-
-def dataset_files(dataset: DatasetRef, masks: bool) -> list[tuple[str, ArtifactRef | str]]:
-    """The training folder's files by path: images and masks from the store, captions as text."""
-    files: list[tuple[str, ArtifactRef | str]] = []
-    for item in dataset.items:
-        filename = item.filename(dataset.trigger)
-        files += [(f"dataset/{filename}", item.image), (f"dataset/{filename.removesuffix('.png')}.txt", item.caption)]
-        if masks:
-            files.append((f"masks/{filename}", item.mask))
-    return files
 
 
 def _stop_if_cancelled() -> None:
@@ -138,7 +128,7 @@ def fit_lora_on_runpod(
     training = RemoteTraining(
         job,
         backend,
-        dataset_files(dataset, config.masks),
+        training_files(dataset, config.masks),
         pod,
         client,
         store,

@@ -26,6 +26,7 @@ from likeness.config import ModelProfile, RunConfig
 from likeness.records import CharacterResult, LoraRef
 from likeness.storage.artifacts import get_bytes
 from likeness.storage.store import ArtifactStore
+from likeness.training.data import training_files
 
 MANIFEST = "likeness.json"
 DATASET_MANIFEST = "dataset_manifest.jsonl"
@@ -229,11 +230,8 @@ def export_outputs(
 
     # A trainer reads every image in dataset/ (AI Toolkit walks its subfolders too): masks, the manifest and
     # the contact sheet go beside it.
-    for item in dataset.items:
-        filename = item.filename(dataset.trigger)
-        export(f"dataset/{filename}", get_bytes(item.image, store))
-        export(f"dataset/{filename.removesuffix('.png')}.txt", (item.caption + "\n").encode())
-        export(f"masks/{filename}", get_bytes(item.mask, store))
+    for path, source in training_files(dataset):
+        export(path, source.encode() if isinstance(source, str) else get_bytes(source, store))
     export(DATASET_MANIFEST, get_bytes(dataset.manifest, store))
     export(DATASET_CONTACT_SHEET, get_bytes(dataset.contact_sheet, store))
     if lora:

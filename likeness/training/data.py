@@ -13,6 +13,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from likeness.inputs import InvalidInput
+from likeness.records import DatasetRef
+from likeness.storage.artifacts import ArtifactRef
 
 # What AI Toolkit's data loader trains on (it also takes video, which a character LoRA does not use).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
@@ -31,6 +33,17 @@ class TrainingImage(BaseModel):
     image: Path
     caption: str
     mask: Path | None = None
+
+
+def training_files(dataset: DatasetRef, masks: bool = True) -> list[tuple[str, ArtifactRef | str]]:
+    """The training folder's files by path: `dataset/` images (in the store) and captions (text), `masks/` beside."""
+    files: list[tuple[str, ArtifactRef | str]] = []
+    for item in dataset.items:
+        filename = item.filename(dataset.trigger)
+        files += [(f"dataset/{filename}", item.image), (f"dataset/{Path(filename).stem}.txt", item.caption + "\n")]
+        if masks:
+            files.append((f"masks/{filename}", item.mask))
+    return files
 
 
 def _listed(paths: list[Path]) -> str:
