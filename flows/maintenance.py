@@ -6,7 +6,7 @@ from prefect import flow, task
 
 from likeness.runpod.sweep import SweptPod, sweep_pods
 from likeness.storage.artifacts import get_store
-from tasks.train_runpod import runpod_client
+from likeness.training.remote import runpod_client
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 

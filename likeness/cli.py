@@ -286,16 +286,12 @@ def _checked_backend(backend: str) -> str:
     if backend not in BACKENDS:
         _fail(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if backend != "local":
-        # Not through tasks/: Prefect must not be imported before the run configures it.
-        from likeness.runpod.pods import RunPodClient, RunPodError
-        from likeness.storage.store import S3Store
+        from likeness.runpod.pods import RunPodError
+        from likeness.training.remote import check_remote_store, runpod_client
 
         try:
-            if not isinstance(get_store(), S3Store):
-                raise InvalidInput(
-                    "the RunPod backends need an S3-compatible store a pod can reach (LIKENESS_STORE_URI)"
-                )
-            RunPodClient(get_settings().runpod_api_key).check_key()
+            check_remote_store()
+            runpod_client()
         except (InvalidInput, RunPodError) as exc:
             _fail(str(exc))
     return backend

@@ -13,18 +13,13 @@ import time
 from functools import partial
 
 from likeness.config import ModelProfile, PodConfig, TrainConfig
-from likeness.inputs import InvalidInput
 from likeness.records import DatasetRef, LoraCheckpoint, LoraRef
 from likeness.run.interrupts import check_stop
 from likeness.run.progress import StageProgress
-from likeness.runpod.pods import RunPodClient
-from likeness.settings import get_settings
 from likeness.stages import stage_task
-from likeness.storage.artifacts import get_store
-from likeness.storage.store import S3Store
 from likeness.training.aitoolkit import aitoolkit_yaml
 from likeness.training.data import training_files
-from likeness.training.remote import RemoteBackend, RemoteTraining
+from likeness.training.remote import RemoteBackend, RemoteTraining, check_remote_store, runpod_client
 from likeness.training.spec import TrainJob
 from tasks.train import train_job
 
@@ -35,33 +30,13 @@ class CancelledFromPrefect(RuntimeError):
     """The flow run was cancelled (from the UI or the API) while the pod trained."""
 
 
-def runpod_client() -> RunPodClient:
-    """A client with the key from settings (LIKENESS_RUNPOD_API_KEY), checked before anything is created."""
-    client = RunPodClient(get_settings().runpod_api_key)
-    client.check_key()
-    return client
-
-
-def check_remote_store() -> S3Store:
-    """The store, if a pod can reach it: presigned URLs need S3-compatible storage."""
-    store = get_store()
-    if not isinstance(store, S3Store):
-        raise InvalidInput(
-            f"the RunPod backends need an S3-compatible store a pod can reach (LIKENESS_STORE_URI=s3://bucket/prefix "
-            f"and LIKENESS_S3_ENDPOINT); the store is {store.uri}"
-        )
-    return store
-
-
 def _stop_if_cancelled() -> None:
     """Raise when this flow run is being cancelled, or the process interrupted."""
     check_stop()
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import StateType
-    from prefect.context import get_run_context
 
-    context = get_run_context()
-    flow_run_id = getattr(getattr(context, "task_run", None), "flow_run_id", None)
+    flow_run_id = _flow_run_id()
     if flow_run_id is None:
         return
     with get_client(sync_client=True) as client:

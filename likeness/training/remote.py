@@ -30,10 +30,12 @@ from pydantic import BaseModel, ConfigDict
 
 from likeness import __version__
 from likeness.config import PodConfig
+from likeness.inputs import InvalidInput
 from likeness.records import TrainCost
 from likeness.runpod.pods import PodRequest, RunPodClient
-from likeness.storage.artifacts import ArtifactRef, put_bytes, put_file
-from likeness.storage.store import ArtifactStore, StoreError
+from likeness.settings import get_settings
+from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes, put_file
+from likeness.storage.store import ArtifactStore, S3Store, StoreError
 from likeness.training.aitoolkit import aitoolkit_checkpoint_names
 from likeness.training.spec import OPTIMIZER_STATE, TrainJob
 from likeness.training.wan_lora import is_complete_safetensors
@@ -83,6 +85,24 @@ class RemoteResult(BaseModel):
 
     checkpoints: tuple[PublishedCheckpoint, ...]
     cost: TrainCost
+
+
+def runpod_client() -> RunPodClient:
+    """A client with the key from settings (LIKENESS_RUNPOD_API_KEY), checked before anything is created."""
+    client = RunPodClient(get_settings().runpod_api_key)
+    client.check_key()
+    return client
+
+
+def check_remote_store() -> S3Store:
+    """The store, if a pod can reach it: presigned URLs need S3-compatible storage."""
+    store = get_store()
+    if not isinstance(store, S3Store):
+        raise InvalidInput(
+            f"the RunPod backends need an S3-compatible store a pod can reach (LIKENESS_STORE_URI=s3://bucket/prefix "
+            f"and LIKENESS_S3_ENDPOINT); the store is {store.uri}"
+        )
+    return store
 
 
 def job_prefix(job_id: str) -> str:
