@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, ConfigDict
 
 from likeness.dataset.curation import Figures
@@ -91,6 +93,16 @@ class LoraCheckpoint(Record):
     # Median identity distance of the samples' faces to the reference (None: not scored, or no face found).
     identity_distance: float | None = None
     faces_found: int = 0
+
+    @classmethod
+    def from_files(
+        cls, step: int, loss: float | None, files: Sequence[ArtifactRef], samples: Sequence[ArtifactRef]
+    ) -> LoraCheckpoint:
+        """A checkpoint from its files in the trained experts' order: one, or A14B's high-noise then low-noise."""
+        if len(files) not in (1, 2):
+            raise ValueError(f"a checkpoint is one file or an A14B pair, got {len(files)}")
+        low_noise = files[1] if len(files) == 2 else None
+        return cls(step=step, loss=loss, weights=files[0], low_noise=low_noise, samples=tuple(samples))
 
     @property
     def files(self) -> tuple[ArtifactRef, ...]:

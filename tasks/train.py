@@ -60,13 +60,7 @@ def publish_checkpoint(job: TrainJob, folder: Path, step: int, loss: float | Non
         for index in range(len(job.config.sample_prompts))
         if (path := folder / SAMPLES_FOLDER / job.sample_filename(step, index)).is_file()
     ]
-    return LoraCheckpoint(
-        step=step,
-        loss=loss,
-        weights=files[0],
-        low_noise=files[1] if len(files) > 1 else None,
-        samples=tuple(samples),
-    )
+    return LoraCheckpoint.from_files(step, loss, files, samples)
 
 
 @stage_task("fit-lora", STAGE_VERSION, retries=1, retry_delay_seconds=30)

@@ -72,16 +72,7 @@ class ProgressWithEta:
 
 def lora_from_remote(job: TrainJob, backend: RemoteBackend, training: RemoteTraining) -> LoraRef:
     result = training.run()
-    checkpoints = tuple(
-        LoraCheckpoint(
-            step=c.step,
-            loss=c.loss,
-            weights=c.files[0],
-            low_noise=c.files[1] if len(c.files) > 1 else None,
-            samples=c.samples,
-        )
-        for c in result.checkpoints
-    )
+    checkpoints = tuple(LoraCheckpoint.from_files(c.step, c.loss, c.files, c.samples) for c in result.checkpoints)
     return LoraRef(
         trigger=job.trigger,
         base_model=job.model.source,
