@@ -166,6 +166,14 @@ class Multiple(Frozen):
     of: int = Field(gt=0)
     why: str
 
+    def problem(self, subject: str, value: float) -> Problem | None:
+        """The problem of `value` if it is not a multiple, with the nearest multiples to use instead."""
+        if not value % self.of:
+            return None
+        below = int(value) // self.of * self.of
+        nearest = f"{below} or {below + self.of}" if below else str(self.of)
+        return Problem(f"{subject} is not a multiple of {self.of}, {self.why}; use {nearest}", soft=False)
+
 
 class Limit(Frozen):
     """The bounds of one setting: a soft and/or a hard ceiling, and a multiple its value must be."""
@@ -187,14 +195,9 @@ class Limit(Frozen):
     def problems(self, subject: str, value: float) -> list[Problem]:
         """How `value` goes past this limit; `subject` names it, e.g. `render.size=4096`."""
         found = []
-        if self.multiple and value % self.multiple.of:
-            below = int(value) // self.multiple.of * self.multiple.of
-            nearest = f"{below} or {below + self.multiple.of}" if below else str(self.multiple.of)
-            found.append(
-                Problem(
-                    f"{subject} is not a multiple of {self.multiple.of}, {self.multiple.why}; use {nearest}", soft=False
-                )
-            )
+        off_step = self.multiple.problem(subject, value) if self.multiple else None
+        if off_step:
+            found.append(off_step)
         if self.hard and value > self.hard.max:
             found.append(
                 Problem(f"{subject} is above {_number(self.hard.max)}, {self.hard.why}; {HARD_ADVICE}", soft=False)
@@ -561,14 +564,16 @@ class TrainConfig(Stage):
         problems = super().limit_problems(path, limits) + limits.checkpoints.problems(subject, count)
         for i, bucket in enumerate(self.buckets):
             problems += limits.size.problems(f"{path}.buckets[{i}]={bucket}", bucket)
-        # The base model's own multiple, where the profile's limits (written for its video model) do not say it.
+        # The base model's own multiple, where the profile's limits (written for its video model) do not say it: a
+        # size off the profile's multiple is reported once, by the limit above.
         base = Multiple(
             of=BASE_SIZE_MULTIPLE[self.base], why=f"as {BASE_NAMES[self.base]} needs (VAE stride x 2x2 patch)"
         )
-        checked = Limit(hard=Ceiling(max=2**31, why="the largest size there is"), multiple=base)
+        profile_step = limits.size.multiple
         for name, size in [("size", self.size), *((f"buckets[{i}]", b) for i, b in enumerate(self.buckets))]:
-            if not any(f"{path}.{name}=" in p.text and "multiple" in p.text for p in problems):
-                problems += checked.problems(f"{path}.{name}={size} (train.base={self.base})", size)
+            off_base = base.problem(f"{path}.{name}={size} (train.base={self.base})", size)
+            if off_base and not (profile_step and size % profile_step.of):
+                problems.append(off_base)
         return problems
 
 

@@ -394,3 +394,17 @@ def test_at_least_one_prompt():
     assert RunConfig.from_profile(TINY, {"render": {"video_prompts": []}}).render.image_prompts
     message = refused(TINY, {"render": {"image_prompts": [], "video_prompts": []}})
     assert message == "render: image_prompts and video_prompts are both empty: give at least one prompt"
+
+
+def test_a_size_the_base_model_cannot_take_is_refused_where_the_profiles_limits_allow_it():
+    # Tiny's limits take multiples of 16 (its VAE); a spec for the 5B needs 32, even beyond limits.
+    message = refused(TINY, {"train": {"base": "wan22_5b", "size": 80}}, beyond_limits=True)
+    assert message == (
+        "train.size=80 (train.base=wan22_5b) is not a multiple of 32, as Wan 2.2 TI2V-5B needs "
+        "(VAE stride x 2x2 patch); use 64 or 96"
+    )
+    message = refused(TINY, {"train": {"base": "wan22_5b", "size": 96, "buckets": [48]}})
+    assert message.startswith("train.buckets[0]=48 (train.base=wan22_5b) is not a multiple of 32")
+    # A size off the profile's own multiple is one problem, not two.
+    assert refused(TINY, {"train": {"base": "wan22_5b", "size": 72}}).count("\n") == 0
+    assert RunConfig.from_profile(TINY, {"train": {"base": "wan22_5b", "size": 96}}).train.size == 96
