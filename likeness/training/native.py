@@ -234,7 +234,7 @@ class Trainer:
             start = self._resume(optimizer, generator)
             order = np.random.default_rng(self.config.seed).permutation(len(examples)).tolist()
             checkpoint_steps = set(self.job.checkpoint_steps())
-            sample_steps = set(self.job.sample_steps())
+            sample_steps = set(self.job.sampled_steps())
             for step in range(start + 1, self.config.steps + 1):
                 if check_stop:
                     check_stop()

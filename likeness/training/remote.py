@@ -194,7 +194,7 @@ class RemoteTraining:
             if checkpoint.optimizer:
                 files.append({"path": f"{folder}/{OPTIMIZER_STATE}", "url": self._url(checkpoint.optimizer.key)})
         names = [name for step_names in self.pod_files.values() for name in step_names]
-        samples = [f"sample_{s:09d}_{i}" for s in job.sample_steps() for i in range(len(job.config.sample_prompts))]
+        samples = [f"sample_{s:09d}_{i}" for s in job.sampled_steps() for i in range(len(job.config.sample_prompts))]
         return {
             "backend": "aitoolkit" if self.backend == "runpod-aitoolkit" else "native",
             "name": job.name,

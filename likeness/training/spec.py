@@ -44,7 +44,7 @@ class TrainJob(BaseModel):
         every, steps = self.config.checkpoint_every, self.config.steps
         return sorted({*range(every, steps + 1, every), steps})
 
-    def sample_steps(self) -> list[int]:
+    def sampled_steps(self) -> list[int]:
         """The steps samples are made at: every `sample_interval` and the last, each also a checkpoint step."""
         every, steps = self.config.sample_interval, self.config.steps
         return sorted({*range(every, steps + 1, every), steps} & set(self.checkpoint_steps()))
