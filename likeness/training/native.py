@@ -234,7 +234,7 @@ class Trainer:
             start = self._resume(optimizer, generator)
             order = np.random.default_rng(self.config.seed).permutation(len(examples)).tolist()
             checkpoint_steps = set(self.job.checkpoint_steps())
-            sample_steps = set(self.job.sampled_steps())
+            sampled_steps = set(self.job.sampled_steps())
             for step in range(start + 1, self.config.steps + 1):
                 if check_stop:
                     check_stop()
@@ -253,7 +253,7 @@ class Trainer:
                 if step in checkpoint_steps:
                     self._save(step, optimizer, generator)
                     written.append(step)
-                    if step in sample_steps:
+                    if step in sampled_steps:
                         self.sample(step)
         finally:
             for expert in self.experts:
