@@ -19,10 +19,8 @@ loss is rectified-flow velocity matching, as Wan was trained, weighted by the fa
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -32,6 +30,7 @@ from PIL import Image, ImageOps
 
 from likeness.config import Expert, render_template
 from likeness.training.data import TrainingImage, read_training_folder
+from likeness.training.files import atomic_file
 from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
 from likeness.training.wan_lora import (
     LORA_TARGETS,
@@ -182,19 +181,6 @@ def newest_checkpoint(folder: Path, job: TrainJob) -> int:
     return max((step for step, experts in found.items() if wanted <= experts), default=0)
 
 
-def _save_atomically(obj: Any, path: Path) -> None:
-    import torch
-
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 class Trainer:
     """One training run of `job` on `pipe`, writing into `folder`; `train()` runs it to the last step."""
 
@@ -327,6 +313,7 @@ class Trainer:
 
     def _save(self, step: int, optimizer: Any, generator: torch.Generator) -> None:
         """The LoRA of each expert at `step`, then the optimizer and RNG state that resume from it."""
+        import torch
         from peft.utils import get_peft_model_state_dict
 
         settings = self.config.model_dump(mode="json", exclude={"sample_prompts"})
@@ -348,7 +335,8 @@ class Trainer:
             "optimizer": optimizer.state_dict(),
             "generator": generator.get_state(),
         }
-        _save_atomically(state, self.folder / OPTIMIZER_STATE)
+        with atomic_file(self.folder / OPTIMIZER_STATE) as file:
+            torch.save(state, file)
 
     def _resume(self, optimizer: Any, generator: torch.Generator) -> int:
         """Load the newest complete checkpoint and its optimizer state; the step to go on from (0: start)."""

@@ -28,7 +28,6 @@ import urllib.request
 from collections import deque
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from likeness.training.wan_lora import is_complete_safetensors
 
@@ -50,27 +49,14 @@ LOG_TAIL = 40
 
 
 def fetch(url: str, dest: Path) -> None:
-    """Download `url` (https or, for a local store, file) to `dest`."""
+    """Download a presigned URL to `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if url.startswith("file:"):
-        shutil.copyfile(unquote(urlparse(url).path), dest)
-        return
     with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as out:
         shutil.copyfileobj(response, out)
 
 
 def upload(url: str, path: Path | None = None, data: bytes | None = None) -> None:
-    """PUT a file or bytes to a presigned URL (or write it, for a local store's file URL)."""
-    if url.startswith("file:"):
-        target = Path(unquote(urlparse(url).path))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temp = target.with_name(f".{target.name}.part")
-        if path is not None:
-            shutil.copyfile(path, temp)
-        else:
-            temp.write_bytes(data or b"")
-        os.replace(temp, target)
-        return
+    """PUT a file or bytes to a presigned URL, retrying twice."""
     size = path.stat().st_size if path is not None else len(data or b"")
     for attempt in range(3):
         body: Any = open(path, "rb") if path is not None else (data or b"")

@@ -53,11 +53,11 @@ agent without torch uses them to skip a checkpoint cut off mid-write.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from likeness.training.files import atomic_file
 
 if TYPE_CHECKING:
     import torch
@@ -169,30 +169,16 @@ def save_wan_lora(path: Path, wan_state: dict[str, torch.Tensor], metadata: dict
     # it has already folded into the weights.
     if "lora_adapter_metadata" in metadata:
         raise ValueError("a Wan-layout LoRA must not carry diffusers' lora_adapter_metadata (alpha would apply twice)")
-    path = Path(path)
-    # A dot name and a suffix other than .safetensors, so a leftover of a killed write is never taken for a checkpoint.
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            data = save({key: tensor.detach().contiguous() for key, tensor in wan_state.items()})
-            # safetensors writes __metadata__ in hash order, a new one each call: the header is rebuilt with the
-            # metadata sorted, so that the same checkpoint is the same bytes (its tensor entries are already sorted).
-            size = int.from_bytes(data[:8], "little")
-            header = {
-                "__metadata__": dict(sorted({"format": "pt", **metadata}.items())),
-                **json.loads(data[8 : 8 + size]),
-            }
-            raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
-            raw += b" " * (-len(raw) % 8)  # as safetensors pads it, so that the tensors start 8-byte aligned
-            file.write(len(raw).to_bytes(8, "little") + raw)
-            file.write(memoryview(data)[8 + size :])
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temp, 0o644)  # mkstemp's file is private; a checkpoint should read like any other file
-        os.replace(temp, path)
-    except BaseException:
-        os.unlink(temp)
-        raise
+    data = save({key: tensor.detach().contiguous() for key, tensor in wan_state.items()})
+    # safetensors writes __metadata__ in hash order, a new one each call: the header is rebuilt with the metadata
+    # sorted, so that the same checkpoint is the same bytes (its tensor entries are already sorted).
+    size = int.from_bytes(data[:8], "little")
+    header = {"__metadata__": dict(sorted({"format": "pt", **metadata}.items())), **json.loads(data[8 : 8 + size])}
+    raw = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # as safetensors pads it, so that the tensors start 8-byte aligned
+    with atomic_file(Path(path)) as file:
+        file.write(len(raw).to_bytes(8, "little") + raw)
+        file.write(memoryview(data)[8 + size :])
 
 
 def read_lora_metadata(path: Path) -> dict[str, str]:
