@@ -24,7 +24,7 @@ from typing import Any
 from likeness import __version__
 from likeness.config import ModelProfile, RunConfig
 from likeness.records import CharacterResult, LoraRef
-from likeness.storage.artifacts import get_bytes
+from likeness.storage.artifacts import ArtifactRef, get_bytes
 from likeness.storage.store import ArtifactStore
 from likeness.training.data import training_files
 
@@ -186,6 +186,11 @@ def best_lora_names(lora: LoraRef) -> list[str]:
     return [f"{lora.trigger}_high_noise.safetensors", f"{lora.trigger}_low_noise.safetensors"]
 
 
+def _in_lora(folder: str, ref: ArtifactRef) -> str:
+    """Where a checkpoint file or a sample lies in the output folder."""
+    return f"lora/{folder}/{ref.filename}"
+
+
 def lora_entries(lora: LoraRef) -> list[dict[str, Any]]:
     """The record's lines for a LoRA: each checkpoint with its files and score, the best marked."""
     entries = []
@@ -193,12 +198,12 @@ def lora_entries(lora: LoraRef) -> list[dict[str, Any]]:
         best = c.step == lora.best.step
         entries.append(
             {
-                "files": [f"lora/checkpoints/{ref.filename}" for ref in c.files],
+                "files": [_in_lora("checkpoints", ref) for ref in c.files],
                 "step": c.step,
                 "loss": c.loss,
                 "identity_distance": c.identity_distance,
                 "faces_found": c.faces_found,
-                "samples": [f"lora/samples/{ref.filename}" for ref in c.samples],
+                "samples": [_in_lora("samples", ref) for ref in c.samples],
                 "sha256": [ref.sha256 for ref in c.files],
                 **({"best": True, "published_as": [f"lora/{name}" for name in best_lora_names(lora)]} if best else {}),
             }
@@ -239,9 +244,10 @@ def export_outputs(
         for ref, name in zip(lora.best.files, best_lora_names(lora), strict=True):
             export(f"lora/{name}", get_bytes(ref, store))
         for checkpoint in lora.checkpoints:
-            for ref in (*checkpoint.files, *checkpoint.samples):
-                folder = "samples" if ref in checkpoint.samples else "checkpoints"
-                export(f"lora/{folder}/{ref.filename}", get_bytes(ref, store))
+            for ref in checkpoint.files:
+                export(_in_lora("checkpoints", ref), get_bytes(ref, store))
+            for ref in checkpoint.samples:
+                export(_in_lora("samples", ref), get_bytes(ref, store))
         if lora.scores_plot:
             export(LORA_SCORES_PLOT, get_bytes(lora.scores_plot, store))
     for item in result.renders:

@@ -181,11 +181,15 @@ class Agent:
             }
         upload(self.uploads["progress"], data=json.dumps(record).encode())
 
-    def _stable(self, path: Path, final: bool) -> bool:
-        """Complete, and the same size as at the last look (a trainer that exited writes no more)."""
+    def _size_held(self, path: Path, final: bool) -> bool:
+        """The same size as at the last look (a trainer that exited writes no more)."""
         size = path.stat().st_size
         previous, self.sizes[path] = self.sizes.get(path), size
-        return is_complete_safetensors(path) and (final or previous == size)
+        return final or previous == size
+
+    def _stable(self, path: Path, final: bool) -> bool:
+        """Complete, and done growing."""
+        return self._size_held(path, final) and is_complete_safetensors(path)
 
     def _upload_checkpoints(self, final: bool) -> None:
         for name, url in self.uploads["checkpoints"].items():
@@ -215,8 +219,7 @@ class Agent:
         if key not in self.uploads["optimizer"] or key in self.uploaded or not all(n in self.uploaded for n in names):
             return
         before = state.stat()
-        stable = final or self.sizes.get(state) == before.st_size
-        self.sizes[state] = before.st_size
+        stable = self._size_held(state, final)
         if before.st_mtime < written or not stable:
             return
         upload(self.uploads["optimizer"][key], path=state)
