@@ -49,8 +49,8 @@ def why_sweep(
     if job_id is None:
         return "not started by a Likeness job (no job id in its name)"
     key = f"{job_prefix(job_id)}heartbeat.json"
-    try:
-        beat = json.loads(store.get_bytes(key)) if store.exists(key) else None
+    try:  # a missing heartbeat is a MissingObject
+        beat = json.loads(store.get_bytes(key))
     except (StoreError, ValueError):
         beat = None
     if beat is None:

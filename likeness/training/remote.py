@@ -300,8 +300,9 @@ class RemoteTraining:
 
     def _progress(self, attempt: int) -> dict[str, Any] | None:
         key = f"{self.prefix}progress-{attempt}.json"
+        # Not there yet (MissingObject), or caught mid-write: no report this time.
         try:
-            return json.loads(self.store.get_bytes(key)) if self.store.exists(key) else None
+            return json.loads(self.store.get_bytes(key))
         except (StoreError, ValueError):
             return None
 
