@@ -109,3 +109,12 @@ def test_a_folder_without_captions_or_masks_is_refused_naming_the_files(tmp_path
     empty.mkdir()
     with pytest.raises(DatasetProblem, match="holds no image"):
         read_training_folder(empty)
+
+
+def test_our_progress_line_reads_as_ai_toolkits_bar():
+    from likeness.training.native import PROGRESS_LINE
+    from likeness.training.pod import parse_progress
+
+    line = PROGRESS_LINE.format(name="Ada", percent=50, step=3, total=6, lr=1e-3, loss=0.1234)
+    assert parse_progress(line, "Ada") == (3, 6, 0.1234)
+    assert parse_progress(line, "Bob") is None

@@ -224,7 +224,7 @@ class Trainer:
             for step in range(start + 1, self.config.steps + 1):
                 if check_stop:
                     check_stop()
-                loss = self._step(step, examples, embeddings, order, optimizer, trainable, generator)
+                loss = self._step(step, examples, embeddings, order, optimizer, generator)
                 line = PROGRESS_LINE.format(
                     name=self.job.name,
                     percent=100 * step // self.config.steps,
@@ -288,7 +288,6 @@ class Trainer:
         embeddings: list[torch.Tensor],
         order: list[int],
         optimizer: Any,
-        trainable: list[Any],
         generator: torch.Generator,
     ) -> float:
         import torch

@@ -36,13 +36,9 @@ from likeness.training.wan_lora import is_complete_safetensors
 # finished steps; before the first step there is no postfix, and a loss that went NaN prints as `nan`. The bar is
 # unicode blocks on a UTF-8 stream, `#` and digits otherwise; the rate is `it/s` or `s/it`. For example
 #   Ada_Lovelace:  10%|█         | 200/2000 [05:12<46:48,  1.56s/it, lr: 1.0e-04 loss: 4.123e-01]
-PROGRESS_LINE = (
-    "{name}: {percent:3d}%|{bar}| {step}/{total} [{elapsed}<{remaining}, {rate}, lr: {lr:.1e} loss: {loss:.3e}]"
-)
+# Our trainer prints the same shape (`likeness.training.native.PROGRESS_LINE`), so this reads both.
 _BAR = re.compile(r"^(?P<desc>.*): +\d+%\|[^|]*\| *(?P<step>\d+)/(?P<total>\d+) \[(?P<stats>[^\]]*)\]\s*$")
 _LOSS = re.compile(r"\bloss: (?P<loss>[-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|nan|inf))")
-
-
 CHECKPOINT_STEP = re.compile(r"_(\d{9})(?:_(?:high|low)_noise)?\.safetensors$")
 SAMPLE_PATTERN = re.compile(r"_(\d{9})_(\d+)\.(?:png|jpe?g|webp)$")
 LOG_TAIL = 40
