@@ -32,7 +32,7 @@ from likeness import __version__
 from likeness.config import PodConfig
 from likeness.inputs import InvalidInput
 from likeness.records import TrainCost
-from likeness.runpod.pods import PodRequest, RunPodClient
+from likeness.runpod.pods import Pod, PodRequest, RunPodClient
 from likeness.settings import get_settings
 from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes, put_file
 from likeness.storage.store import ArtifactStore, S3Store, StoreError
@@ -149,8 +149,8 @@ class RemoteTraining:
         self.prefix = job_prefix(self.job_id)
         self.expires = timedelta(hours=pod.ttl_hours)
         self.published: dict[int, PublishedCheckpoint] = {}
-        self.pod_seconds, self.dollars, self.pods_started = 0.0, 0.0, 0
-        self.gpu_type, self.cost_per_hr = "", 0.0
+        # Each pod started and the seconds it ran: what the job cost.
+        self.pod_times: list[tuple[Pod, float]] = []
         # The files each checkpoint is on the pod: AI Toolkit saves the last one without a step in its name.
         experts = job.config.trained_experts
         self.pod_files: dict[int, tuple[str, ...]] = (
@@ -250,17 +250,13 @@ class RemoteTraining:
             docker_args=f"bash -c {shlex.quote(BOOTSTRAP.replace('{version}', __version__))}",
         )
         pod = self.client.start_pod(request)
-        self.pods_started += 1
-        self.gpu_type, self.cost_per_hr = pod.gpu_type, pod.cost_per_hr
         started = time.monotonic()
         self._heartbeat(pod.id)
         try:
             return self._follow(pod.id, attempt)
         finally:
             self.client.terminate(pod.id)
-            seconds = time.monotonic() - started
-            self.pod_seconds += seconds
-            self.dollars += pod.cost_per_hr * seconds / 3600
+            self.pod_times.append((pod, time.monotonic() - started))
             self._heartbeat(None)
 
     def _follow(self, pod_id: str, attempt: int) -> bool:
@@ -355,12 +351,12 @@ class RemoteTraining:
         return ref
 
     def _result(self) -> RemoteResult:
-        seconds = round(self.pod_seconds, 1)
+        last, _ = self.pod_times[-1]
         cost = TrainCost(
-            gpu_type=self.gpu_type,
-            cost_per_hr=self.cost_per_hr,
-            pod_seconds=seconds,
-            dollars=round(self.dollars, 4),
-            pods=self.pods_started,
+            gpu_type=last.gpu_type,
+            cost_per_hr=last.cost_per_hr,
+            pod_seconds=round(sum(seconds for _, seconds in self.pod_times), 1),
+            dollars=round(sum(pod.cost_per_hr * seconds / 3600 for pod, seconds in self.pod_times), 4),
+            pods=len(self.pod_times),
         )
         return RemoteResult(checkpoints=tuple(self.published[s] for s in sorted(self.published)), cost=cost)
