@@ -198,12 +198,25 @@ def test_ai_toolkit_gets_a_yaml_its_config_classes_read_and_its_files_are_publis
     assert "AI Toolkit would not read" not in api.log(api.created[0].pod_id)
 
 
-def test_a_wrong_key_is_refused_before_any_pod_is_created(s3_store, api):
-    client = RunPodClient("rp-wrong-key", api.url)
+def test_a_wrong_key_is_refused_before_anything_is_created(s3_store, api, monkeypatch):
+    from tasks.train_runpod import fit_lora_on_runpod
+    from tests.records import dataset_item, dataset_ref
+
+    monkeypatch.setenv("LIKENESS_RUNPOD_API_KEY", "rp-wrong-key")
+    monkeypatch.setenv("RUNPOD_API_BASE_URL", api.url)
+    get_settings.cache_clear()
+    files = dataset(s3_store)
+    image = files[0][1]
+    items = (dataset_item("front", image, "Ada, front"),)
+    before = s3_store.list()
     with pytest.raises(RunPodKeyRejected) as caught:
-        client.check_key()
+        fit_lora_on_runpod.fn(
+            dataset_ref(image, items), tiny_job().config, load_profile("tiny"), "runpod-native", PodConfig()
+        )
     assert "LIKENESS_RUNPOD_API_KEY" in str(caught.value) and "rp-wrong-key" not in str(caught.value)
-    assert api.created == []
+    # No pod asked for, and nothing of the job (wheel, manifest) written to the store.
+    assert api.created == [] and "podFindAndDeployOnDemand" not in api.calls
+    assert s3_store.list() == before
 
 
 def test_a_stop_terminates_the_pod(s3_store, api):
