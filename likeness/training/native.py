@@ -380,7 +380,8 @@ class Trainer:
                 output_type="np",
             ).frames[0]
             path = folder / self.job.sample_filename(step, index)
-            Image.fromarray((np.clip(frames[0], 0, 1) * 255).round().astype(np.uint8)).save(path)
+            with atomic_file(path) as file:
+                Image.fromarray((np.clip(frames[0], 0, 1) * 255).round().astype(np.uint8)).save(file, format="PNG")
             paths.append(path)
         return paths
 

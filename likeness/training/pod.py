@@ -163,7 +163,7 @@ class Agent:
     def publish(self, status: str, exit_code: int | None = None) -> None:
         """Upload what is newly complete, then the progress record that lists it."""
         self._upload_checkpoints(final=status != "running")
-        self._upload_samples()
+        self._upload_samples(final=status != "running")
         with self.lock:
             record = {
                 "status": status,
@@ -191,9 +191,17 @@ class Agent:
         for name, url in self.uploads["checkpoints"].items():
             path = self.folder / name
             if name not in self.uploaded and path.is_file() and self._stable(path, final):
-                upload(url, path=path)
-                self.uploaded[name] = sha256_of(path)
+                self._put(name, url, path)
         self._upload_optimizer(final)
+
+    def _put(self, name: str, url: str, path: Path) -> bool:
+        """Upload `path` and count it as up only if it did not change meanwhile (else the next look sends it)."""
+        digest = sha256_of(path)
+        upload(url, path=path)
+        if sha256_of(path) != digest:
+            return False
+        self.uploaded[name] = digest
+        return True
 
     def _newest_on_disk(self) -> tuple[int, float] | None:
         """The newest numbered checkpoint in the training folder, uploaded or not, and when it was written."""
@@ -218,20 +226,19 @@ class Agent:
         stable = self._size_held(state, final)
         if before.st_mtime < written or not stable:
             return
-        upload(self.uploads["optimizer"][key], path=state)
-        digest = sha256_of(state)
         # A save that landed meanwhile would have replaced the file: then this upload was of a later state.
-        if self._newest_on_disk() == newest and state.stat().st_mtime == before.st_mtime:
-            self.uploaded[key] = digest
+        if self._put(key, self.uploads["optimizer"][key], state) and self._newest_on_disk() != newest:
+            del self.uploaded[key]
 
-    def _upload_samples(self) -> None:
+    def _upload_samples(self, final: bool) -> None:
         folder = self.folder / "samples"
         for path in sorted(folder.glob("*")) if folder.is_dir() else []:
             match = SAMPLE_PATTERN.search(path.name)
             key = f"sample_{int(match[1]):09d}_{match[2]}" if match else None
-            if key and key in self.uploads["samples"] and key not in self.uploaded:
-                upload(self.uploads["samples"][key], path=path)
-                self.uploaded[key] = sha256_of(path)
+            # A trainer writes its samples in place (PIL, AI Toolkit): send one once it has stopped growing.
+            wanted = key and key in self.uploads["samples"] and key not in self.uploaded
+            if wanted and self._size_held(path, final):
+                self._put(key, self.uploads["samples"][key], path)
 
 
 def main() -> int:

@@ -310,36 +310,36 @@ class RemoteTraining:
     # Publishing ------------------------------------------------------------------------------------------------
 
     def _publish(self, uploaded: dict[str, str], loss: float | None) -> None:
-        """Check and copy into the store every checkpoint that is whole (all its experts' files) and not yet in."""
+        """Check and copy into the store every checkpoint that is whole (all its experts' files), and the optimizer
+        state and samples of each, which go up after it and may come with a later report."""
         job, out = self.job, f"{self.prefix}out/"
         for step, names in self.pod_files.items():
-            state = f"optimizer_{step:09d}.pt"
             known = self.published.get(step)
-            if known is not None and known.optimizer is None and state in uploaded:
-                # optimizer.pt goes up after its checkpoint: a later report brings it.
-                optimizer = self._checked(f"{out}{state}", state, uploaded[state], tensors=False)
-                self.published[step] = known.model_copy(update={"optimizer": optimizer})
-            if known is not None or not all(name in uploaded for name in names):
-                continue
-            # Published under one naming whichever trainer wrote them: `<name>_<step>[_expert].safetensors`.
-            canonical = [job.checkpoint_filename(step, e) for e in job.config.trained_experts]
-            files = tuple(
-                self._checked(f"{out}{name}", final, uploaded[name])
-                for name, final in zip(names, canonical, strict=True)
-            )
+            if known is None:
+                if not all(name in uploaded for name in names):
+                    continue
+                # Published under one naming whichever trainer wrote them: `<name>_<step>[_expert].safetensors`.
+                canonical = [job.checkpoint_filename(step, e) for e in job.config.trained_experts]
+                files = tuple(
+                    self._checked(f"{out}{name}", final, uploaded[name])
+                    for name, final in zip(names, canonical, strict=True)
+                )
+                known = PublishedCheckpoint(step=step, loss=loss, files=files, optimizer=None, samples=())
+                log.info("published checkpoint step %s (%s)", step, ", ".join(f.filename for f in files))
             state = f"optimizer_{step:09d}.pt"
-            optimizer = (
-                self._checked(f"{out}{state}", state, uploaded[state], tensors=False) if state in uploaded else None
-            )
-            samples = tuple(
-                self._checked(f"{out}{key}.png", job.sample_filename(step, i), uploaded[key], tensors=False)
-                for i in range(len(job.config.sample_prompts))
-                if (key := f"sample_{step:09d}_{i}") in uploaded
-            )
-            self.published[step] = PublishedCheckpoint(
-                step=step, loss=loss, files=files, optimizer=optimizer, samples=samples
-            )
-            log.info("published checkpoint step %s (%s)", step, ", ".join(f.filename for f in files))
+            optimizer = known.optimizer
+            if optimizer is None and state in uploaded:
+                optimizer = self._checked(f"{out}{state}", state, uploaded[state], tensors=False)
+            keys = [
+                (i, key) for i in range(len(job.config.sample_prompts)) if (key := f"sample_{step:09d}_{i}") in uploaded
+            ]
+            samples = known.samples
+            if len(keys) != len(samples):
+                samples = tuple(
+                    self._checked(f"{out}{key}.png", job.sample_filename(step, i), uploaded[key], tensors=False)
+                    for i, key in keys
+                )
+            self.published[step] = known.model_copy(update={"optimizer": optimizer, "samples": samples})
 
     def _checked(self, key: str, filename: str, sha256: str, tensors: bool = True) -> ArtifactRef:
         """The uploaded object as a content-addressed artifact, if it is whole and what the pod said it sent."""
