@@ -102,7 +102,7 @@ def produce_character(
         # Nothing to train on; the dataset's manifest and contact sheet still say why every try was refused.
         print(f"{run.trigger}: curation kept no image, so no LoRA is trained")
         return CharacterResult(dataset=dataset)
-    lora = train_lora(dataset, run.config.train, run.profile, backend, run.config.pod)
+    lora = train_lora(dataset.training_set(), run.config.train, run.profile, backend, run.config.pod)
     renders = render(lora, run.config.render, run.profile)
 
     create_markdown_artifact(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from likeness.config import Backend, ModelProfile, PodConfig, TrainConfig
-from likeness.records import DatasetRef, LoraRef
+from likeness.records import LoraRef, TrainingSet
 from tasks.checkpoints import pick_checkpoint
 from tasks.train import fit_lora
 from tasks.train_runpod import fit_lora_on_runpod
@@ -13,13 +13,14 @@ from tasks.train_runpod import fit_lora_on_runpod
 
 @flow(name="train-lora", log_prints=True)
 def train_lora(
-    dataset: DatasetRef,
+    dataset: TrainingSet,
     config: TrainConfig,
     profile: ModelProfile,
     backend: Backend = "local",
     pod: PodConfig | None = None,
 ) -> LoraRef:
-    """Train the character LoRA on the dataset with checkpoints, then pick the checkpoint most like the reference."""
+    """Train the character LoRA on the training set with checkpoints, then pick the one most like the reference;
+    `pod.gpu_types` are the GPU types a `runpod-*` backend asks for, in order."""
     if backend == "local":
         fitted = fit_lora(dataset, config, profile)
     else:

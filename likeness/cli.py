@@ -21,36 +21,46 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from likeness.config import BACKENDS, RunConfig, check_shot_count
+from likeness import __version__
+from likeness.config import BACKENDS, ModelProfile, RunConfig, check_shot_count
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
 from likeness.models.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
-from likeness.records import CharacterResult
+from likeness.records import CharacterResult, LoraRef, TrainingItem, TrainingSet
 from likeness.run import progress
 from likeness.run.errors import describe_failure
 from likeness.run.interrupts import Interrupted, exit_now, interruptible
 from likeness.run.outputs import (
     DATASET_CONTACT_SHEET,
     DATASET_MANIFEST,
+    MANIFEST,
+    RECORD_FORMAT,
+    REFERENCE,
     OutputConflict,
     check_output_folder,
+    export_lora_outputs,
     export_outputs,
+    file_sha256,
     is_up_to_date,
+    read_record,
     run_identity,
     run_key,
 )
 from likeness.run.prefect_server import ServerStartError, TemporaryPrefectServer
 from likeness.run.runlog import log_file_path, route_logs
 from likeness.run.write_checks import (
+    FALLBACK_TRANSFORMER,
     WriteCheckFailed,
     check_out_location,
     check_writable,
     estimate_run_bytes,
+    lora_checkpoint_bytes,
     video_transformer_config,
 )
 from likeness.settings import Settings, get_settings
 from likeness.storage.artifacts import get_store, put_bytes
 from likeness.storage.store import ArtifactStore, CorruptObject, MissingObject, StoreError
+from likeness.training.data import TrainingImage, read_training_folder
 
 # Locals in tracebacks could show secrets from the settings.
 app = typer.Typer(
@@ -191,7 +201,7 @@ def produce(
     )
     if run is not None:
         run.backend = _checked_backend(backend)
-        run.start(refresh, verbose, beyond_limits)
+        run.start(refresh, verbose)
 
 
 @app.command()
@@ -214,7 +224,7 @@ def dataset(
         "dataset", name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh, beyond_limits
     )
     if run is not None:
-        run.start(refresh, verbose, beyond_limits)
+        run.start(refresh, verbose)
 
 
 def _prepare(
@@ -278,14 +288,19 @@ def _prepare(
     inputs_png = RunInputs(
         reference.png, [p.png for p in second["garment"]], [p.png for p in second["pose"]], catalogue
     )
-    return CharacterRun(command, trigger, inputs_png, profile, config, out, identity, key, store, settings)
+    run = CharacterRun(command, trigger, inputs_png, profile, config, out, identity, key, store, settings)
+    run.beyond_limits = beyond_limits
+    return run
 
 
-def _checked_backend(backend: str) -> str:
-    """The backend, if it is one; a RunPod one only with a key (checked against the API) and an S3 store."""
+def _checked_backend(backend: str, quiet: bool = False) -> str:
+    """The backend, if it is one; a RunPod one only with a key (checked against the API) and an S3 store.
+
+    `quiet`: only that it is a backend, for `--print-config`, which starts nothing.
+    """
     if backend not in BACKENDS:
         _fail(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
-    if backend != "local":
+    if backend != "local" and not quiet:
         from likeness.runpod.pods import RunPodError
         from likeness.training.remote import check_remote_store, runpod_client
 
@@ -321,33 +336,20 @@ class RunInputs(NamedTuple):
     catalogue: Catalogue
 
 
-class CharacterRun:
-    """One `produce` or `dataset` run after its inputs were checked: Prefect, the flow, the export, how it ends."""
+class FlowRun:
+    """One run of a flow after its inputs were checked: Prefect, the flow, the export, how it ends."""
 
     def __init__(
-        self,
-        command: str,
-        trigger: str,
-        inputs: RunInputs,
-        profile: str,
-        config: RunConfig,
-        out: Path,
-        identity: dict[str, Any],
-        key: str,
-        store: ArtifactStore,
-        settings: Settings,
+        self, trigger: str, out: Path, identity: dict[str, Any], key: str, store: ArtifactStore, settings: Settings
     ) -> None:
-        self.command, self.trigger, self.inputs, self.profile, self.config = command, trigger, inputs, profile, config
-        self.out, self.identity, self.key, self.store = out, identity, key, store
+        self.trigger, self.out, self.identity, self.key, self.store = trigger, out, identity, key, store
         self.log_path = log_file_path(settings.data_dir, trigger)
-        self.results_dir, self.beyond_limits = settings.results_dir, False
+        self.results_dir = settings.results_dir
         self.server: TemporaryPrefectServer | None = None
         self.tracker: StageTracker | None = None
-        self.backend = "local"
 
-    def start(self, refresh: bool, verbose: bool, beyond_limits: bool) -> None:
+    def start(self, refresh: bool, verbose: bool) -> None:
         """Run to the end, or stop on Ctrl-C / SIGTERM saying what was interrupted."""
-        self.beyond_limits = beyond_limits
         _configure_environment(self.results_dir, refresh)
         try:
             with interruptible(on_forced_exit=self._say_interrupted):
@@ -391,18 +393,15 @@ class CharacterRun:
             import prefect  # noqa: F401  (it sets up its logging on import; route_logs redirects that)
 
             route_logs(self.log_path, verbose, _say)
-            manifest = self._produce_and_export()
+            manifest = self._run_and_export()
         finally:
             self._stop_server()
-        _print_summary(self.out, manifest)
-        if not any(name.endswith(".png") for name in manifest["dataset"]):
-            _fail(
-                f"curation kept no image, so there is nothing to train on: every refused try and its reasons are in "
-                f"{self.out / DATASET_MANIFEST} and {self.out / DATASET_CONTACT_SHEET}; loosen dataset.curation "
-                "(e.g. --set dataset.curation.max_tries=5) or, for an illustrated character, pass --no-identity"
-            )
+        self._finish(manifest)
 
-    def _produce_and_export(self) -> dict[str, Any]:
+    def _finish(self, manifest: dict[str, Any]) -> None:
+        _print_summary(self.out, manifest)
+
+    def _run_and_export(self) -> dict[str, Any]:
         """Run the flow and export; a corrupt artifact met on the way is moved aside and remade by one more run."""
         try:
             return self._attempt()
@@ -417,20 +416,28 @@ class CharacterRun:
         from likeness.models import pipelines
 
         started = time.perf_counter()
-        result, flow_run_id = self._produce_result()
+        result, flow_run_id = self._result()
         stats = {
             "flow_run_id": flow_run_id,
             "seconds": round(time.perf_counter() - started, 2),
             "model_loads": dict(pipelines.load_counts),
         }
         try:
-            return export_outputs(result, self.out, self.identity, self.key, self.store, stats)
+            return self._export(result, stats)
         except (OutputConflict, MissingObject) as exc:
             _fail(str(exc))
 
-    def _produce_result(self) -> tuple[CharacterResult, str]:
+    def _result(self) -> tuple[Any, str]:
         """The flow's result and run id; a failure that is a file-system or store problem is raised as such."""
-        state = self._produce()
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as bar:
+            self.tracker = StageTracker(bar)
+            progress.add_listener(self.tracker)
+            try:
+                state = self._flow_state()
+            finally:
+                progress.remove_listener(self.tracker)
         if state.is_completed():
             return state.result(), str(state.state_details.flow_run_id)
         cause = state.result(raise_on_failure=False)
@@ -439,7 +446,49 @@ class CharacterRun:
         failure = describe_failure(cause)
         _fail(f"the run ended {state.name} during {self._where()}: {failure}; details in {self.log_path}")
 
-    def _produce(self) -> Any:
+    def _flow_state(self) -> Any:
+        """Run the flow and return its final state."""
+        raise NotImplementedError
+
+    def _export(self, result: Any, stats: dict[str, Any]) -> dict[str, Any]:
+        """Copy the flow's result into the output folder; the folder's record."""
+        raise NotImplementedError
+
+
+class CharacterRun(FlowRun):
+    """One `produce` or `dataset` run: the dataset, and for `produce` the LoRA and renders."""
+
+    def __init__(
+        self,
+        command: str,
+        trigger: str,
+        inputs: RunInputs,
+        profile: str,
+        config: RunConfig,
+        out: Path,
+        identity: dict[str, Any],
+        key: str,
+        store: ArtifactStore,
+        settings: Settings,
+    ) -> None:
+        super().__init__(trigger, out, identity, key, store, settings)
+        self.command, self.inputs, self.profile, self.config = command, inputs, profile, config
+        self.backend = "local"
+        self.beyond_limits = False
+
+    def _finish(self, manifest: dict[str, Any]) -> None:
+        super()._finish(manifest)
+        if not any(name.endswith(".png") for name in manifest["dataset"]):
+            _fail(
+                f"curation kept no image, so there is nothing to train on: every refused try and its reasons are in "
+                f"{self.out / DATASET_MANIFEST} and {self.out / DATASET_CONTACT_SHEET}; loosen dataset.curation "
+                "(e.g. --set dataset.curation.max_tries=5) or, for an illustrated character, pass --no-identity"
+            )
+
+    def _export(self, result: CharacterResult, stats: dict[str, Any]) -> dict[str, Any]:
+        return export_outputs(result, self.out, self.identity, self.key, self.store, stats)
+
+    def _flow_state(self) -> Any:
         from flows.produce import produce_character, produce_dataset
 
         inputs = self.inputs
@@ -458,15 +507,265 @@ class CharacterRun:
         if self.command == "produce":
             parameters["backend"] = self.backend
         flow = produce_character if self.command == "produce" else produce_dataset
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as bar:
-            self.tracker = StageTracker(bar)
-            progress.add_listener(self.tracker)
-            try:
-                return flow(**parameters, return_state=True)
-            finally:
-                progress.remove_listener(self.tracker)
+        return flow(**parameters, return_state=True)
+
+
+class TrainRun(FlowRun):
+    """One `likeness train` run: a LoRA from a training folder, written into its own output folder."""
+
+    def __init__(self, inputs: TrainingInputs, out: Path, key: str, store: ArtifactStore, settings: Settings) -> None:
+        super().__init__(inputs.trigger, out, inputs.identity(), key, store, settings)
+        self.inputs = inputs
+
+    def _export(self, result: LoraRef, stats: dict[str, Any]) -> dict[str, Any]:
+        return export_lora_outputs(result, self.out, self.identity, self.key, self.store, stats)
+
+    def _flow_state(self) -> Any:
+        from flows.train import train_lora
+
+        inputs = self.inputs
+        training = upload_training_set(inputs, self.store)
+        return train_lora(
+            training, inputs.config.train, inputs.profile, inputs.backend, inputs.config.pod, return_state=True
+        )
+
+
+class TrainingInputs(NamedTuple):
+    """A `likeness train` run's checked inputs: the training folder's images, the reference, the spec, the pod."""
+
+    trigger: str
+    images: list[TrainingImage]
+    reference: ReferenceImage | None
+    identity_checked: bool
+    profile: ModelProfile
+    config: RunConfig
+    backend: str
+
+    def identity(self) -> dict[str, Any]:
+        """What must match for a train run to share an output folder: all that decides the LoRA."""
+        images = [
+            [str(picture.image.name), file_sha256(picture.image), picture.caption]
+            + ([file_sha256(picture.mask)] if picture.mask else [])
+            for picture in self.images
+        ]
+        return {
+            "format": RECORD_FORMAT,
+            "command": "train",
+            "trigger": self.trigger,
+            "training_set": hashlib.sha256(json.dumps(images).encode()).hexdigest(),
+            "reference_sha256": self.reference.original_sha256 if self.reference else None,
+            "identity_checked": self.identity_checked,
+            "profile": {"name": self.profile.name, **self.profile.output_identity()},
+            "train": self.config.train.model_dump(mode="json"),
+            "backend": self.backend,
+        }
+
+
+def upload_training_set(inputs: TrainingInputs, store: ArtifactStore) -> TrainingSet:
+    """The training folder's images, captions and masks, and the reference, in the store."""
+    from likeness.storage.artifacts import put_file
+
+    root = Path(os.path.commonpath([picture.image.parent for picture in inputs.images]))
+    items = tuple(
+        TrainingItem(
+            filename=str(picture.image.relative_to(root)),
+            image=put_file(picture.image, store=store),
+            caption=picture.caption,
+            mask=put_file(picture.mask, store=store) if picture.mask else None,
+        )
+        for picture in inputs.images
+    )
+    reference = put_bytes(inputs.reference.png, "reference.png", store) if inputs.reference else None
+    return TrainingSet(
+        trigger=inputs.trigger, items=items, reference=reference, identity_checked=inputs.identity_checked
+    )
+
+
+DatasetFolder = Annotated[
+    Path | None, typer.Option("--dataset", help="A training folder: images with same-stem .txt captions.")
+]
+FromOut = Annotated[
+    Path | None,
+    typer.Option("--from", help="The output folder of a `likeness dataset` or `produce` run: its dataset/ and masks/."),
+]
+MasksFolder = Annotated[
+    Path | None, typer.Option("--masks", help="Loss masks of the --dataset images (same stems; white = trained on).")
+]
+ScoringReference = Annotated[
+    Path | None,
+    typer.Option(
+        "--image", help="The reference photo checkpoints are scored against (default: --from's reference.png)."
+    ),
+]
+GpuTypes = Annotated[
+    list[str] | None,
+    typer.Option("--gpu", help="A RunPod GPU type to ask for, in order of preference (repeatable); pod.gpu_types."),
+]
+PrintConfig = Annotated[
+    bool,
+    typer.Option(
+        "--print-config",
+        help="Print the AI Toolkit YAML or our trainer's job that would be sent, and the pod with its price; "
+        "start nothing.",
+    ),
+]
+
+
+@app.command()
+def train(
+    name: Name,
+    dataset: DatasetFolder = None,
+    from_out: FromOut = None,
+    masks: MasksFolder = None,
+    image: ScoringReference = None,
+    no_identity: Annotated[
+        bool, typer.Option("--no-identity", help="Do not score checkpoints by face identity (a stylised character).")
+    ] = False,
+    profile: Profile = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: likeness-out/<name>-lora).")] = None,
+    overrides: Overrides = None,
+    refresh: Refresh = False,
+    beyond_limits: BeyondLimits = False,
+    verbose: Verbose = False,
+    backend: TrainBackend = "local",
+    gpu: GpuTypes = None,
+    print_config: PrintConfig = False,
+) -> None:
+    """Train the character LoRA on a training folder (here or on a RunPod pod) and pick its best checkpoint."""
+    settings = get_settings()
+    try:
+        inputs = _training_inputs(
+            name, dataset, from_out, masks, image, no_identity, profile, overrides, beyond_limits, backend, gpu
+        )
+        from likeness.models.profiles import device_for
+        from likeness.training.remote import job_file
+        from likeness.training.spec import TrainJob
+
+        device = device_for(inputs.profile, settings)
+        job = TrainJob.for_profile(inputs.trigger, inputs.config.train, inputs.profile, device)
+        # Also the check that the backend can train this spec at all (AI Toolkit and a tiny model, say).
+        sent = job_file(job, inputs.backend, inputs.config.train.masks)
+        if print_config:
+            _print_training_config(inputs, device, sent)
+            return
+        _checked_backend(inputs.backend)
+        out = out or Path("likeness-out") / f"{inputs.trigger}-lora"
+        identity = inputs.identity()
+        key = hashlib.sha256(json.dumps({"identity": identity, "likeness": __version__}).encode()).hexdigest()
+        record = check_output_folder(out, identity)
+        if not refresh and is_up_to_date(out, record, key):
+            _say(f"{inputs.trigger}: {out} is up to date (same training folder, profile and settings)")
+            return
+        if inputs.backend == "local":
+            preflight(inputs.profile, settings)
+        store = get_store()
+        check_out_location(out, settings, store)
+        checkpoints = inputs.config.train.checkpoint_count * lora_checkpoint_bytes(
+            inputs.config, _transformer_config(inputs.profile, settings)
+        )
+        check_writable(out, store, (2 * checkpoints, checkpoints))
+    except (InvalidInput, ProfileUnavailable, OutputConflict, StoreError, WriteCheckFailed) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(describe_failure(exc))
+    TrainRun(inputs, out, key, store, settings).start(refresh, verbose)
+
+
+def _training_inputs(
+    name: str,
+    dataset: Path | None,
+    from_out: Path | None,
+    masks: Path | None,
+    image: Path | None,
+    no_identity: bool,
+    profile: str | None,
+    overrides: list[str] | None,
+    beyond_limits: bool,
+    backend: str,
+    gpu: list[str] | None,
+) -> TrainingInputs:
+    """Check a train run's inputs, before Prefect starts and before any pod is asked for."""
+    trigger = normalise_trigger(name)
+    if (dataset is None) == (from_out is None):
+        raise InvalidInput("give the training images as --dataset DIR or --from OUT (the output of `likeness dataset`)")
+    if from_out is not None:
+        record = read_record(from_out)
+        if record is None:
+            raise InvalidInput(f"--from {from_out} holds no {MANIFEST}: it is not a Likeness output folder")
+        if record["identity"].get("trigger") != trigger:
+            raise InvalidInput(
+                f"--from {from_out} holds the dataset of {record['identity'].get('trigger')!r}, whose captions use "
+                f"that trigger word; train it as {record['identity'].get('trigger')!r}"
+            )
+        if masks is not None:
+            raise InvalidInput(f"--masks is for --dataset; --from uses {from_out / 'masks'}")
+        dataset = from_out / "dataset"
+        masks = from_out / "masks" if (from_out / "masks").is_dir() else None
+        image = image or (from_out / REFERENCE if (from_out / REFERENCE).is_file() else None)
+        profile = profile or record["identity"]["profile"]["name"]
+    assert dataset is not None
+    model_profile = load_profile(profile or get_settings().profile)
+    assignments = parse_overrides(overrides or [])
+    if gpu:
+        assignments.setdefault("pod", {})["gpu_types"] = gpu
+    config = RunConfig.from_profile(model_profile, assignments, beyond_limits=beyond_limits)
+    if config.train.masks and masks is None:
+        _say(f"note: no mask folder for {dataset}, so every pixel counts in the loss (--masks DIR to give one)")
+        config = config.model_copy(update={"train": config.train.model_copy(update={"masks": False})})
+    images = read_training_folder(dataset, masks if config.train.masks else None)
+    if not any(trigger.lower() in picture.caption.lower() for picture in images):
+        _say(f"warning: no caption in {dataset} holds the trigger word {trigger!r}; the LoRA will not answer to it")
+    reference = None
+    if image is not None and not no_identity:
+        reference = read_reference_image(image)
+        warning = check_reference_face(reference, str(image), True)
+        if warning:
+            _say(f"warning: {warning}")
+    elif not no_identity:
+        _say("note: no reference photo (--image), so the checkpoints are not scored and the last one is the LoRA")
+    return TrainingInputs(
+        trigger, images, reference, not no_identity, model_profile, config, _checked_backend(backend, quiet=True)
+    )
+
+
+def _transformer_config(profile: ModelProfile, settings: Settings) -> dict[str, Any]:
+    """The video transformer's config; its weights need not be here when a pod trains."""
+    try:
+        return video_transformer_config(profile, settings)
+    except ProfileUnavailable:
+        return FALLBACK_TRANSFORMER
+
+
+def _print_training_config(inputs: TrainingInputs, device: str, sent: tuple[str, str]) -> None:
+    """What would be sent (on stdout) and the pod it would ask for, with prices from the API (on stderr)."""
+    from likeness.runpod.pods import RunPodError
+    from likeness.training.remote import DEFAULT_IMAGES, runpod_client
+
+    pod = inputs.config.pod
+    path, text = sent
+    _say(f"# {path}: what the {inputs.backend} backend trains {len(inputs.images)} images with")
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+    if inputs.backend == "local":
+        _say(f"# trains on this machine ({device}); no pod")
+        return
+    _say(
+        f"# pod: image {pod.image or DEFAULT_IMAGES[inputs.backend]}, {pod.cloud_type} cloud, "
+        f"{pod.container_disk_gb} GB disk, terminated after {pod.ttl_hours:g} h at the latest"
+    )
+    if not get_settings().runpod_api_key:
+        _say("# GPU types in order of preference (set LIKENESS_RUNPOD_API_KEY to see their prices):")
+        for gpu_type in pod.gpu_types:
+            _say(f"#   {gpu_type}")
+        return
+    try:
+        prices = runpod_client().gpu_prices(pod.gpu_types, pod.cloud_type)
+    except RunPodError as exc:
+        _fail(str(exc))
+    _say("# GPU types in order of preference; the first with room is taken:")
+    for gpu_type in pod.gpu_types:
+        price = prices.get(gpu_type)
+        _say(f"#   {gpu_type}: " + (f"${price:.2f}/h" if price else f"not offered on {pod.cloud_type}"))
 
 
 def _print_summary(out: Path, manifest: dict[str, Any]) -> None:

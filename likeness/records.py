@@ -65,6 +65,26 @@ class DatasetItem(Record):
         return f"{trigger}_{self.shot}.png"
 
 
+class TrainingItem(Record):
+    """One image a LoRA trains on: its file name in the training folder, its caption and its loss mask."""
+
+    filename: str
+    image: ArtifactRef
+    caption: str
+    mask: ArtifactRef | None = None
+
+
+class TrainingSet(Record):
+    """What a LoRA trains on, and the reference photo its checkpoints are scored against."""
+
+    trigger: str
+    items: tuple[TrainingItem, ...]
+    # None: no reference to score against, so the last checkpoint is the one chosen.
+    reference: ArtifactRef | None
+    # False: a stylised character, whose checkpoints are not scored by face identity.
+    identity_checked: bool
+
+
 class DatasetRef(Record):
     trigger: str
     reference: ArtifactRef
@@ -76,6 +96,16 @@ class DatasetRef(Record):
     repeated_phrases: tuple[str, ...] = ()
     manifest: ArtifactRef
     contact_sheet: ArtifactRef
+
+    def training_set(self) -> TrainingSet:
+        """The kept images, captions and masks as a trainer takes them."""
+        items = tuple(
+            TrainingItem(filename=item.filename(self.trigger), image=item.image, caption=item.caption, mask=item.mask)
+            for item in self.items
+        )
+        return TrainingSet(
+            trigger=self.trigger, items=items, reference=self.reference, identity_checked=self.identity_checked
+        )
 
 
 class LoraCheckpoint(Record):

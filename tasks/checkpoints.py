@@ -3,7 +3,7 @@
 The scores go into the LoRA's record, a table artifact and a plot of identity distance by step (a PNG in the
 store, shown in the Prefect UI and exported beside the LoRA).
 
-    lora = pick_checkpoint.fn(fitted, dataset.reference, identity=True)
+    lora = pick_checkpoint.fn(fitted, training.reference, identity=True)
 """
 
 from __future__ import annotations
@@ -29,11 +29,12 @@ STAGE_VERSION = 1
 
 
 @stage_task("pick-checkpoint", STAGE_VERSION, gpu=False)
-def pick_checkpoint(lora: LoraRef, reference: ArtifactRef, identity: bool) -> LoraRef:
+def pick_checkpoint(lora: LoraRef, reference: ArtifactRef | None, identity: bool) -> LoraRef:
     """The LoRA with each sampled checkpoint's identity score and the best one chosen."""
     sampled = [c for c in lora.checkpoints if c.samples]
-    if not identity or not sampled:
-        print(f"{lora.trigger}: checkpoints not scored ({'no samples' if identity else '--no-identity'}); the last")
+    if not identity or reference is None or not sampled:
+        why = "--no-identity" if not identity else "no reference photo" if reference is None else "no samples"
+        print(f"{lora.trigger}: checkpoints not scored ({why}); the last is the LoRA")
         return lora.model_copy(update={"best_step": lora.final.step})
     model = get_identity_model()
     face, _ = reference_face(load_image(reference), "the reference photo", model)

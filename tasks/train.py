@@ -3,7 +3,7 @@
 The dataset is written out as the training folder AI Toolkit reads (images, same-stem captions, masks beside),
 the trainer writes checkpoints and samples in AI Toolkit's layout, and each checkpoint is published to the store.
 
-    lora = fit_lora.fn(dataset, load_profile("tiny").train, load_profile("tiny"))
+    lora = fit_lora.fn(dataset.training_set(), load_profile("tiny").train, load_profile("tiny"))
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from likeness.config import ModelProfile, TrainConfig
 from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.models.profiles import device_for
-from likeness.records import DatasetRef, LoraCheckpoint, LoraRef
+from likeness.records import LoraCheckpoint, LoraRef, TrainingSet
 from likeness.run.interrupts import check_stop
 from likeness.run.progress import StageProgress
 from likeness.settings import get_settings
@@ -24,25 +24,18 @@ from likeness.training.data import read_training_folder, training_files
 from likeness.training.native import Trainer
 from likeness.training.spec import SAMPLES_FOLDER, TrainJob
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 
 
 def train_job(trigger: str, config: TrainConfig, profile: ModelProfile) -> TrainJob:
-    """The job that trains `trigger`'s LoRA on the profile's video model."""
-    return TrainJob(
-        name=trigger,
-        trigger=trigger,
-        config=config,
-        model=profile.models["video"],
-        dtype=profile.dtype,
-        device=device_for(profile, get_settings()),
-    )
+    """The job that trains `trigger`'s LoRA on the profile's video model, on this machine's device."""
+    return TrainJob.for_profile(trigger, config, profile, device_for(profile, get_settings()))
 
 
-def write_training_folder(dataset: DatasetRef, folder: Path) -> tuple[Path, Path]:
-    """The dataset as AI Toolkit reads it: `folder/dataset` (images and captions) and `folder/masks`."""
+def write_training_folder(training: TrainingSet, folder: Path) -> tuple[Path, Path]:
+    """The training set as AI Toolkit reads it: `folder/dataset` (images and captions) and `folder/masks`."""
     store = get_store()
-    for path, source in training_files(dataset):
+    for path, source in training_files(training):
         (folder / path).parent.mkdir(parents=True, exist_ok=True)
         if isinstance(source, str):
             (folder / path).write_text(source)
@@ -64,7 +57,7 @@ def publish_checkpoint(job: TrainJob, folder: Path, step: int, loss: float | Non
 
 
 @stage_task("fit-lora", STAGE_VERSION, retries=1, retry_delay_seconds=30)
-def fit_lora(dataset: DatasetRef, config: TrainConfig, profile: ModelProfile) -> LoraRef:
+def fit_lora(dataset: TrainingSet, config: TrainConfig, profile: ModelProfile) -> LoraRef:
     """Train the character LoRA here, saving a checkpoint every `checkpoint_every` steps."""
     job = train_job(dataset.trigger, config, profile)
     pipe = get_pipeline("video", profile)

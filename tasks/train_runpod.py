@@ -10,20 +10,18 @@ terminates what a killed driver leaves behind.
 from __future__ import annotations
 
 import time
-from functools import partial
 
 from likeness.config import ModelProfile, PodConfig, TrainConfig
-from likeness.records import DatasetRef, LoraCheckpoint, LoraRef
+from likeness.records import LoraCheckpoint, LoraRef, TrainingSet
 from likeness.run.interrupts import check_stop
 from likeness.run.progress import StageProgress
 from likeness.stages import stage_task
-from likeness.training.aitoolkit import aitoolkit_yaml
 from likeness.training.data import training_files
 from likeness.training.remote import RemoteBackend, RemoteTraining, check_remote_store, runpod_client
 from likeness.training.spec import TrainJob
 from tasks.train import train_job
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 
 
 class CancelledFromPrefect(RuntimeError):
@@ -85,7 +83,7 @@ def lora_from_remote(job: TrainJob, backend: RemoteBackend, training: RemoteTrai
 
 @stage_task("fit-lora-on-runpod", STAGE_VERSION, retries=0, gpu=False)
 def fit_lora_on_runpod(
-    dataset: DatasetRef, config: TrainConfig, profile: ModelProfile, backend: RemoteBackend, pod: PodConfig
+    dataset: TrainingSet, config: TrainConfig, profile: ModelProfile, backend: RemoteBackend, pod: PodConfig
 ) -> LoraRef:
     """Train the character LoRA on a RunPod pod (AI Toolkit's image or our worker image)."""
     job = train_job(dataset.trigger, config, profile)
@@ -98,7 +96,6 @@ def fit_lora_on_runpod(
         pod,
         client,
         store,
-        aitoolkit_yaml=partial(aitoolkit_yaml, job) if backend == "runpod-aitoolkit" else None,
         on_progress=ProgressWithEta(dataset.trigger, config.steps),
         check_stop=_stop_if_cancelled,
         flow_run_id=_flow_run_id(),

@@ -14,6 +14,7 @@ from likeness.training import aitoolkit
 from likeness.training.aitoolkit import (
     ARCH,
     SAMPLE_FILE,
+    AiToolkitCannotTrain,
     aitoolkit_checkpoint_names,
     aitoolkit_config,
     aitoolkit_yaml,
@@ -151,7 +152,7 @@ def test_masks_on_without_a_masks_folder_trains_unmasked():
     ids=["tiny", "revision", "boundary", "masks-inside", "output-inside", "env-placeholder"],
 )
 def test_what_ai_toolkit_cannot_do_is_refused(job, folders, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(AiToolkitCannotTrain, match=message):
         aitoolkit_config(job, *folders)
 
 

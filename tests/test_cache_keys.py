@@ -46,7 +46,7 @@ def stage_cases() -> list[tuple[str, Any, dict[str, Any], str]]:
     from tasks.upscale import upscale_image
     from tasks.variations import edit_variation
 
-    dataset = dataset_ref(REF, (dataset_item("front", REF, "Ada, front"),))
+    dataset = dataset_ref(REF, (dataset_item("front", REF, "Ada, front"),)).training_set()
     return [
         (
             "edit",

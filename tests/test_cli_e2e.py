@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -179,6 +180,40 @@ def test_the_lora_loads_into_wan_and_changes_its_output(workdir, models_dir):
     # The original Wan key layout (what ComfyUI reads), converted by diffusers on load.
     pipe.load_lora_weights(tmp / "out" / "lora", weight_name="Grace_Hopper.safetensors")
     assert not np.allclose(base, frame())
+
+
+def test_train_from_an_output_folder_writes_a_lora_folder_of_its_own(workdir, prefect_api):
+    tmp, env, _ = workdir
+    out = tmp / "out"
+    assert (out / "reference.png").is_file()
+    before = (out / "likeness.json").read_bytes()
+    args = ("train", "Grace Hopper", "--from", "out", "--out", "trained", "--set", "train.steps=2")
+    result = likeness(env, tmp, *args, "--set", "train.checkpoint_every=1")
+    assert result.returncode == 0, result.stderr[-4000:]
+    trained = tmp / "trained"
+    assert sorted(p.name for p in (trained / "lora" / "checkpoints").iterdir()) == [
+        "Grace_Hopper_000000001.safetensors",
+        "Grace_Hopper_000000002.safetensors",
+    ]
+    record = manifest(trained)
+    identity = record["identity"]
+    assert identity["command"] == "train" and identity["backend"] == "local" and identity["train"]["steps"] == 2
+    # Scored against the reference the dataset run exported.
+    assert identity["reference_sha256"] == hashlib.sha256((out / "reference.png").read_bytes()).hexdigest()
+    assert [entry["step"] for entry in record["lora"]] == [1, 2]
+    (best,) = [entry for entry in record["lora"] if entry.get("best")]
+    chosen = (trained / "lora" / "Grace_Hopper.safetensors").read_bytes()
+    assert chosen == (trained / best["files"][0]).read_bytes()
+    assert (trained / "lora" / "identity_by_step.png").is_file()
+    # The --from folder is only read.
+    assert (out / "likeness.json").read_bytes() == before
+    runs = api_post(
+        prefect_api, "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [record["last_run"]["flow_run_id"]]}}}
+    )
+    assert sorted(run["name"].rsplit("-", 1)[0] for run in runs) == ["fit-lora", "pick-checkpoint"]
+
+    again = likeness(env, tmp, *args, "--set", "train.checkpoint_every=1")
+    assert again.returncode == 0 and "trained is up to date" in again.stderr
 
 
 def test_rerun_is_cached_and_a_render_change_reruns_only_rendering(workdir, prefect_api):

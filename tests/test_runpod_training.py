@@ -29,7 +29,6 @@ from likeness.runpod.sweep import sweep_pods
 from likeness.settings import get_settings
 from likeness.storage.artifacts import put_bytes
 from likeness.storage.store import S3Store
-from likeness.training.aitoolkit import aitoolkit_yaml
 from likeness.training.remote import RemoteTraining, TrainingStopped
 from likeness.training.spec import TrainJob
 from likeness.training.wan_lora import is_complete_safetensors, read_lora_metadata
@@ -187,7 +186,6 @@ def test_ai_toolkit_gets_a_yaml_its_config_classes_read_and_its_files_are_publis
         s3_store,
         api,
         backend="runpod-aitoolkit",
-        aitoolkit_yaml=lambda data, masks, out: aitoolkit_yaml(job, data, masks, out),
     ).run()
     # AI Toolkit's last file has no step in its name; it is published under the step like the others.
     assert [f.filename for c in result.checkpoints for f in c.files] == [
@@ -211,7 +209,11 @@ def test_a_wrong_key_is_refused_before_anything_is_created(s3_store, api, monkey
     before = s3_store.list()
     with pytest.raises(RunPodKeyRejected) as caught:
         fit_lora_on_runpod.fn(
-            dataset_ref(image, items), tiny_job().config, load_profile("tiny"), "runpod-native", PodConfig()
+            dataset_ref(image, items).training_set(),
+            tiny_job().config,
+            load_profile("tiny"),
+            "runpod-native",
+            PodConfig(),
         )
     assert "LIKENESS_RUNPOD_API_KEY" in str(caught.value) and "rp-wrong-key" not in str(caught.value)
     # No pod asked for, and nothing of the job (wheel, manifest) written to the store.

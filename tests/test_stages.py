@@ -95,7 +95,7 @@ def dataset(reference):
         dataset_item(variation, put_image(image, f"{variation}.png"), f"Ada, {variation}")
         for variation, image in zip(("front", "side"), images, strict=True)
     )
-    return dataset_ref(reference, items)
+    return dataset_ref(reference, items).training_set()
 
 
 def test_training_checkpoints_every_k_steps_and_leaves_the_pipeline_clean(dataset, tmp_path):

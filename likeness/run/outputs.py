@@ -1,5 +1,5 @@
 """The output folder a person reads: dataset/ (images and captions, what a trainer reads), masks/, the
-dataset's manifest and contact sheet, lora/, renders/ and likeness.json.
+dataset's manifest and contact sheet, the reference photo, lora/, renders/ and likeness.json.
 
 One folder holds one character made from one reference photo with one profile and one dataset
 and training configuration. Running again with the same inputs is the cached path; new render
@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ MANIFEST = "likeness.json"
 DATASET_MANIFEST = "dataset_manifest.jsonl"
 DATASET_CONTACT_SHEET = "dataset_contact_sheet.png"
 LORA_SCORES_PLOT = "lora/identity_by_step.png"
+REFERENCE = "reference.png"
 RECORD_FORMAT = 4
 TEMP_SUFFIX = ".likeness-part"
 
@@ -221,38 +223,23 @@ def export_outputs(
 ) -> dict[str, Any]:
     """Copy the run's artifacts from the store into `out` and record what is there."""
     dataset, lora = result.dataset, result.lora
-    remove_leftovers(out)
-    previous = read_record(out) or {}
+    previous, files = _claim(out, identity)
     # Files a person deleted since are forgotten, so they no longer count against "up to date".
     renders = {entry["file"]: entry for entry in previous.get("renders", []) if (out / entry["file"]).is_file()}
-    files = {name: sha256 for name, sha256 in previous.get("files", {}).items() if (out / name).is_file()}
-    # Claim the folder before the first file lands, so a cut-off export is still recognisably ours.
-    _write_record(out, {**previous, "identity": identity, "complete": False, "run_key": None})
-
-    def export(name: str, data: bytes) -> None:
-        _write(out / name, data)
-        files[name] = hashlib.sha256(data).hexdigest()
-
+    export = _exporter(out, files, store)
     # A trainer reads every image in dataset/ (AI Toolkit walks its subfolders too): masks, the manifest and
     # the contact sheet go beside it.
-    for path, source in training_files(dataset):
-        export(path, source.encode() if isinstance(source, str) else get_bytes(source, store))
-    export(DATASET_MANIFEST, get_bytes(dataset.manifest, store))
-    export(DATASET_CONTACT_SHEET, get_bytes(dataset.contact_sheet, store))
+    for path, source in training_files(dataset.training_set()):
+        export(path, source)
+    export(DATASET_MANIFEST, dataset.manifest)
+    export(DATASET_CONTACT_SHEET, dataset.contact_sheet)
+    # What `likeness train --from` scores checkpoints against.
+    export(REFERENCE, dataset.reference)
     if lora:
-        # The chosen LoRA under a name of its own: a loader given the folder would take the first step's file.
-        for ref, name in zip(lora.best.files, best_lora_names(lora), strict=True):
-            export(f"lora/{name}", get_bytes(ref, store))
-        for checkpoint in lora.checkpoints:
-            for ref in checkpoint.files:
-                export(_in_lora("checkpoints", ref), get_bytes(ref, store))
-            for ref in checkpoint.samples:
-                export(_in_lora("samples", ref), get_bytes(ref, store))
-        if lora.scores_plot:
-            export(LORA_SCORES_PLOT, get_bytes(lora.scores_plot, store))
+        _export_lora(lora, export)
     for item in result.renders:
         file = f"renders/{dataset.trigger}_{item.output.filename}"
-        export(file, get_bytes(item.output, store))
+        export(file, item.output)
         renders[file] = {
             "file": file,
             **item.model_dump(mode="json", exclude={"output", "lora"}),
@@ -275,3 +262,64 @@ def export_outputs(
     }
     _write_record(out, record)
     return record
+
+
+def export_lora_outputs(
+    lora: LoraRef,
+    out: Path,
+    identity: dict[str, Any],
+    key: str,
+    store: ArtifactStore,
+    run_stats: dict[str, Any],
+) -> dict[str, Any]:
+    """Copy a `likeness train` run's LoRA from the store into `out/lora/` and record what is there."""
+    _, files = _claim(out, identity)
+    _export_lora(lora, _exporter(out, files, store))
+    record = {
+        "identity": identity,
+        "complete": True,
+        "run_key": key,
+        "dataset": [],
+        "lora": lora_entries(lora),
+        "renders": [],
+        "files": dict(sorted(files.items())),
+        "last_run": run_stats,
+    }
+    _write_record(out, record)
+    return record
+
+
+def _claim(out: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Mark `out` as ours and incomplete before the first file lands, so a cut-off export is still recognised.
+
+    Returns the previous record and the files it lists that are still there.
+    """
+    remove_leftovers(out)
+    previous = read_record(out) or {}
+    files = {name: sha256 for name, sha256 in previous.get("files", {}).items() if (out / name).is_file()}
+    _write_record(out, {**previous, "identity": identity, "complete": False, "run_key": None})
+    return previous, files
+
+
+def _exporter(out: Path, files: dict[str, str], store: ArtifactStore) -> Callable[[str, ArtifactRef | str], None]:
+    """A function that writes text or an artifact under `out` and notes its sha256 in `files`."""
+
+    def export(name: str, source: ArtifactRef | str) -> None:
+        data = source.encode() if isinstance(source, str) else get_bytes(source, store)
+        _write(out / name, data)
+        files[name] = hashlib.sha256(data).hexdigest()
+
+    return export
+
+
+def _export_lora(lora: LoraRef, export: Callable[[str, ArtifactRef | str], None]) -> None:
+    # The chosen LoRA under a name of its own: a loader given the folder would take the first step's file.
+    for ref, name in zip(lora.best.files, best_lora_names(lora), strict=True):
+        export(f"lora/{name}", ref)
+    for checkpoint in lora.checkpoints:
+        for ref in checkpoint.files:
+            export(_in_lora("checkpoints", ref), ref)
+        for ref in checkpoint.samples:
+            export(_in_lora("samples", ref), ref)
+    if lora.scores_plot:
+        export(LORA_SCORES_PLOT, lora.scores_plot)

@@ -46,6 +46,7 @@ from typing import Any
 import yaml
 
 from likeness.config import EXPERTS, Expert, render_template
+from likeness.inputs import InvalidInput
 from likeness.training.spec import TrainJob
 
 # Our base -> the `arch` attribute of AI Toolkit's model class (toolkit/models/wan21/wan21.py: Wan21;
@@ -82,6 +83,10 @@ TRAINING_CONFIG = "config.yaml"
 SAMPLE_FILE = re.compile(r"^(?P<time>\d+)__(?P<step>\d{9})_(?P<index>\d+)\.png$")
 
 
+class AiToolkitCannotTrain(InvalidInput):
+    """A job AI Toolkit would refuse or train otherwise than asked."""
+
+
 def aitoolkit_config(
     job: TrainJob, dataset_folder: str, masks_folder: str | None, training_folder: str
 ) -> dict[str, Any]:
@@ -89,24 +94,24 @@ def aitoolkit_config(
     cfg, base = job.config, job.config.base
     source = job.model.source
     if source.startswith("tiny:"):
-        raise ValueError(
+        raise AiToolkitCannotTrain(
             f"AI Toolkit cannot train {source!r}: it loads only real Wan checkpoints, not our tiny random-weight "
             "twins; use the native trainer for the tiny profile"
         )
     if job.model.revision is not None:
-        raise ValueError(
+        raise AiToolkitCannotTrain(
             f"AI Toolkit has no setting for a model revision ({job.model.revision!r}) and would load the newest; "
             "download that revision into a folder and name the folder as the source"
         )
     if base == "wan22_14b" and cfg.boundary_ratio != A14B_BOUNDARY_RATIO:
-        raise ValueError(
+        raise AiToolkitCannotTrain(
             f"AI Toolkit splits Wan 2.2 A14B's experts at {A14B_BOUNDARY_RATIO} and has no setting for it; "
             f"boundary_ratio={cfg.boundary_ratio} needs the native trainer"
         )
     # AI Toolkit trains on every image under the dataset folder, and writes samples into the training folder.
     for label, folder in (("the masks folder", masks_folder), ("the training folder", training_folder)):
         if folder is not None and PurePosixPath(folder).is_relative_to(dataset_folder):
-            raise ValueError(
+            raise AiToolkitCannotTrain(
                 f"{label} {folder} is inside the dataset folder {dataset_folder}: AI Toolkit would train on its images"
             )
 
@@ -200,7 +205,9 @@ def aitoolkit_config(
     placeholders = sorted({text for text in _strings(config) if "${" in text})
     if placeholders:
         # run.py replaces ${VAR} in the YAML file with the pod's environment: it fails, or leaks a secret.
-        raise ValueError(f"AI Toolkit would read ${{...}} as an environment variable in: {', '.join(placeholders)}")
+        raise AiToolkitCannotTrain(
+            f"AI Toolkit would read ${{...}} as an environment variable in: {', '.join(placeholders)}"
+        )
     return config
 
 

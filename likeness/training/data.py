@@ -13,7 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from likeness.inputs import InvalidInput
-from likeness.records import DatasetRef
+from likeness.records import TrainingSet
 from likeness.storage.artifacts import ArtifactRef
 
 # What AI Toolkit's data loader trains on (it also takes video, which a character LoRA does not use).
@@ -35,14 +35,15 @@ class TrainingImage(BaseModel):
     mask: Path | None = None
 
 
-def training_files(dataset: DatasetRef, masks: bool = True) -> list[tuple[str, ArtifactRef | str]]:
+def training_files(training: TrainingSet, masks: bool = True) -> list[tuple[str, ArtifactRef | str]]:
     """The training folder's files by path: `dataset/` images (in the store) and captions (text), `masks/` beside."""
     files: list[tuple[str, ArtifactRef | str]] = []
-    for item in dataset.items:
-        filename = item.filename(dataset.trigger)
-        files += [(f"dataset/{filename}", item.image), (f"dataset/{Path(filename).stem}.txt", item.caption + "\n")]
-        if masks:
-            files.append((f"masks/{filename}", item.mask))
+    for item in training.items:
+        image = Path(item.filename)
+        files += [(f"dataset/{image}", item.image), (f"dataset/{image.with_suffix('.txt')}", item.caption + "\n")]
+        if masks and item.mask is not None:
+            # The mask keeps its own format; a trainer finds it by the image's stem.
+            files.append((f"masks/{image.with_suffix(Path(item.mask.filename).suffix)}", item.mask))
     return files
 
 

@@ -36,7 +36,7 @@ from likeness.runpod.pods import Pod, PodRequest, RunPodClient
 from likeness.settings import get_settings
 from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes, put_file
 from likeness.storage.store import ArtifactStore, S3Store, StoreError
-from likeness.training.aitoolkit import aitoolkit_checkpoint_names
+from likeness.training.aitoolkit import aitoolkit_checkpoint_names, aitoolkit_yaml
 from likeness.training.spec import OPTIMIZER_STATE, TrainJob
 from likeness.training.wan_lora import is_complete_safetensors
 from likeness.training.wheel import build_wheel
@@ -119,6 +119,13 @@ def job_id_of(name: str) -> str | None:
     return match[1] if match else None
 
 
+def job_file(job: TrainJob, backend: str, masks: bool) -> tuple[str, str]:
+    """The file that tells a pod's trainer what to train: AI Toolkit's `config.yaml`, or our trainer's `job.json`."""
+    if backend == "runpod-aitoolkit":
+        return "config.yaml", aitoolkit_yaml(job, "dataset", "masks" if masks else None, "output")
+    return "job.json", job.model_dump_json(indent=2)
+
+
 class RemoteTraining:
     """One training job on RunPod, from the first pod to the last checkpoint."""
 
@@ -130,7 +137,6 @@ class RemoteTraining:
         pod: PodConfig,
         client: RunPodClient,
         store: ArtifactStore,
-        aitoolkit_yaml: Callable[[str, str | None, str], str] | None = None,
         on_progress: Callable[[int, int, float | None, str], None] | None = None,
         check_stop: Callable[[], None] | None = None,
         flow_run_id: str | None = None,
@@ -143,7 +149,6 @@ class RemoteTraining:
             client,
             store,
         )
-        self.aitoolkit_yaml = aitoolkit_yaml
         self.on_progress, self.check_stop, self.flow_run_id = on_progress, check_stop, flow_run_id
         self.job_id = uuid.uuid4().hex
         self.prefix = job_prefix(self.job_id)
@@ -178,12 +183,9 @@ class RemoteTraining:
                 if isinstance(source, str)
                 else {"path": path, "url": self._url(source.key)}
             )
-        if self.backend == "runpod-aitoolkit":
-            assert self.aitoolkit_yaml is not None
-            masks = "masks" if job.config.masks and any(p.startswith("masks/") for p, _ in self.dataset) else None
-            files.append({"path": "config.yaml", "text": self.aitoolkit_yaml("dataset", masks, "output")})
-        else:
-            files.append({"path": "job.json", "text": job.model_dump_json()})
+        masks = job.config.masks and any(path.startswith("masks/") for path, _ in self.dataset)
+        path, text = job_file(job, self.backend, masks)
+        files.append({"path": path, "text": text})
         folder = self._training_folder()
         # The newest checkpoint with its optimizer state (its moments and RNG resume too), else the newest.
         ranked = sorted(self.published.values(), key=lambda c: (c.optimizer is not None, c.step))

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from likeness.config import Expert, ModelSpec, TrainConfig
+from likeness.config import Expert, ModelProfile, ModelSpec, TrainConfig
 
 # AI Toolkit's names, which our trainer writes too, so one agent publishes either's training folder.
 OPTIMIZER_STATE = "optimizer.pt"
@@ -33,6 +33,18 @@ class TrainJob(BaseModel):
     model: ModelSpec
     dtype: Literal["float32", "bfloat16", "float16"]
     device: str
+
+    @classmethod
+    def for_profile(cls, trigger: str, config: TrainConfig, profile: ModelProfile, device: str) -> TrainJob:
+        """The job that trains `trigger`'s LoRA on the profile's video model."""
+        return cls(
+            name=trigger,
+            trigger=trigger,
+            config=config,
+            model=profile.models["video"],
+            dtype=profile.dtype,
+            device=device,
+        )
 
     def checkpoint_filename(self, step: int, expert: Expert | None = None) -> str:
         """`<name>_<9-digit step>.safetensors`, with `_high_noise` / `_low_noise` for an A14B expert."""
