@@ -440,11 +440,26 @@ class FlowRun:
                 progress.remove_listener(self.tracker)
         if state.is_completed():
             return state.result(), str(state.state_details.flow_run_id)
+        if state.is_cancelling() or state.is_cancelled():
+            self._mark_cancelled(state)
+            _fail(
+                f"the run was cancelled (from the Prefect UI or API) during {self._where()}; details in {self.log_path}"
+            )
         cause = state.result(raise_on_failure=False)
         if isinstance(cause, OSError | CorruptObject):
             raise cause
         failure = describe_failure(cause)
         _fail(f"the run ended {state.name} during {self._where()}: {failure}; details in {self.log_path}")
+
+    @staticmethod
+    def _mark_cancelled(state: Any) -> None:
+        """A flow run cancelled while this process ran it ends Cancelled: no worker is there to finish it."""
+        from prefect.client.orchestration import get_client
+        from prefect.states import Cancelled
+
+        if state.is_cancelling():
+            with get_client(sync_client=True) as client:
+                client.set_flow_run_state(state.state_details.flow_run_id, Cancelled(), force=True)
 
     def _flow_state(self) -> Any:
         """Run the flow and return its final state."""

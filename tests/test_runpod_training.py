@@ -268,3 +268,48 @@ def test_a_killed_driver_leaves_a_pod_the_sweeper_terminates(s3_store, api):
         assert api.alive() == []
     finally:
         driver.kill()
+
+
+def test_a_cli_train_cancelled_through_the_prefect_api_terminates_its_pod(
+    s3_store, api, s3_server, prefect_api, models_dir, tmp_path
+):
+    from tests.conftest import cli_env
+    from tests.prefect_server import api_post
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 48, 3), dtype=np.uint8)).save(
+            folder / f"{i}.png"
+        )
+        (folder / f"{i}.txt").write_text(f"Ada, shot {i}\n")
+    env = cli_env(tmp_path, models_dir, prefect_api)
+    env.update(
+        {name: os.environ[name] for name in ("LIKENESS_STORE_URI", "LIKENESS_S3_ENDPOINT", "LIKENESS_S3_ACCESS_KEY")}
+    )
+    env.update(LIKENESS_S3_SECRET_KEY=s3_server.secret_key, LIKENESS_RUNPOD_API_KEY=KEY, RUNPOD_API_BASE_URL=api.url)
+    cli = Path(sys.executable).parent / "likeness"
+    args = ["train", "Ada", "--dataset", str(folder), "--backend", "runpod-native", "--gpu", GPUS[0].id]
+    args += ["--set", "train.steps=400", "--set", "train.checkpoint_every=200", "--set", "pod.poll_seconds=0.5"]
+    args += ["--beyond-limits"]
+    driver = subprocess.Popen([str(cli), *args], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not api.alive() and time.monotonic() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+        assert api.alive(), f"the CLI started no pod: {driver.stderr.read() if driver.poll() is not None else ''}"
+        (run,) = api_post(
+            prefect_api,
+            "/flow_runs/filter",
+            {"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}, "flows": {"name": {"any_": ["train-lora"]}}},
+        )
+        api_post(prefect_api, f"/flow_runs/{run['id']}/set_state", {"state": {"type": "CANCELLING"}, "force": True})
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        driver.kill()
+    assert driver.returncode == 2, stderr[-3000:]
+    assert "the run was cancelled (from the Prefect UI or API)" in stderr
+    (ended,) = api_post(prefect_api, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+    assert ended["state"]["type"] == "CANCELLED"
+    assert api.alive() == [] and len(api.created) == 1
+    assert KEY not in stderr
