@@ -787,7 +787,8 @@ def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
     table = Table(title=f"{manifest['identity']['trigger']} -> {out}")
     table.add_column("what")
     table.add_column("files")
-    table.add_row("dataset", str(len(manifest["dataset"])))
+    if manifest["identity"].get("command") != "train":
+        table.add_row("dataset", str(len(manifest["dataset"])))
     if manifest["lora"]:
         best = next((entry for entry in manifest["lora"] if entry.get("best")), manifest["lora"][-1])
         score = best.get("identity_distance")
