@@ -103,14 +103,14 @@ def produce_character(
         print(f"{run.trigger}: curation kept no image, so no LoRA is trained")
         return CharacterResult(dataset=dataset)
     lora = train_lora(dataset.training_set(), run.config.train, run.profile, backend, run.config.pod)
-    renders = render(lora, run.config.render, run.profile)
+    renders = render(lora, run.config.render, run.profile, dataset.reference if dataset.identity_checked else None)
 
     create_markdown_artifact(
         key=prefect_artifact_key(f"{run.trigger}-summary"),
-        markdown=summary_markdown(run.trigger, profile, dataset.items, lora, renders),
+        markdown=summary_markdown(run.trigger, profile, dataset.items, lora, list(renders.items)),
         description=f"{run.trigger}: what was produced",
     )
-    return CharacterResult(dataset=dataset, lora=lora, renders=tuple(renders))
+    return CharacterResult(dataset=dataset, lora=lora, renders=renders.items, render_sheet=renders.contact_sheet)
 
 
 @flow(name="produce-dataset", log_prints=True)

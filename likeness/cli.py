@@ -26,7 +26,8 @@ from likeness.config import BACKENDS, ModelProfile, RunConfig, check_shot_count
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
 from likeness.models.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
-from likeness.records import CharacterResult, LoraRef, TrainingItem, TrainingSet
+from likeness.records import CharacterResult, LoraCheckpoint, LoraRef, Renders, TrainingItem, TrainingSet
+from likeness.render.prompts import CharacterPrompt, PromptEntry
 from likeness.run import progress
 from likeness.run.errors import describe_failure
 from likeness.run.interrupts import Interrupted, exit_now, interruptible
@@ -40,6 +41,7 @@ from likeness.run.outputs import (
     check_output_folder,
     export_lora_outputs,
     export_outputs,
+    export_render_outputs,
     file_sha256,
     is_up_to_date,
     read_record,
@@ -58,7 +60,7 @@ from likeness.run.write_checks import (
     video_transformer_config,
 )
 from likeness.settings import Settings, get_settings
-from likeness.storage.artifacts import get_store, put_bytes
+from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes
 from likeness.storage.store import ArtifactStore, CorruptObject, MissingObject, StoreError
 from likeness.training.data import TrainingImage, read_training_folder
 
@@ -531,15 +533,17 @@ class TrainRun(FlowRun):
     def __init__(self, inputs: TrainingInputs, out: Path, key: str, store: ArtifactStore, settings: Settings) -> None:
         super().__init__(inputs.trigger, out, inputs.identity(), key, store, settings)
         self.inputs = inputs
+        self.reference: ArtifactRef | None = None
 
     def _export(self, result: LoraRef, stats: dict[str, Any]) -> dict[str, Any]:
-        return export_lora_outputs(result, self.out, self.identity, self.key, self.store, stats)
+        return export_lora_outputs(result, self.out, self.identity, self.key, self.store, stats, self.reference)
 
     def _flow_state(self) -> Any:
         from flows.train import train_lora
 
         inputs = self.inputs
         training = upload_training_set(inputs, self.store)
+        self.reference = training.reference
         return train_lora(
             training, inputs.config.train, inputs.profile, inputs.backend, inputs.config.pod, return_state=True
         )
@@ -781,6 +785,200 @@ def _print_training_config(inputs: TrainingInputs, device: str, sent: tuple[str,
     for gpu_type in pod.gpu_types:
         price = prices.get(gpu_type)
         _say(f"#   {gpu_type}: " + (f"${price:.2f}/h" if price else f"not offered on {pod.cloud_type}"))
+
+
+class RenderInputs(NamedTuple):
+    """A `likeness render` run's checked inputs: the LoRA files, the reference, the prompts and the settings."""
+
+    trigger: str
+    lora_files: list[Path]
+    step: int
+    reference: ReferenceImage | None
+    prompts: list[PromptEntry] | None
+    profile: ModelProfile
+    config: RunConfig
+    beyond_limits: bool
+
+
+class RenderRun(FlowRun):
+    """One `likeness render` run: renders of a trained character, added to its output folder."""
+
+    def __init__(self, inputs: RenderInputs, out: Path, store: ArtifactStore, settings: Settings) -> None:
+        super().__init__(inputs.trigger, out, {}, "", store, settings)
+        self.inputs = inputs
+
+    def _finish(self, manifest: dict[str, Any]) -> None:
+        table = Table(title=f"{self.trigger} -> {self.out}")
+        for column in ("render", "faces / frames", "identity (best)", "identity (median)"):
+            table.add_column(column)
+        for entry in self._made:
+            best, median = entry.get("identity_distance"), entry.get("identity_median")
+            table.add_row(
+                entry["file"],
+                f"{entry['faces_found']} / {entry['frames_scored']}" if entry["frames_scored"] else "not scored",
+                "" if best is None else f"{best:.3f}",
+                "" if median is None else f"{median:.3f}",
+            )
+        Console().print(table)
+
+    def _export(self, result: Renders, stats: dict[str, Any]) -> dict[str, Any]:
+        record = export_render_outputs(result, self.trigger, self.out, self.store)
+        made = {f"renders/{self.trigger}_{item.output.filename}" for item in result.items}
+        self._made = [entry for entry in record["renders"] if entry["file"] in made]
+        return record
+
+    def _flow_state(self) -> Any:
+        from flows.render import render
+        from likeness.storage.artifacts import put_file
+
+        inputs = self.inputs
+        files = [put_file(path, store=self.store) for path in inputs.lora_files]
+        checkpoint = LoraCheckpoint.from_files(inputs.step, None, files, [])
+        lora = LoraRef(
+            trigger=inputs.trigger,
+            base_model=inputs.profile.models["video"].source,
+            base=inputs.config.train.base,
+            checkpoints=(checkpoint,),
+            best_step=inputs.step,
+        )
+        reference = put_bytes(inputs.reference.png, "reference.png", self.store) if inputs.reference else None
+        return render(
+            lora,
+            inputs.config.render,
+            inputs.profile,
+            reference,
+            inputs.prompts,
+            inputs.beyond_limits,
+            return_state=True,
+        )
+
+
+UPSCALE_SIZES = {"4k": 3840, "1440p": 2560, "1080p": 1920}
+
+
+@app.command("render")
+def render_command(
+    name: Name,
+    from_out: Annotated[
+        Path, typer.Option("--from", help="The output folder of a `produce` or `train` run: its LoRA (lora/).")
+    ],
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Prompts: a .txt file (one a line) or a .yaml list, each entry with its own options."),
+    ] = None,
+    images: Annotated[int | None, typer.Option(help="Render this many images, from seeded prompt variations.")] = None,
+    videos: Annotated[int | None, typer.Option(help="Render this many videos, from seeded prompt variations.")] = None,
+    frames: Annotated[
+        int | None, typer.Option(help="Frames of each video (4k+1: 41, 81); render.video_frames.")
+    ] = None,
+    fx: Annotated[str | None, typer.Option(help="A post FX preset: none, seed-look; render.fx.")] = None,
+    upscale: Annotated[
+        str | None, typer.Option(help="Upscale the videos in chunks: 4k, 1440p or 1080p; render.upscale_long_side.")
+    ] = None,
+    image: ScoringReference = None,
+    profile: Profile = None,
+    overrides: Overrides = None,
+    refresh: Refresh = False,
+    beyond_limits: BeyondLimits = False,
+    verbose: Verbose = False,
+) -> None:
+    """Render images and videos of a trained character with its LoRA, scored against its reference photo."""
+    settings = get_settings()
+    try:
+        inputs = _render_inputs(
+            name, from_out, prompts, images, videos, frames, fx, upscale, image, profile, overrides, beyond_limits
+        )
+        if inputs.profile.models["video"].source.startswith("tiny:") is False:
+            preflight(inputs.profile, settings)
+        store = get_store()
+        check_writable(from_out, store, (0, 0))
+    except (InvalidInput, ProfileUnavailable, OutputConflict, StoreError, WriteCheckFailed) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(describe_failure(exc))
+    RenderRun(inputs, from_out, store, settings).start(refresh, verbose)
+
+
+def _render_inputs(
+    name: str,
+    out: Path,
+    prompts_file: Path | None,
+    images: int | None,
+    videos: int | None,
+    frames: int | None,
+    fx: str | None,
+    upscale: str | None,
+    image: Path | None,
+    profile: str | None,
+    overrides: list[str] | None,
+    beyond_limits: bool,
+) -> RenderInputs:
+    """Check a render run's inputs before Prefect starts and before any model loads."""
+    from likeness.render.prompts import CharacterPrompt, read_prompts_file, video_prompt
+
+    trigger = normalise_trigger(name)
+    record = read_record(out)
+    if record is None or not record.get("lora"):
+        raise InvalidInput(f"--from {out} holds no trained LoRA (no lora entries in its {MANIFEST})")
+    if record["identity"].get("trigger") != trigger:
+        raise InvalidInput(f"--from {out} holds the LoRA of {record['identity'].get('trigger')!r}, not {trigger!r}")
+    best = next((entry for entry in record["lora"] if entry.get("best")), record["lora"][-1])
+    lora_files = [out / file for file in best.get("published_as", best["files"])]
+    missing = [str(path) for path in lora_files if not path.is_file()]
+    if missing:
+        raise InvalidInput(f"--from {out}: the LoRA file {', '.join(missing)} is gone")
+    if prompts_file is not None and (images or videos):
+        raise InvalidInput("give --prompts FILE or --images/--videos N, not both")
+    model_profile = load_profile(profile or record["identity"]["profile"]["name"])
+    assignments = parse_overrides(overrides or [])
+    render_settings = assignments.setdefault("render", {})
+    if frames is not None:
+        render_settings["video_frames"] = frames
+    if fx is not None:
+        render_settings["fx"] = fx
+    if upscale is not None:
+        if upscale not in UPSCALE_SIZES:
+            raise InvalidInput(f"--upscale {upscale!r} is not one of {', '.join(UPSCALE_SIZES)}")
+        render_settings["upscale_long_side"] = UPSCALE_SIZES[upscale]
+    config = RunConfig.from_profile(model_profile, assignments, beyond_limits=beyond_limits)
+    entries: list[PromptEntry] | None = None
+    if prompts_file is not None:
+        entries = read_prompts_file(prompts_file)
+    elif images or videos:
+        stills = _prompt_variations(CharacterPrompt(trigger=trigger), max(images or 0, videos or 0), config.render.seed)
+        entries = [PromptEntry(prompt=prompt, kind="image") for prompt in stills[: images or 0]]
+        entries += [
+            PromptEntry(prompt=video_prompt(prompt, config.render.seed), kind="video")
+            for prompt in stills[: videos or 0]
+        ]
+    from likeness.render.jobs import plan_renders
+
+    plan_renders(config.render, trigger, entries, model_profile.limits.render, beyond_limits)
+    reference_path = image or (out / REFERENCE if (out / REFERENCE).is_file() else None)
+    reference = read_reference_image(reference_path) if reference_path else None
+    if reference is None:
+        _say("note: no reference photo (--image), so the renders are not scored")
+    return RenderInputs(trigger, lora_files, best["step"], reference, entries, model_profile, config, beyond_limits)
+
+
+def _prompt_variations(character: CharacterPrompt, count: int, seed: int) -> list[str]:
+    """Prompt variations from the prompter LLM in the settings, or (unset, down, slow or talking nonsense) the
+    seeded templates; which it was is said."""
+    from likeness.render.llm import LlmSettings, prompt_variations
+
+    settings = get_settings()
+    llm = None
+    if settings.prompter_url:
+        llm = LlmSettings(
+            url=settings.prompter_url,
+            model=settings.prompter_model,
+            api_key=settings.prompter_api_key,
+            timeout_s=settings.prompter_timeout_s,
+        )
+    prompts, source = prompt_variations(character, count, seed, llm)
+    if llm is not None and source == "templates":
+        _say(f"warning: the prompter at {settings.prompter_url} gave no usable prompts; using the seeded templates")
+    return prompts
 
 
 def _print_summary(out: Path, manifest: dict[str, Any]) -> None:

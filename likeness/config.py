@@ -310,6 +310,13 @@ class RenderLimits(Frozen):
     fps: Limit = _soft(60, "2.5 times the 24 fps Wan 2.2 TI2V-5B's motion is timed for")
     guidance_scale: Limit = _soft(10, "twice the guidance Wan 2.2 is run at (5), past which renders burn")
     lora_scale: Limit = _soft(2, "twice the strength the LoRA was trained at, past which it burns the character in")
+    speed_lora_scale: Limit = _soft(2, "twice the strength the speed LoRAs were distilled at")
+    upscale_long_side: Limit = _soft(
+        3840,
+        "4K UHD's long side (3840x2160), what the video upscale is for",
+        Multiple(of=2, why="as H.264's yuv420p halves the colour planes both ways"),
+    )
+    upscale_memory_mb: Limit = _soft(143_360, "the 140 GB of an H200, the most memory one GPU has")
     # UMT5 averages about 4 characters a token in English: 1024 characters leave room for denser text.
     prompt_chars: Limit = _soft(1024, "a proxy for the 512 tokens Wan's UMT5 text encoder reads (it drops the rest)")
 
@@ -370,6 +377,17 @@ class ModelSpec(Frozen):
     lora: LoraSpec | None = None
     # Replace values of the model's own scheduler config (a FlowMatchEulerDiscreteScheduler); null clears one.
     scheduler: dict[str, bool | int | float | str | None] | None = None
+    # The video role's step-distillation LoRAs, loaded beside the character LoRA for renders only (never for
+    # training): `high_noise` into `transformer`, `low_noise` into Wan 2.2 A14B's `transformer_2`.
+    speed_loras: dict[Expert, LoraSpec] = {}
+    # The sigmas those LoRAs were distilled on; renders step exactly these, with Euler.
+    speed_sigmas: tuple[float, ...] = ()
+
+    @model_validator(mode="after")
+    def _sigmas_with_speed_loras(self) -> ModelSpec:
+        if bool(self.speed_loras) != bool(self.speed_sigmas):
+            raise ValueError("speed_loras and speed_sigmas go together: the LoRAs are distilled on those sigmas")
+        return self
 
 
 class EditConfig(Stage):
@@ -622,6 +640,14 @@ class RenderConfig(Stage):
     seed: Seed = 0
     # 0 renders the base model (a comparison); a negative scale would steer away from the character.
     lora_scale: float = Field(default=1.0, ge=0.0)
+    # The strength of the video model's step-distillation LoRAs (the profile's `speed_loras`), where it has them.
+    speed_lora_scale: float = Field(default=1.0, ge=0.0)
+    # A post FX preset (`likeness.media.post_fx.PRESETS`) applied to every image and every frame of a video.
+    fx: str = "none"
+    # Videos upscaled to this long side in temporal chunks and tiles (3840: 4K), beside the render; None: not.
+    upscale_long_side: int | None = Field(default=None, gt=0)
+    # The bound on the upscale's working memory: chunks and tiles shrink to stay under it.
+    upscale_memory_mb: int = Field(default=4096, gt=0)
     image_prompts: tuple[PromptTemplate, ...] = (
         "{trigger}, a candid photo in a sunlit cafe, natural skin texture, 35mm",
     )
@@ -634,6 +660,13 @@ class RenderConfig(Stage):
     def _wan_frame_count(self) -> RenderConfig:
         if (self.video_frames - 1) % 4:
             raise ValueError(f"video_frames must be 4k+1 for Wan (5, 9, ..., 41, 81), got {self.video_frames}")
+        return self
+
+    @model_validator(mode="after")
+    def _known_fx(self) -> RenderConfig:
+        from likeness.media.post_fx import post_fx_preset
+
+        post_fx_preset(self.fx)
         return self
 
     @model_validator(mode="after")
@@ -703,8 +736,13 @@ class ModelProfile(Frozen):
     device: Literal["cpu", "cuda"]
     dtype: Literal["float32", "bfloat16", "float16"]
     # "model": diffusers model CPU offload, so only the component at work holds GPU memory (the
-    # production models together are far larger than one GPU); "none": everything on `device`.
-    offload: Literal["none", "model"] = "none"
+    # production models together are far larger than one GPU); "sequential": layer by layer, for the
+    # smallest GPUs, at many times the time; "none": everything on `device`.
+    offload: Literal["none", "model", "sequential"] = "none"
+    # Decode (and encode) images and videos in overlapping tiles, and a batch one item at a time: VAE memory
+    # bounded at a small cost in time.
+    vae_tiling: bool = False
+    vae_slicing: bool = False
     models: dict[Role, ModelSpec]
     limits: Limits = Limits()
     dataset: DatasetDefaults = DatasetDefaults()
@@ -717,7 +755,9 @@ class ModelProfile(Frozen):
     def output_identity(self) -> dict[str, Any]:
         """What of the profile decides outputs: the models behind each role and the precision (not the
         name, description or device)."""
-        return {"models": self.model_dump(mode="json")["models"], "dtype": self.dtype}
+        # VAE tiling blends tiles where it decodes whole: a little different, so only where it is on.
+        tiling = {"vae_tiling": True} if self.vae_tiling else {}
+        return {"models": self.model_dump(mode="json")["models"], "dtype": self.dtype, **tiling}
 
     @model_validator(mode="after")
     def _every_role(self) -> ModelProfile:

@@ -175,7 +175,7 @@ class LoraRef(Record):
 
 
 class RenderItem(Record):
-    """A rendered image or video and its lineage: enough to make it again."""
+    """A rendered image or video and its lineage: enough to make it again; and how like the reference it is."""
 
     kind: str
     prompt: str
@@ -188,6 +188,25 @@ class RenderItem(Record):
     lora_scale: float
     model: str
     output: ArtifactRef
+    # Wan 2.2 A14B: the character LoRA's low-noise file, in `transformer_2`.
+    low_noise_lora: ArtifactRef | None = None
+    guidance_scale: float | None = None
+    fps: int | None = None
+    fx: str = "none"
+    # The video upscaled in chunks (`render.upscale_long_side`), beside the render.
+    upscaled: ArtifactRef | None = None
+    # Identity distance to the reference: the best-scoring frame, and the median over the frames scored.
+    identity_distance: float | None = None
+    identity_median: float | None = None
+    faces_found: int = 0
+    frames_scored: int = 0
+
+
+class Renders(Record):
+    """A render run's images and videos, and their contact sheet with the identity scores."""
+
+    items: tuple[RenderItem, ...]
+    contact_sheet: ArtifactRef | None = None
 
 
 class CharacterResult(Record):
@@ -196,3 +215,4 @@ class CharacterResult(Record):
     dataset: DatasetRef
     lora: LoraRef | None = None
     renders: tuple[RenderItem, ...] = ()
+    render_sheet: ArtifactRef | None = None

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     download_models: bool = False
     hf_token: SecretStr | None = None
     runpod_api_key: SecretStr | None = None
+    # An OpenAI-compatible chat endpoint (`.../v1`) that writes prompt variations; unset: the seeded templates.
+    prompter_url: str | None = None
+    prompter_model: str = "qwen3-8b-instruct"
+    prompter_api_key: SecretStr | None = None
+    prompter_timeout_s: float = 60.0
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -1,25 +1,45 @@
-"""Render: Wan text-to-image (one frame) and text-to-video with the character LoRA.
+"""Render: Wan text-to-image (one frame) and text-to-video with the character LoRA, post FX, and the lineage in
+the file.
 
-item = render_media.fn(lora.final.weights, "video", "ada waves", load_profile("tiny").render, 0, load_profile("tiny"))
+The image is a PNG whose text chunks carry its settings (`parameters` in the form other image tools write, and
+`likeness` as JSON); the video an H.264 yuv420p MP4 whose `title` is the prompt and whose `comment` is the same
+JSON. Post FX (`render.fx`) go over the image and every frame, with the render's seed.
+
+item = render_media.fn(lora.best.weights, "video", "ada waves", load_profile("tiny").render, 0, load_profile("tiny"))
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from likeness import __version__
 from likeness.config import ModelProfile, RenderConfig
-from likeness.media.imaging import encode_mp4, to_pil
+from likeness.media.imaging import encode_mp4
+from likeness.media.post_fx import apply_post_fx_to_frames, post_fx_preset
 from likeness.models.pipelines import get_pipeline, gpu_lock
+from likeness.models.profiles import spec_path
+from likeness.models.speed_loras import lightx2v_scheduler_config
 from likeness.records import RenderItem
 from likeness.run.interrupts import stop_between_steps
+from likeness.settings import get_settings
 from likeness.stages import stage_task
-from likeness.storage.artifacts import ArtifactRef, get_bytes, put_bytes, put_image
+from likeness.storage.artifacts import ArtifactRef, get_bytes, put_bytes
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2
 ADAPTER = "likeness_character"
+SPEED_ADAPTER = "likeness_speed"
 
 
 def render_filename(kind: str, prompt: str, seed: int, lora: ArtifactRef, config: RenderConfig) -> str:
@@ -28,6 +48,73 @@ def render_filename(kind: str, prompt: str, seed: int, lora: ArtifactRef, config
         :10
     ]
     return f"{kind}_s{seed}_{digest}.{'png' if kind == 'image' else 'mp4'}"
+
+
+def lineage(item: dict[str, Any]) -> dict[str, Any]:
+    """What made a render, as written into its file: prompts, seed, models, LoRAs and strengths, post FX, steps."""
+    loras = [{"file": item["lora"].filename, "sha256": item["lora"].sha256, "scale": item["lora_scale"]}]
+    if item["low_noise_lora"] is not None:
+        low = item["low_noise_lora"]
+        loras.append({"file": low.filename, "sha256": low.sha256, "scale": item["lora_scale"], "expert": "low_noise"})
+    fields = ("kind", "prompt", "negative_prompt", "seed", "frames", "steps", "size", "guidance_scale", "fps", "fx")
+    return {**{name: item[name] for name in fields}, "model": item["model"], "loras": loras, "likeness": __version__}
+
+
+def parameters_text(record: dict[str, Any]) -> str:
+    """The settings in the `parameters` text other image tools write and read (prompt, negative, then a line)."""
+    loras = ", ".join(f"{lora['file']}:{lora['scale']}" for lora in record["loras"])
+    settings = (
+        f"Steps: {record['steps']}, CFG scale: {record['guidance_scale']}, Seed: {record['seed']}, "
+        f"Size: {record['size']}x{record['size']}, Model: {record['model']}, Lora: {loras}, Post FX: {record['fx']}"
+    )
+    return f"{record['prompt']}\nNegative prompt: {record['negative_prompt']}\n{settings}"
+
+
+def png_with_lineage(frame: np.ndarray, record: dict[str, Any]) -> bytes:
+    """The frame as PNG bytes with its lineage in text chunks."""
+    info = PngInfo()
+    info.add_text("parameters", parameters_text(record))
+    info.add_text("likeness", json.dumps(record, sort_keys=True))
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+@contextmanager
+def speed_loras_on(pipe: Any, profile: ModelProfile) -> Iterator[list[str]]:
+    """The video model's step-distillation LoRAs loaded (as adapter `SPEED_ADAPTER`, the low-noise one into
+    `transformer_2`) and its scheduler stepping their sigmas with Euler, for one render; both undone after.
+
+    Yields the adapter names to activate: none for a model without speed LoRAs."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    spec = profile.models["video"]
+    if not spec.speed_loras:
+        yield []
+        return
+    settings = get_settings()
+    for expert, lora in spec.speed_loras.items():
+        path = spec_path(f"video {expert} speed LoRA", lora, settings)
+        pipe.load_lora_weights(
+            path.parent,
+            weight_name=path.name,
+            adapter_name=SPEED_ADAPTER,
+            load_into_transformer_2=expert == "low_noise",
+        )
+    scheduler = pipe.scheduler
+    euler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **lightx2v_scheduler_config())
+    # The pipeline asks for a step count only; the LoRAs were distilled on these very sigmas.
+    euler.set_timesteps = partial(euler.set_timesteps, sigmas=list(spec.speed_sigmas))
+    pipe.scheduler = euler
+    try:
+        yield [SPEED_ADAPTER]
+    finally:
+        pipe.scheduler = scheduler
+        pipe.delete_adapters(SPEED_ADAPTER)
+
+
+def _uint8(frames: np.ndarray) -> np.ndarray:
+    return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
 @stage_task("render-media", STAGE_VERSION)
@@ -45,7 +132,7 @@ def render_media(
 
     frames = 1 if kind == "image" else config.video_frames
     pipe = get_pipeline("video", profile)
-    with gpu_lock, tempfile.TemporaryDirectory() as tmp:
+    with gpu_lock, tempfile.TemporaryDirectory() as tmp, speed_loras_on(pipe, profile) as speed:
         (Path(tmp) / lora.filename).write_bytes(get_bytes(lora))
         pipe.load_lora_weights(tmp, weight_name=lora.filename, adapter_name=ADAPTER)
         if low_noise is not None:
@@ -54,7 +141,9 @@ def render_media(
                 tmp, weight_name=low_noise.filename, adapter_name=ADAPTER, load_into_transformer_2=True
             )
         try:
-            pipe.set_adapters([ADAPTER], adapter_weights=[config.lora_scale])
+            pipe.set_adapters(
+                [ADAPTER, *speed], adapter_weights=[config.lora_scale, *[config.speed_lora_scale] * len(speed)]
+            )
             video = pipe(
                 prompt=prompt,
                 negative_prompt=config.negative_prompt,
@@ -69,20 +158,29 @@ def render_media(
             ).frames[0]
         finally:
             pipe.delete_adapters(ADAPTER)
+    fx = post_fx_preset(config.fx).model_copy(update={"seed": seed})
+    finished = np.stack(list(apply_post_fx_to_frames(_uint8(video), fx)))
+    fields: dict[str, Any] = {
+        "kind": kind,
+        "prompt": prompt,
+        "negative_prompt": config.negative_prompt,
+        "seed": seed,
+        "frames": frames,
+        "steps": config.steps,
+        "size": config.size,
+        "guidance_scale": config.guidance_scale,
+        "fps": None if kind == "image" else config.fps,
+        "fx": config.fx,
+        "lora": lora,
+        "low_noise_lora": low_noise,
+        "lora_scale": config.lora_scale,
+        "model": profile.models["video"].source,
+    }
+    record = lineage(fields)
     filename = render_filename(kind, prompt, seed, lora, config)
-    output = (
-        put_image(to_pil(video[0]), filename) if kind == "image" else put_bytes(encode_mp4(video, config.fps), filename)
-    )
-    return RenderItem(
-        kind=kind,
-        prompt=prompt,
-        negative_prompt=config.negative_prompt,
-        seed=seed,
-        frames=frames,
-        steps=config.steps,
-        size=config.size,
-        lora=lora,
-        lora_scale=config.lora_scale,
-        model=profile.models["video"].source,
-        output=output,
-    )
+    if kind == "image":
+        output = put_bytes(png_with_lineage(finished[0], record), filename)
+    else:
+        metadata = {"title": prompt, "comment": json.dumps(record, sort_keys=True)}
+        output = put_bytes(encode_mp4(finished, config.fps, metadata), filename)
+    return RenderItem(**fields, output=output)

@@ -32,6 +32,8 @@ STAGES = (
     "fit-lora",
     "pick-checkpoint",
     "render-media",
+    "score-render",
+    "render-sheet",
 )
 # The tiny profile's default entries (front, back, smile, face, golden-hour) and the size of each shot: a 64 px
 # long side edited, 128 px upscaled; portrait 3:4 unless the entry asks for a square.
@@ -205,6 +207,7 @@ def test_train_from_an_output_folder_writes_a_lora_folder_of_its_own(workdir, pr
     chosen = (trained / "lora" / "Grace_Hopper.safetensors").read_bytes()
     assert chosen == (trained / best["files"][0]).read_bytes()
     assert (trained / "lora" / "identity_by_step.png").is_file()
+    assert (trained / "reference.png").read_bytes() == (out / "reference.png").read_bytes()
     # The --from folder is only read.
     assert (out / "likeness.json").read_bytes() == before
     runs = api_post(
@@ -242,6 +245,8 @@ def test_rerun_is_cached_and_a_render_change_reruns_only_rendering(workdir, pref
     assert last_run["model_loads"] == {"video": 1}
     states = task_states(prefect_api, last_run["flow_run_id"])
     assert states.pop("render-media") == ["Completed", "Completed"]
+    # New renders are scored and make a new contact sheet.
+    assert states.pop("score-render") == ["Completed", "Completed"] and states.pop("render-sheet") == ["Completed"]
     assert all(state == "Cached" for names in states.values() for state in names), states
     renders = manifest(out)["renders"]
     assert sorted(entry["seed"] for entry in renders) == [0, 0, 7, 7]
@@ -339,3 +344,31 @@ def test_refused_tries_are_edited_again_and_a_dataset_with_nothing_kept_says_why
     # The contact sheet shows the reference and the three refused tries.
     assert Image.open(out / "dataset_contact_sheet.png").size == (4 * 256, 256 + 18)
     assert not (out / "lora").exists() and not (out / "dataset").exists()
+
+
+def test_render_adds_scored_renders_with_their_lineage_beside_the_earlier_ones(workdir):
+    tmp, env, photo = workdir
+    out = tmp / "out"
+    before = {entry["file"] for entry in manifest(out)["renders"]}
+    (tmp / "prompts.yaml").write_text(
+        '- {prompt: "{trigger} on a beach", seed: 4}\n- {prompt: "{trigger} walks", frames: 9}\n'
+    )
+    args = ("render", "Grace Hopper", "--from", "out", "--prompts", "prompts.yaml", "--fx", "seed-look")
+    result = likeness(env, tmp, *args, "--set", "render.upscale_long_side=128")
+    assert result.returncode == 0, result.stderr[-4000:]
+    record = manifest(out)
+    new = [entry for entry in record["renders"] if entry["file"] not in before]
+    assert sorted((entry["kind"], entry["seed"], entry["frames"]) for entry in new) == [
+        ("image", 4, 1),
+        ("video", 0, 9),
+    ]
+    assert all(entry["fx"] == "seed-look" and entry["frames_scored"] >= 1 for entry in new)
+    video = next(entry for entry in new if entry["kind"] == "video")
+    assert decode_mp4(out / video["upscaled"]).shape == (9, 128, 128, 3)
+    image = next(entry for entry in new if entry["kind"] == "image")
+    assert json.loads(Image.open(out / image["file"]).text["likeness"])["prompt"] == "Grace_Hopper on a beach"
+    assert list((out / "renders").glob("Grace_Hopper_renders_*.png"))
+    # The earlier renders are still there, and the produce run is still up to date.
+    assert before <= {entry["file"] for entry in record["renders"]}
+    again = likeness(env, tmp, "produce", "Grace Hopper", "--image", str(photo), "--profile", "tiny", "--out", "out")
+    assert again.returncode == 0 and "is up to date" in again.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import tempfile
 import textwrap
 from collections.abc import Sequence
@@ -56,12 +57,14 @@ def contact_sheet(
     return sheet
 
 
-def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
-    """H.264 MP4 bytes of float frames (T, H, W, 3) in [0, 1], through the ffmpeg imageio-ffmpeg ships."""
+def encode_mp4(frames: np.ndarray, fps: int, metadata: dict[str, str] | None = None) -> bytes:
+    """H.264 MP4 bytes of frames (T, H, W, 3: float in [0, 1], or uint8), through the ffmpeg imageio-ffmpeg
+    ships; `metadata` become the container's tags (`title`, `comment`, ...), as `ffmpeg -i` shows them."""
     import imageio_ffmpeg
 
-    uint8 = (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
+    uint8 = frames if frames.dtype == np.uint8 else (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
     height, width = uint8.shape[1:3]
+    tags = [argument for name, value in (metadata or {}).items() for argument in ("-metadata", f"{name}={value}")]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "video.mp4"
         writer = imageio_ffmpeg.write_frames(
@@ -71,7 +74,7 @@ def encode_mp4(frames: np.ndarray, fps: int) -> bytes:
             codec="libx264",
             pix_fmt_out="yuv420p",
             macro_block_size=1,
-            output_params=["-crf", "16"],
+            output_params=["-crf", "16", *tags],
         )
         writer.send(None)
         for frame in uint8:
@@ -89,3 +92,35 @@ def decode_mp4(path: Path) -> np.ndarray:
     width, height = meta["size"]
     frames = [np.frombuffer(frame, np.uint8).reshape(height, width, 3) for frame in reader]
     return np.stack(frames)
+
+
+def sample_frames(path: Path, count: int, frames: int) -> list[np.ndarray]:
+    """`count` frames spread evenly over an MP4 of `frames` frames (first and last included), read one at a time."""
+    import imageio_ffmpeg
+
+    count = min(count, frames)
+    wanted = {round(i * (frames - 1) / max(count - 1, 1)) for i in range(count)}
+    reader = imageio_ffmpeg.read_frames(str(path))
+    width, height = next(reader)["size"]
+    picked = []
+    for index, frame in enumerate(reader):
+        if index in wanted:
+            picked.append(np.frombuffer(frame, np.uint8).reshape(height, width, 3).copy())
+    return picked
+
+
+def read_mp4_metadata(path: Path) -> dict[str, str]:
+    """The container tags of an MP4 (`title`, `comment`, ...), whole: `ffmpeg -i` shows only their start."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    command = [imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-i", str(path), "-f", "ffmetadata", "-"]
+    text = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    tags: dict[str, str] = {}
+    # ffmetadata escapes `=`, `;`, `#`, `\` and newlines with a backslash.
+    for line in re.split(r"(?<!\\)\n", text)[1:]:
+        name, sep, value = line.partition("=")
+        if sep:
+            tags[name] = re.sub(r"\\(.)", r"\1", value, flags=re.DOTALL)
+    return tags

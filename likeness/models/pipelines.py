@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 gpu_lock = threading.RLock()
 load_counts: Counter[str] = Counter()
-_loaded: dict[tuple[str, str, str], Any] = {}
+_loaded: dict[tuple[str, str, str, str, bool, bool], Any] = {}
 _loading = threading.Lock()
 
 
@@ -35,9 +35,18 @@ def _torch_dtype(profile: ModelProfile) -> Any:
 
 
 def _place(pipe: Any, profile: ModelProfile, device: str) -> Any:
-    """Put a diffusers pipeline on `device`, or let it move one component there at a time."""
+    """Put a diffusers pipeline on `device`, or let it move one component (or layer) there at a time; with the
+    profile's VAE memory modes on."""
+    vae = getattr(pipe, "vae", None)
+    if profile.vae_tiling and vae is not None:
+        vae.enable_tiling()
+    if profile.vae_slicing and vae is not None:
+        vae.enable_slicing()
     if profile.offload == "model" and device != "cpu":
         pipe.enable_model_cpu_offload(device=device)
+        return pipe
+    if profile.offload == "sequential" and device != "cpu":
+        pipe.enable_sequential_cpu_offload(device=device)
         return pipe
     return pipe.to(device)
 
@@ -124,7 +133,8 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
     """The loaded model for `role` under `profile`, loading it on first use in this process."""
     settings = settings or get_settings()
     spec = profile.models[role]
-    key = (role, spec.source, profile.dtype)
+    # The memory modes are set when a model loads: a profile with others gets a load of its own.
+    key = (role, spec.source, profile.dtype, profile.offload, profile.vae_tiling, profile.vae_slicing)
     with _loading:
         if key not in _loaded:
             if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):

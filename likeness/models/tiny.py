@@ -10,7 +10,8 @@ Real counterparts: editor = Qwen/Qwen-Image-Edit-2511, editor-lightning = its 4-
 (lightx2v/Qwen-Image-Edit-2511-Lightning), refiner = FLUX.1 (img2img),
 upscaler = ESRGAN 4x (RRDBNet), captioner = Qwen/Qwen3-VL-8B-Instruct,
 video = Wan 2.x text-to-video (diffusers layout), video-a14b = Wan-AI/Wan2.2-T2V-A14B-Diffusers (two experts:
-`transformer` for high noise, `transformer_2` for low noise, split at boundary_ratio 0.875).
+`transformer` for high noise, `transformer_2` for low noise, split at boundary_ratio 0.875),
+video-a14b-lightx2v = lightx2v/Wan2.2-Distill-Loras' T2V A14B 4-step LoRAs (high and low noise).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 TINY_ROLES = (
     "editor", "editor-lightning", "refiner", "refiner-klein", "upscaler", "captioner", "video", "video-a14b",
+    "video-a14b-lightx2v",
 )  # fmt: skip
 
 _MARKER = ".complete"
@@ -442,6 +444,15 @@ def _tiny_wan(two_experts: bool = False) -> Any:
     )  # fmt: skip
 
 
+def _build_video_a14b_lightx2v(folder: Path) -> None:
+    """The lightx2v 4-step LoRAs' twins for the tiny A14B: the real files' names and key layout, one per expert."""
+    from likeness.models.speed_loras import T2V_A14B_FILES, write_tiny_speed_lora
+
+    pipe = _tiny_wan(two_experts=True)
+    for seed, (expert, transformer) in enumerate((("high_noise", pipe.transformer), ("low_noise", pipe.transformer_2))):
+        write_tiny_speed_lora(transformer, folder / T2V_A14B_FILES[expert], rank=4, seed=21 + seed, scale=1.0)
+
+
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "editor": _build_editor,
     "editor-lightning": _build_editor_lightning,
@@ -451,4 +462,5 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "captioner": _build_captioner,
     "video": _build_video,
     "video-a14b": _build_video_a14b,
+    "video-a14b-lightx2v": _build_video_a14b_lightx2v,
 }

@@ -18,13 +18,13 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from likeness import __version__
 from likeness.config import ModelProfile, RunConfig
-from likeness.records import CharacterResult, LoraRef
+from likeness.records import CharacterResult, LoraRef, RenderItem, Renders
 from likeness.storage.artifacts import ArtifactRef, get_bytes
 from likeness.storage.store import ArtifactStore
 from likeness.training.data import training_files
@@ -237,15 +237,7 @@ def export_outputs(
     export(REFERENCE, dataset.reference)
     if lora:
         _export_lora(lora, export)
-    for item in result.renders:
-        file = f"renders/{dataset.trigger}_{item.output.filename}"
-        export(file, item.output)
-        renders[file] = {
-            "file": file,
-            **item.model_dump(mode="json", exclude={"output", "lora"}),
-            "lora_sha256": item.lora.sha256,
-            "sha256": item.output.sha256,
-        }
+    _export_renders(result.renders, result.render_sheet, dataset.trigger, export, renders)
     record = {
         "identity": identity,
         "complete": True,
@@ -271,10 +263,15 @@ def export_lora_outputs(
     key: str,
     store: ArtifactStore,
     run_stats: dict[str, Any],
+    reference: ArtifactRef | None = None,
 ) -> dict[str, Any]:
-    """Copy a `likeness train` run's LoRA from the store into `out/lora/` and record what is there."""
+    """Copy a `likeness train` run's LoRA (and the reference it was scored against) into `out` and record it."""
     _, files = _claim(out, identity)
-    _export_lora(lora, _exporter(out, files, store))
+    export = _exporter(out, files, store)
+    _export_lora(lora, export)
+    if reference is not None:
+        # What `likeness render --from` scores renders against.
+        export(REFERENCE, reference)
     record = {
         "identity": identity,
         "complete": True,
@@ -287,6 +284,52 @@ def export_lora_outputs(
     }
     _write_record(out, record)
     return record
+
+
+def export_render_outputs(renders: Renders, trigger: str, out: Path, store: ArtifactStore) -> dict[str, Any]:
+    """Add a `likeness render` run's renders to the output folder they were made from, beside the earlier ones."""
+    record = read_record(out)
+    if record is None or not record.get("complete"):
+        raise OutputConflict(f"{out} holds no complete {MANIFEST}: render into the folder of a finished run")
+    remove_leftovers(out)
+    files = {name: sha256 for name, sha256 in record.get("files", {}).items() if (out / name).is_file()}
+    entries = {entry["file"]: entry for entry in record.get("renders", []) if (out / entry["file"]).is_file()}
+    _export_renders(renders.items, renders.contact_sheet, trigger, _exporter(out, files, store), entries)
+    record = {
+        **record,
+        "renders": sorted(entries.values(), key=lambda entry: entry["file"]),
+        "files": dict(sorted(files.items())),
+    }
+    _write_record(out, record)
+    return record
+
+
+def _export_renders(
+    items: Sequence[RenderItem],
+    sheet: ArtifactRef | None,
+    trigger: str,
+    export: Callable[[str, ArtifactRef | str], None],
+    entries: dict[str, dict[str, Any]],
+) -> None:
+    """Write the renders (and the upscaled videos) under `renders/`, and note each one's lineage in `entries`."""
+    for item in items:
+        file = f"renders/{trigger}_{item.output.filename}"
+        export(file, item.output)
+        upscaled = None
+        if item.upscaled:
+            upscaled = f"renders/{trigger}_{item.upscaled.filename}"
+            export(upscaled, item.upscaled)
+        entries[file] = {
+            "file": file,
+            **item.model_dump(mode="json", exclude={"output", "lora", "low_noise_lora", "upscaled"}),
+            "lora_sha256": item.lora.sha256,
+            **({"low_noise_lora_sha256": item.low_noise_lora.sha256} if item.low_noise_lora else {}),
+            **({"upscaled": upscaled} if upscaled else {}),
+            "sha256": item.output.sha256,
+        }
+    if sheet:
+        # Named by its content: each render run's sheet lies beside the earlier ones'.
+        export(f"renders/{trigger}_renders_{sheet.sha256[:10]}.png", sheet)
 
 
 def _claim(out: Path, identity: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

@@ -1,0 +1,78 @@
+"""What a render run makes: one job per prompt, each with its kind, seed and settings, checked before any model
+loads.
+
+The run's `RenderConfig` gives the templates (`image_prompts`, `video_prompts`) and the defaults; a prompts file's
+entries (`likeness.render.prompts.PromptEntry`) replace them, each entry's options replacing the run's settings
+for that render alone.
+
+    jobs = plan_renders(config, "Ada", read_prompts_file(Path("prompts.yaml")))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from likeness.config import RenderConfig, RenderLimits, render_template
+from likeness.inputs import InvalidInput
+from likeness.render.prompts import PromptEntry
+
+
+class RenderJob(BaseModel):
+    """One image or video to render: its prompt (the trigger word filled in), seed and settings."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: Literal["image", "video"]
+    prompt: str
+    seed: int
+    config: RenderConfig
+
+
+def plan_renders(
+    config: RenderConfig,
+    trigger: str,
+    prompts: Sequence[PromptEntry] | None = None,
+    limits: RenderLimits | None = None,
+    beyond_limits: bool = False,
+) -> list[RenderJob]:
+    """The run's renders: the config's templates, or each entry of `prompts` with its options applied (and checked
+    against the profile's `limits`, soft ones passed with `beyond_limits`)."""
+    if not prompts:
+        jobs = [("image", template) for template in config.image_prompts]
+        jobs += [("video", template) for template in config.video_prompts]
+        return [
+            RenderJob(kind=kind, prompt=render_template(t, trigger=trigger), seed=config.seed, config=config)
+            for kind, t in jobs
+        ]
+    planned = []
+    for number, entry in enumerate(prompts, start=1):
+        kind = entry.kind or ("video" if entry.frames else "image")
+        options = {
+            "negative_prompt": entry.negative_prompt,
+            "lora_scale": entry.lora_scale,
+            "fx": entry.fx,
+            "video_frames": entry.frames,
+        }
+        try:
+            settings = RenderConfig.model_validate(
+                {**config.model_dump(), **{name: value for name, value in options.items() if value is not None}}
+            )
+            prompt = render_template(entry.prompt, trigger=trigger)
+        except (ValidationError, ValueError) as exc:
+            raise InvalidInput(f"prompt {number} ({entry.prompt[:40]!r}): {_reason(exc)}") from None
+        problems = settings.limit_problems(f"prompt {number}", limits) if limits else []
+        problems = [problem for problem in problems if not (problem.soft and beyond_limits)]
+        if problems:
+            raise InvalidInput("; ".join(problem.text for problem in problems))
+        seed = config.seed if entry.seed is None else entry.seed
+        planned.append(RenderJob(kind=kind, prompt=prompt, seed=seed, config=settings))
+    return planned
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+    return str(exc)

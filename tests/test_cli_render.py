@@ -1,0 +1,107 @@
+"""`likeness render`: what it refuses before any model loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from likeness.cli import app
+
+
+@pytest.fixture
+def run(likeness_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Invoke `likeness render` in-process from tmp_path; afterwards check no model was built."""
+    models = tmp_path / "fresh-models"
+    monkeypatch.setenv("LIKENESS_MODELS_DIR", str(models))
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # nothing listens: a flow run would fail
+    from likeness import settings
+
+    settings.get_settings.cache_clear()
+    monkeypatch.chdir(tmp_path)
+
+    def invoke(*args: str):
+        result = CliRunner().invoke(app, ["render", *args])
+        assert not models.exists(), "a model was built or loaded"
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> Path:
+    """An output folder as `likeness train` leaves it (the LoRA's bytes do not matter before a model loads)."""
+    out = tmp_path / "Ada-lora"
+    (out / "lora").mkdir(parents=True)
+    (out / "lora" / "Ada.safetensors").write_bytes(b"weights")
+    entry = {"files": ["lora/checkpoints/Ada_000000001.safetensors"], "step": 1, "best": True,
+             "published_as": ["lora/Ada.safetensors"]}  # fmt: skip
+    record = {"identity": {"format": 4, "trigger": "Ada", "profile": {"name": "tiny"}}, "complete": True,
+              "lora": [entry], "renders": [], "files": {}}  # fmt: skip
+    (out / "likeness.json").write_text(json.dumps(record))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--frames", "8"], "video_frames must be 4k+1"),
+        (["--fx", "sepia"], "unknown post FX preset 'sepia'; known presets: none, seed-look"),
+        (["--upscale", "8k"], "--upscale '8k' is not one of 4k, 1440p, 1080p"),
+        (["--upscale", "4k"], "render.upscale_long_side=3840 is above 512"),
+        (["--images", "2", "--prompts", "p.txt"], "give --prompts FILE or --images/--videos N, not both"),
+    ],
+)
+def test_settings_a_render_cannot_take_are_refused(run, trained, args, message):
+    result = run("Ada", "--from", str(trained), *args)
+    assert result.exit_code == 2 and message in result.output.replace("\n", " "), result.output
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "prompts.txt: is empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "not text"),
+        (b"Ada at {place}\n", "{place}"),
+        (b"- prompt: Ada runs\n  frames: 8\n", "prompt 1 ('Ada runs'): video_frames must be 4k+1"),
+    ],
+    ids=["empty", "binary", "placeholder", "frames"],
+)
+def test_a_prompts_file_that_cannot_be_rendered_is_refused(run, trained, tmp_path, content, message):
+    path = tmp_path / ("prompts.yaml" if content.startswith(b"-") else "prompts.txt")
+    path.write_bytes(content)
+    result = run("Ada", "--from", str(trained), "--prompts", str(path))
+    assert result.exit_code == 2 and message in result.output.replace("\n", " "), result.output
+
+
+def test_a_folder_without_a_lora_or_of_another_character_is_refused(run, trained, tmp_path):
+    result = run("Bob", "--from", str(trained))
+    assert result.exit_code == 2 and "holds the LoRA of 'Ada', not 'Bob'" in result.output
+    result = run("Ada", "--from", str(tmp_path))
+    assert result.exit_code == 2 and "holds no trained LoRA" in result.output
+    (trained / "lora" / "Ada.safetensors").unlink()
+    result = run("Ada", "--from", str(trained))
+    assert result.exit_code == 2 and "Ada.safetensors is gone" in result.output
+
+
+def test_the_prompter_in_the_settings_writes_the_variations_and_a_bad_one_falls_back(likeness_env, monkeypatch):
+    from likeness import settings
+    from likeness.cli import _prompt_variations
+    from likeness.render.prompts import CharacterPrompt, template_variations
+    from tests.test_render_prompts import FakeLlm, completion
+
+    written = ["Ada, reading in a library, soft window light", "Ada, on a ferry at dawn, 85mm"]
+    fake = FakeLlm()
+    try:
+        good = fake.start(lambda body: (200, completion(json.dumps(written))))
+        garbage = fake.start(lambda body: (200, "<html>busy</html>"))
+        monkeypatch.setenv("LIKENESS_PROMPTER_API_KEY", "sk-prompter-1234")
+        for url, expected in ((good, written), (garbage, template_variations(CharacterPrompt(trigger="Ada"), 2, 3))):
+            monkeypatch.setenv("LIKENESS_PROMPTER_URL", url)
+            settings.get_settings.cache_clear()
+            assert _prompt_variations(CharacterPrompt(trigger="Ada"), 2, 3) == expected
+    finally:
+        fake.close()
+    assert fake.requests[0]["headers"]["Authorization"] == "Bearer sk-prompter-1234"
