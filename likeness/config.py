@@ -810,6 +810,16 @@ class RunConfig(Frozen):
         except ValidationError as exc:
             raise InvalidSettings.from_validation_error(exc) from None
         problems = [p for p in config.limit_problems(profile.limits) if not (p.soft and beyond_limits)]
+        sigmas = profile.models["video"].speed_sigmas
+        said = any(problem.text.startswith("render.steps=") for problem in problems)
+        if sigmas and config.render.steps != len(sigmas) and not said:
+            problems.append(
+                Problem(
+                    f"render.steps={config.render.steps}: the video model's speed LoRAs are distilled for exactly "
+                    f"{len(sigmas)} steps; use a profile without them for other step counts",
+                    soft=False,
+                )
+            )
         if problems:
             raise InvalidSettings([f"{p.text}; {SOFT_ADVICE}" if p.soft else p.text for p in problems])
         return config

@@ -135,11 +135,23 @@ def test_a_size_off_the_models_multiple_is_refused_even_beyond_limits(name, path
 
 
 @pytest.mark.parametrize("path", ["render", "train"])
-def test_the_5b_needs_sizes_in_multiples_of_32(path):
-    message = refused(PRODUCTION, overrides(path, size=720), beyond_limits=True)
+def test_the_5b_needs_sizes_in_multiples_of_32_and_the_a14b_of_16(path):
+    five_b = load_profile("production-5b")
+    message = refused(five_b, overrides(path, size=720), beyond_limits=True)
     assert f"{path}.size=720 is not a multiple of 32, as Wan 2.2 TI2V-5B's VAE downsamples 16x" in message
     assert "use 704 or 736" in message
-    assert setting(RunConfig.from_profile(PRODUCTION, overrides(path, size=736)), f"{path}.size") == 736
+    assert setting(RunConfig.from_profile(five_b, overrides(path, size=736)), f"{path}.size") == 736
+    assert setting(RunConfig.from_profile(PRODUCTION, overrides(path, size=720)), f"{path}.size") == 720
+    message = refused(PRODUCTION, overrides(path, size=712), beyond_limits=True)
+    assert f"{path}.size=712 is not a multiple of 16, as the A14B's Wan 2.1 VAE downsamples 8x" in message
+
+
+def test_renders_with_speed_loras_take_exactly_their_steps():
+    message = refused(PRODUCTION, overrides("render", steps=3), beyond_limits=True)
+    assert "render.steps=3: the video model's speed LoRAs are distilled for exactly 4 steps" in message
+    assert "render.steps=8 is above 4, the 4 steps the lightx2v LoRAs are distilled for" in refused(
+        PRODUCTION, overrides("render", steps=8), beyond_limits=True
+    )
 
 
 @pytest.mark.parametrize("path", ["dataset", "train", "render"])
@@ -213,7 +225,8 @@ def test_prompts_longer_than_the_text_encoder_reads_are_refused(field, where):
 
 def test_several_problems_come_one_line_each():
     message = refused(
-        PRODUCTION, {"render": {"size": 4096, "steps": 101}, "dataset": {"caption": {"max_new_tokens": 513}}}
+        load_profile("production-5b"),
+        {"render": {"size": 4096, "steps": 101}, "dataset": {"caption": {"max_new_tokens": 513}}},
     )
     lines = message.splitlines()
     assert len(lines) == 3

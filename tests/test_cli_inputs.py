@@ -93,7 +93,8 @@ def test_bad_name(run, tmp_path, name, message):
     [
         (
             ["--profile", "huge"],
-            "unknown profile 'huge'; known: permissive, production, production-2509, production-fullstep, tiny",
+            "unknown profile 'huge'; known: permissive, production, production-2509, production-5b, "
+            "production-fullstep, tiny",
         ),
         (["--set", "dataset.upscale.start_step=4"], "start_step (4) must be below steps (4)"),
         (["--set", "render.video_frames=6"], "video_frames must be 4k+1"),
