@@ -927,6 +927,7 @@ def _render_inputs(
     missing = [str(path) for path in lora_files if not path.is_file()]
     if missing:
         raise InvalidInput(f"--from {out}: the LoRA file {', '.join(missing)} is gone")
+    check_lora_files(lora_files, load_profile(profile or record["identity"]["profile"]["name"]))
     if prompts_file is not None and (images or videos):
         raise InvalidInput("give --prompts FILE or --images/--videos N, not both")
     model_profile = load_profile(profile or record["identity"]["profile"]["name"])
@@ -959,6 +960,35 @@ def _render_inputs(
     if reference is None:
         _say("note: no reference photo (--image), so the renders are not scored")
     return RenderInputs(trigger, lora_files, best["step"], reference, entries, model_profile, config, beyond_limits)
+
+
+def check_lora_files(paths: list[Path], profile: ModelProfile) -> None:
+    """Refuse a LoRA file that is not one, or not one for the profile's Wan transformer, reading only its header.
+
+    The transformer is built on the meta device from its config on disk; where the weights are not here yet
+    (a first run), the loader's own checks are what is left."""
+    import torch
+    from diffusers import WanTransformer3DModel
+
+    from likeness.models.profiles import model_path
+    from likeness.models.speed_loras import check_wan_lora_keys
+
+    settings, source = get_settings(), profile.models["video"].source
+    if source.startswith("tiny:"):
+        # Where the tiny models are built on first use: looked at, not built.
+        folder = settings.resolved_models_dir / "tiny" / source.removeprefix("tiny:")
+    else:
+        try:
+            folder = model_path("video", profile, settings)
+        except ProfileUnavailable:
+            return
+    config_path = folder / "transformer" / "config.json"
+    if not config_path.is_file():
+        return
+    with torch.device("meta"):
+        transformer = WanTransformer3DModel.from_config(json.loads(config_path.read_text()))
+    for path in paths:
+        check_wan_lora_keys(path, transformer)
 
 
 def _prompt_variations(character: CharacterPrompt, count: int, seed: int) -> list[str]:

@@ -105,3 +105,31 @@ def test_the_prompter_in_the_settings_writes_the_variations_and_a_bad_one_falls_
     finally:
         fake.close()
     assert fake.requests[0]["headers"]["Authorization"] == "Bearer sk-prompter-1234"
+
+
+def test_a_lora_that_is_not_one_for_the_profiles_wan_is_refused_before_it_loads(likeness_env, models_dir, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from likeness import settings
+    from likeness.models.tiny import build_tiny_models
+
+    build_tiny_models(models_dir / "tiny", roles=["video"])
+    settings.get_settings.cache_clear()
+    out = tmp_path / "Ada-lora"
+    (out / "lora").mkdir(parents=True)
+    # A LoRA for a wider model: its shapes fit no layer of the tiny Wan transformer.
+    save_file(
+        {
+            "diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(4, 5120),
+            "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.zeros(5120, 4),
+        },
+        out / "lora" / "Ada.safetensors",
+    )
+    entry = {"files": ["lora/Ada.safetensors"], "step": 1, "best": True, "published_as": ["lora/Ada.safetensors"]}
+    record = {"identity": {"format": 4, "trigger": "Ada", "profile": {"name": "tiny"}}, "complete": True,
+              "lora": [entry], "renders": [], "files": {}}  # fmt: skip
+    (out / "likeness.json").write_text(json.dumps(record))
+    result = CliRunner().invoke(app, ["render", "Ada", "--from", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "Ada.safetensors" in result.output and "5120" in result.output.replace("\n", " ")
