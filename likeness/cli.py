@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from likeness import __version__
-from likeness.config import BACKENDS, ModelProfile, RunConfig, check_shot_count
+from likeness.config import BACKENDS, ModelProfile, Role, RunConfig, check_shot_count, render_template
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
 from likeness.models.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
@@ -798,6 +798,9 @@ class RenderInputs(NamedTuple):
     profile: ModelProfile
     config: RunConfig
     beyond_limits: bool
+    # `--animate`: the still (as PNG) and the video prompt it comes to life with.
+    still_png: bytes | None = None
+    animate_prompt: str | None = None
 
 
 class RenderRun(FlowRun):
@@ -842,6 +845,7 @@ class RenderRun(FlowRun):
             best_step=inputs.step,
         )
         reference = put_bytes(inputs.reference.png, "reference.png", self.store) if inputs.reference else None
+        still = put_bytes(inputs.still_png, "still.png", self.store) if inputs.still_png else None
         return render(
             lora,
             inputs.config.render,
@@ -849,6 +853,8 @@ class RenderRun(FlowRun):
             reference,
             inputs.prompts,
             inputs.beyond_limits,
+            still,
+            inputs.animate_prompt,
             return_state=True,
         )
 
@@ -875,6 +881,10 @@ def render_command(
     upscale: Annotated[
         str | None, typer.Option(help="Upscale the videos in chunks: 4k, 1440p or 1080p; render.upscale_long_side.")
     ] = None,
+    animate: Annotated[
+        Path | None,
+        typer.Option(help="A still of the character (a render) to bring to life with Wan 2.2 image-to-video."),
+    ] = None,
     image: ScoringReference = None,
     profile: Profile = None,
     overrides: Overrides = None,
@@ -888,8 +898,10 @@ def render_command(
         inputs = _render_inputs(
             name, from_out, prompts, images, videos, frames, fx, upscale, image, profile, overrides, beyond_limits
         )
-        if inputs.profile.models["video"].source.startswith("tiny:") is False:
-            preflight(inputs.profile, settings)
+        if animate is not None:
+            inputs = _with_still(inputs, animate)
+        roles: list[Role] = ["video", *(["animator"] if animate else [])]
+        preflight(inputs.profile, settings, roles)
         store = get_store()
         check_writable(from_out, store, (0, 0))
     except (InvalidInput, ProfileUnavailable, OutputConflict, StoreError, WriteCheckFailed) as exc:
@@ -960,6 +972,27 @@ def _render_inputs(
     if reference is None:
         _say("note: no reference photo (--image), so the renders are not scored")
     return RenderInputs(trigger, lora_files, best["step"], reference, entries, model_profile, config, beyond_limits)
+
+
+def _with_still(inputs: RenderInputs, path: Path) -> RenderInputs:
+    """The inputs with `--animate`'s still and its video prompt: the still's own prompt (a render carries it) with
+    motion and camera added, else the character's first video prompt."""
+    from likeness.render.prompts import video_prompt
+
+    if "animator" not in inputs.profile.models:
+        raise InvalidInput(f"--animate needs an image-to-video model, and profile {inputs.profile.name!r} names none")
+    still = read_reference_image(path, "still to animate")
+    lineage = Image.open(path).info.get("likeness") if path.suffix.lower() == ".png" else None
+    seed = inputs.config.render.seed
+    if lineage:
+        prompt = video_prompt(json.loads(lineage)["prompt"], seed)
+    else:
+        prompt = (
+            render_template(inputs.config.render.video_prompts[0], trigger=inputs.trigger)
+            if (inputs.config.render.video_prompts)
+            else video_prompt(inputs.trigger, seed)
+        )
+    return inputs._replace(still_png=still.png, animate_prompt=prompt)
 
 
 def check_lora_files(paths: list[Path], profile: ModelProfile) -> None:

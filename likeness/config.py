@@ -22,7 +22,8 @@ from likeness.dataset.captions import DEFAULT_PROMPT
 from likeness.dataset.curation import CurationConfig
 from likeness.inputs import InvalidInput
 
-Role = Literal["editor", "refiner", "upscaler", "captioner", "video"]
+Role = Literal["editor", "refiner", "upscaler", "captioner", "video", "animator"]
+# Every profile names these; the animator (image-to-video, for `render --animate`) is optional.
 ROLES: tuple[Role, ...] = ("editor", "refiner", "upscaler", "captioner", "video")
 
 # The names a prompt template may use, as {name}; values come from the run (the trigger word today).

@@ -26,7 +26,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from likeness import __version__
 from likeness.config import ModelProfile, RenderConfig
-from likeness.media.imaging import encode_mp4
+from likeness.media.imaging import encode_mp4, square
 from likeness.media.post_fx import apply_post_fx_to_frames, post_fx_preset
 from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.models.profiles import spec_path
@@ -35,7 +35,7 @@ from likeness.records import RenderItem
 from likeness.run.interrupts import stop_between_steps
 from likeness.settings import get_settings
 from likeness.stages import stage_task
-from likeness.storage.artifacts import ArtifactRef, get_bytes, put_bytes
+from likeness.storage.artifacts import ArtifactRef, get_bytes, load_image, put_bytes
 
 STAGE_VERSION = 2
 ADAPTER = "likeness_character"
@@ -81,20 +81,22 @@ def png_with_lineage(frame: np.ndarray, record: dict[str, Any]) -> bytes:
 
 
 @contextmanager
-def speed_loras_on(pipe: Any, profile: ModelProfile) -> Iterator[list[str]]:
+def speed_loras_on(
+    pipe: Any, profile: ModelProfile, role: Literal["video", "animator"] = "video"
+) -> Iterator[list[str]]:
     """The video model's step-distillation LoRAs loaded (as adapter `SPEED_ADAPTER`, the low-noise one into
     `transformer_2`) and its scheduler stepping their sigmas with Euler, for one render; both undone after.
 
     Yields the adapter names to activate: none for a model without speed LoRAs."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    spec = profile.models["video"]
+    spec = profile.models[role]
     if not spec.speed_loras:
         yield []
         return
     settings = get_settings()
     for expert, lora in spec.speed_loras.items():
-        path = spec_path(f"video {expert} speed LoRA", lora, settings)
+        path = spec_path(f"{role} {expert} speed LoRA", lora, settings)
         pipe.load_lora_weights(
             path.parent,
             weight_name=path.name,
@@ -117,22 +119,20 @@ def _uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-@stage_task("render-media", STAGE_VERSION)
-def render_media(
+def _generate(
+    role: Literal["video", "animator"],
+    profile: ModelProfile,
     lora: ArtifactRef,
-    kind: Literal["image", "video"],
-    prompt: str,
+    low_noise: ArtifactRef | None,
     config: RenderConfig,
     seed: int,
-    profile: ModelProfile,
-    low_noise: ArtifactRef | None = None,
-) -> RenderItem:
-    """Render one image or video with the LoRA at `config.lora_scale` (and an A14B LoRA's low-noise file)."""
+    **call: Any,
+) -> np.ndarray:
+    """Frames (T, H, W, 3 uint8) of the role's pipeline with the character LoRA, its speed LoRAs and the post FX."""
     import torch
 
-    frames = 1 if kind == "image" else config.video_frames
-    pipe = get_pipeline("video", profile)
-    with gpu_lock, tempfile.TemporaryDirectory() as tmp, speed_loras_on(pipe, profile) as speed:
+    pipe = get_pipeline(role, profile)
+    with gpu_lock, tempfile.TemporaryDirectory() as tmp, speed_loras_on(pipe, profile, role) as speed:
         (Path(tmp) / lora.filename).write_bytes(get_bytes(lora))
         pipe.load_lora_weights(tmp, weight_name=lora.filename, adapter_name=ADAPTER)
         if low_noise is not None:
@@ -145,22 +145,38 @@ def render_media(
                 [ADAPTER, *speed], adapter_weights=[config.lora_scale, *[config.speed_lora_scale] * len(speed)]
             )
             video = pipe(
-                prompt=prompt,
                 negative_prompt=config.negative_prompt,
                 height=config.size,
                 width=config.size,
-                num_frames=frames,
                 num_inference_steps=config.steps,
                 guidance_scale=config.guidance_scale,
                 generator=torch.Generator("cpu").manual_seed(seed),
                 callback_on_step_end=stop_between_steps,
                 output_type="np",
+                **call,
             ).frames[0]
         finally:
             pipe.delete_adapters(ADAPTER)
     fx = post_fx_preset(config.fx).model_copy(update={"seed": seed})
-    finished = np.stack(list(apply_post_fx_to_frames(_uint8(video), fx)))
-    fields: dict[str, Any] = {
+    return np.stack(list(apply_post_fx_to_frames(_uint8(video), fx)))
+
+
+def _stored(fields: dict[str, Any], frames: np.ndarray, config: RenderConfig, filename: str) -> RenderItem:
+    """The render in the store with its lineage inside (PNG text chunks, MP4 tags), and its record."""
+    record = lineage(fields)
+    if fields["kind"] == "image":
+        output = put_bytes(png_with_lineage(frames[0], record), filename)
+    else:
+        metadata = {"title": fields["prompt"], "comment": json.dumps(record, sort_keys=True)}
+        output = put_bytes(encode_mp4(frames, config.fps, metadata), filename)
+    return RenderItem(**fields, output=output)
+
+
+def _fields(
+    kind: str, prompt: str, seed: int, frames: int, config: RenderConfig, lora: ArtifactRef,
+    low_noise: ArtifactRef | None, model: str,
+) -> dict[str, Any]:  # fmt: skip
+    return {
         "kind": kind,
         "prompt": prompt,
         "negative_prompt": config.negative_prompt,
@@ -174,13 +190,42 @@ def render_media(
         "lora": lora,
         "low_noise_lora": low_noise,
         "lora_scale": config.lora_scale,
-        "model": profile.models["video"].source,
+        "model": model,
     }
-    record = lineage(fields)
-    filename = render_filename(kind, prompt, seed, lora, config)
-    if kind == "image":
-        output = put_bytes(png_with_lineage(finished[0], record), filename)
-    else:
-        metadata = {"title": prompt, "comment": json.dumps(record, sort_keys=True)}
-        output = put_bytes(encode_mp4(finished, config.fps, metadata), filename)
-    return RenderItem(**fields, output=output)
+
+
+@stage_task("render-media", STAGE_VERSION)
+def render_media(
+    lora: ArtifactRef,
+    kind: Literal["image", "video"],
+    prompt: str,
+    config: RenderConfig,
+    seed: int,
+    profile: ModelProfile,
+    low_noise: ArtifactRef | None = None,
+) -> RenderItem:
+    """Render one image or video with the LoRA at `config.lora_scale` (and an A14B LoRA's low-noise file)."""
+    frames = 1 if kind == "image" else config.video_frames
+    video = _generate("video", profile, lora, low_noise, config, seed, prompt=prompt, num_frames=frames)
+    fields = _fields(kind, prompt, seed, frames, config, lora, low_noise, profile.models["video"].source)
+    return _stored(fields, video, config, render_filename(kind, prompt, seed, lora, config))
+
+
+@stage_task("animate-still", STAGE_VERSION)
+def animate_still(
+    still: ArtifactRef,
+    lora: ArtifactRef,
+    prompt: str,
+    config: RenderConfig,
+    seed: int,
+    profile: ModelProfile,
+    low_noise: ArtifactRef | None = None,
+) -> RenderItem:
+    """A video that starts from `still` (a render of the character), with Wan 2.2 image-to-video and the LoRA."""
+    image = square(load_image(still), config.size)
+    call = {"prompt": prompt, "image": image, "num_frames": config.video_frames}
+    video = _generate("animator", profile, lora, low_noise, config, seed, **call)
+    fields = _fields("video", prompt, seed, config.video_frames, config, lora, low_noise,
+                     profile.models["animator"].source)  # fmt: skip
+    digest = hashlib.sha256(f"{still.sha256}|{prompt}|{seed}|{lora.sha256}|{config.model_dump_json()}".encode())
+    return _stored(fields, video, config, f"animated_s{seed}_{digest.hexdigest()[:10]}.mp4")

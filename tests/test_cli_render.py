@@ -52,6 +52,7 @@ def trained(tmp_path: Path) -> Path:
         (["--upscale", "8k"], "--upscale '8k' is not one of 4k, 1440p, 1080p"),
         (["--upscale", "4k"], "render.upscale_long_side=3840 is above 512"),
         (["--images", "2", "--prompts", "p.txt"], "give --prompts FILE or --images/--videos N, not both"),
+        (["--animate", "still.png"], "--animate needs an image-to-video model, and profile 'tiny' names none"),
     ],
 )
 def test_settings_a_render_cannot_take_are_refused(run, trained, args, message):

@@ -185,3 +185,25 @@ def test_a14b_renders_in_4_euler_steps_with_the_lightx2v_loras_beside_the_charac
     both, no_speed, neither = render(), render(speed_lora_scale=0.0), render(speed_lora_scale=0.0, lora_scale=0.0)
     assert not np.array_equal(both, no_speed) and not np.array_equal(no_speed, neither)
     assert np.array_equal(render(), both)
+
+
+def test_a_still_comes_to_life_with_image_to_video_and_its_speed_loras(likeness_env, tmp_path):
+    from likeness.storage.artifacts import put_image
+    from tasks.render import animate_still
+    from tasks.train import fit_lora
+
+    a14b = load_profile("tiny-a14b")
+    still = put_image(Image.new("RGB", (64, 64), "tan"), "still.png")
+    training = dataset_ref(still, (dataset_item("front", still, "Ada, front"),)).training_set()
+    lora = fit_lora.fn(training, a14b.train.model_copy(update={"steps": 1, "checkpoint_every": 1}), a14b).final
+    config = a14b.render.model_copy(update={"video_frames": 9})
+    item = animate_still.fn(still, lora.weights, "Ada waves", config, 2, a14b, lora.low_noise)
+    assert (item.kind, item.frames, item.model, item.low_noise_lora) == ("video", 9, "tiny:animator", lora.low_noise)
+    path = tmp_path / item.output.filename
+    path.write_bytes(get_bytes(item.output))
+    assert decode_mp4(path).shape == (9, 64, 64, 3)
+    assert json.loads(read_mp4_metadata(path)["comment"])["model"] == "tiny:animator"
+    # Another still, another clip.
+    other = put_image(Image.new("RGB", (64, 64), "navy"), "other.png")
+    moved = animate_still.fn(other, lora.weights, "Ada waves", config, 2, a14b, lora.low_noise)
+    assert moved.output.sha256 != item.output.sha256

@@ -114,6 +114,12 @@ def _load_captioner(path: Path, profile: ModelProfile, device: str) -> Any:
     return processor, model
 
 
+def _load_animator(path: Path, profile: ModelProfile, device: str) -> Any:
+    from diffusers import WanImageToVideoPipeline
+
+    return _place(WanImageToVideoPipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
+
+
 def _load_video(path: Path, profile: ModelProfile, device: str) -> Any:
     from diffusers import WanPipeline
 
@@ -126,6 +132,7 @@ LOADERS: dict[Role, Callable[[Path, ModelProfile, str], Any]] = {
     "upscaler": _load_upscaler,
     "captioner": _load_captioner,
     "video": _load_video,
+    "animator": _load_animator,
 }
 
 

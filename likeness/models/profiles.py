@@ -6,6 +6,7 @@ is a local folder or a Hugging Face repo id, loaded exactly as production loads 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,8 @@ def _hub_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path
         ) from None
 
 
-def preflight(profile: ModelProfile, settings: Settings) -> None:
-    """Fail fast, before any model loads, when the profile cannot run here."""
+def preflight(profile: ModelProfile, settings: Settings, roles: Iterable[Role] = ROLES) -> None:
+    """Fail fast, before any model loads, when the profile cannot run `roles` here."""
     if device_for(profile, settings) == "cuda":
         import torch
 
@@ -131,7 +132,9 @@ def preflight(profile: ModelProfile, settings: Settings) -> None:
                 "(torch.cuda.is_available() is False); use --profile tiny on a CPU, "
                 "or run it on a GPU worker"
             )
-    for role in ROLES:
+    for role in roles:
+        if role not in profile.models:
+            raise ProfileUnavailable(f"profile {profile.name!r} names no {role} model")
         spec = profile.models[role]
         if not spec.source.startswith("tiny:"):
             model_path(role, profile, settings)

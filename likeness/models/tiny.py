@@ -11,7 +11,8 @@ Real counterparts: editor = Qwen/Qwen-Image-Edit-2511, editor-lightning = its 4-
 upscaler = ESRGAN 4x (RRDBNet), captioner = Qwen/Qwen3-VL-8B-Instruct,
 video = Wan 2.x text-to-video (diffusers layout), video-a14b = Wan-AI/Wan2.2-T2V-A14B-Diffusers (two experts:
 `transformer` for high noise, `transformer_2` for low noise, split at boundary_ratio 0.875),
-video-a14b-lightx2v = lightx2v/Wan2.2-Distill-Loras' T2V A14B 4-step LoRAs (high and low noise).
+video-a14b-lightx2v = lightx2v/Wan2.2-Distill-Loras' T2V A14B 4-step LoRAs (high and low noise),
+animator = Wan-AI/Wan2.2-I2V-A14B-Diffusers, animator-lightx2v = its I2V A14B 4-step LoRAs.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 TINY_ROLES = (
     "editor", "editor-lightning", "refiner", "refiner-klein", "upscaler", "captioner", "video", "video-a14b",
-    "video-a14b-lightx2v",
+    "video-a14b-lightx2v", "animator", "animator-lightx2v",
 )  # fmt: skip
 
 _MARKER = ".complete"
@@ -403,6 +404,8 @@ def _build_video(folder: Path) -> None:
 
 # As in Wan2.2-T2V-A14B-Diffusers: `transformer` denoises timesteps >= 875 of 1000, `transformer_2` the rest.
 A14B_BOUNDARY_RATIO = 0.875
+# Wan 2.2 I2V-A14B splits its experts later (its diffusers model_index.json).
+I2V_BOUNDARY_RATIO = 0.9
 
 
 def _build_video_a14b(folder: Path) -> None:
@@ -410,9 +413,16 @@ def _build_video_a14b(folder: Path) -> None:
     _tiny_wan(two_experts=True).save_pretrained(folder)
 
 
-def _tiny_wan(two_experts: bool = False) -> Any:
-    """A tiny WanPipeline: Wan 2.1's VAE (z_dim 16, as the 14B models use), UMT5, one transformer or two experts."""
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+def _tiny_wan(two_experts: bool = False, image_to_video: bool = False) -> Any:
+    """A tiny WanPipeline: Wan 2.1's VAE (z_dim 16, as the 14B models use), UMT5, one transformer or two experts;
+    with `image_to_video` a WanImageToVideoPipeline as Wan 2.2 I2V-A14B's (36 input channels, boundary 0.9)."""
+    from diffusers import (
+        AutoencoderKLWan,
+        UniPCMultistepScheduler,
+        WanImageToVideoPipeline,
+        WanPipeline,
+        WanTransformer3DModel,
+    )
     from transformers import UMT5Config, UMT5EncoderModel
 
     tokenizer = _t5_tokenizer()
@@ -423,12 +433,14 @@ def _tiny_wan(two_experts: bool = False) -> Any:
 
     def transformer() -> WanTransformer3DModel:
         return WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12,
+            in_channels=36 if image_to_video else 16, out_channels=16,
             text_dim=32, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True,
             qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
         )  # fmt: skip
 
-    return WanPipeline(
+    pipeline = WanImageToVideoPipeline if image_to_video else WanPipeline
+    return pipeline(
         # As in the Wan-AI diffusers repos (flow_shift 3.0 for 480p, 5.0 for 720p).
         scheduler=UniPCMultistepScheduler(
             prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
@@ -440,8 +452,23 @@ def _tiny_wan(two_experts: bool = False) -> Any:
         tokenizer=tokenizer,
         transformer=_seeded(3, transformer),
         transformer_2=_seeded(4, transformer) if two_experts else None,
-        boundary_ratio=A14B_BOUNDARY_RATIO if two_experts else None,
+        boundary_ratio=(I2V_BOUNDARY_RATIO if image_to_video else A14B_BOUNDARY_RATIO) if two_experts else None,
     )  # fmt: skip
+
+
+def _build_animator(folder: Path) -> None:
+    """Wan 2.2 I2V-A14B's layout: two experts whose input is the noise, the still's latents and a frame mask
+    (16 + 16 + 4 channels), split at boundary ratio 0.9, no image encoder."""
+    _tiny_wan(two_experts=True, image_to_video=True).save_pretrained(folder)
+
+
+def _build_animator_lightx2v(folder: Path) -> None:
+    """lightx2v's I2V A14B 4-step LoRAs' twins: the real files' names and key layout, one per expert."""
+    from likeness.models.speed_loras import I2V_A14B_FILES, write_tiny_speed_lora
+
+    pipe = _tiny_wan(two_experts=True, image_to_video=True)
+    for seed, (expert, transformer) in enumerate((("high_noise", pipe.transformer), ("low_noise", pipe.transformer_2))):
+        write_tiny_speed_lora(transformer, folder / I2V_A14B_FILES[expert], rank=4, seed=31 + seed, scale=1.0)
 
 
 def _build_video_a14b_lightx2v(folder: Path) -> None:
@@ -463,4 +490,6 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "video": _build_video,
     "video-a14b": _build_video_a14b,
     "video-a14b-lightx2v": _build_video_a14b_lightx2v,
+    "animator": _build_animator,
+    "animator-lightx2v": _build_animator_lightx2v,
 }
