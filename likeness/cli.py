@@ -860,6 +860,8 @@ class RenderRun(FlowRun):
 
 
 UPSCALE_SIZES = {"4k": 3840, "1440p": 2560, "1080p": 1920}
+# A still is resized to the render's size; below this it holds no face to animate.
+STILL_MIN_SIDE = 32
 
 
 @app.command("render")
@@ -899,7 +901,8 @@ def render_command(
             name, from_out, prompts, images, videos, frames, fx, upscale, image, profile, overrides, beyond_limits
         )
         if animate is not None:
-            inputs = _with_still(inputs, animate)
+            # Only the still comes to life unless other renders are asked for too.
+            inputs = _with_still(inputs if prompts or images or videos else inputs._replace(prompts=[]), animate)
         roles: list[Role] = ["video", *(["animator"] if animate else [])]
         preflight(inputs.profile, settings, roles)
         store = get_store()
@@ -981,7 +984,7 @@ def _with_still(inputs: RenderInputs, path: Path) -> RenderInputs:
 
     if "animator" not in inputs.profile.models:
         raise InvalidInput(f"--animate needs an image-to-video model, and profile {inputs.profile.name!r} names none")
-    still = read_reference_image(path, "still to animate")
+    still = read_reference_image(path, "still to animate", min_side=STILL_MIN_SIDE)
     lineage = Image.open(path).info.get("likeness") if path.suffix.lower() == ".png" else None
     seed = inputs.config.render.seed
     if lineage:

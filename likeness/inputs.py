@@ -79,18 +79,19 @@ _ORIENTATION = {
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 
-def read_reference_image(path: Path, kind: str = "reference image") -> ReferenceImage:
+def read_reference_image(path: Path, kind: str = "reference image", min_side: int | None = None) -> ReferenceImage:
     """The image at path as people see it, or InvalidInput saying what is wrong with it; `kind` names it
-    in messages (the reference image, a garment image, a pose image)."""
+    in messages (the reference image, a garment image, a pose image); `min_side` replaces a reference photo's
+    minimum short side (a still to animate is resized to the render's size anyway)."""
     if not path.exists():
         raise InvalidInput(f"{kind} not found: {path}")
     if not path.is_file():
         raise InvalidInput(f"{kind} is not a file: {path}")
     _check_file_size(path.stat().st_size, str(path))
-    return normalise_reference(path.read_bytes(), str(path))
+    return normalise_reference(path.read_bytes(), str(path), min_side)
 
 
-def normalise_reference(data: bytes, label: str) -> ReferenceImage:
+def normalise_reference(data: bytes, label: str, min_side: int | None = None) -> ReferenceImage:
     """Decode image bytes into an oriented 8-bit sRGB PNG; label names the image in messages and notes."""
     _check_file_size(len(data), label)
     notes: list[str] = []
@@ -104,7 +105,7 @@ def normalise_reference(data: bytes, label: str) -> ReferenceImage:
                 _note_frames(image, label, notes)
                 image.seek(0)
                 image.load()
-                rgb = _to_rgb(_orient(image, label, notes), label, notes)
+                rgb = _to_rgb(_orient(image, label, notes, min_side or MIN_REFERENCE_SIDE), label, notes)
         except UnidentifiedImageError:
             raise InvalidInput(f"{label} is not an image Likeness can read (PNG, JPEG, WebP)") from None
         except Image.DecompressionBombError as exc:
@@ -175,7 +176,7 @@ def _note_frames(image: ImageFile.ImageFile, label: str, notes: list[str]) -> No
         notes.append(f"{label} is animated ({frames} frames): its first frame is used")
 
 
-def _orient(image: Image.Image, label: str, notes: list[str]) -> Image.Image:
+def _orient(image: Image.Image, label: str, notes: list[str], min_side: int) -> Image.Image:
     """The image turned the way its EXIF orientation says a person sees it, then held to the minimum size."""
     orientation = image.getexif().get(0x0112, 1)
     if orientation in _ORIENTATION:
@@ -183,11 +184,9 @@ def _orient(image: Image.Image, label: str, notes: list[str]) -> Image.Image:
         image = image.transpose(method)
         notes.append(f"{label} is {done} by its EXIF orientation ({orientation})")
     width, height = image.size
-    if min(width, height) < MIN_REFERENCE_SIDE:
-        raise InvalidInput(
-            f"{label} is {width}x{height} px; a reference photo needs at least "
-            f"{MIN_REFERENCE_SIDE} px on its short side"
-        )
+    if min(width, height) < min_side:
+        what = "a reference photo" if min_side == MIN_REFERENCE_SIDE else "it"
+        raise InvalidInput(f"{label} is {width}x{height} px; {what} needs at least {min_side} px on its short side")
     return image
 
 

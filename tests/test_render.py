@@ -124,6 +124,8 @@ def test_prompt_options_replace_the_run_settings_and_bad_ones_are_refused_before
             plan_renders(TINY.render, "Ada", [entry], TINY.limits.render)
     # Without a prompts file: the config's templates.
     assert [job.kind for job in plan_renders(TINY.render, "Ada")] == ["image", "video"]
+    # An empty list: nothing but what else the run asks for (`--animate` alone).
+    assert plan_renders(TINY.render, "Ada", []) == []
 
 
 def test_a_video_is_upscaled_in_chunks_to_the_configured_long_side(lora, tmp_path):

@@ -38,9 +38,9 @@ def plan_renders(
     limits: RenderLimits | None = None,
     beyond_limits: bool = False,
 ) -> list[RenderJob]:
-    """The run's renders: the config's templates, or each entry of `prompts` with its options applied (and checked
-    against the profile's `limits`, soft ones passed with `beyond_limits`)."""
-    if not prompts:
+    """The run's renders: the config's templates (`prompts` None), or each entry of `prompts` with its options
+    applied (and checked against the profile's `limits`, soft ones passed with `beyond_limits`)."""
+    if prompts is None:
         jobs = [("image", template) for template in config.image_prompts]
         jobs += [("video", template) for template in config.video_prompts]
         return [
