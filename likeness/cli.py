@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from likeness import __version__
-from likeness.config import BACKENDS, ModelProfile, Role, RunConfig, check_shot_count, render_template
+from likeness.config import BACKENDS, ModelProfile, ModelSpec, Role, RunConfig, check_shot_count, render_template
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
 from likeness.models.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
@@ -1030,10 +1030,10 @@ def check_lora_files(paths: list[Path], profile: ModelProfile) -> None:
 def _prompt_variations(character: CharacterPrompt, count: int, seed: int) -> list[str]:
     """Prompt variations from the prompter LLM in the settings, or (unset, down, slow or talking nonsense) the
     seeded templates; which it was is said."""
-    from likeness.render.llm import LlmSettings, prompt_variations
+    from likeness.render.llm import LlmSettings, Prompter, prompt_variations
 
     settings = get_settings()
-    llm = None
+    llm: LlmSettings | Prompter | None = None
     if settings.prompter_url:
         llm = LlmSettings(
             url=settings.prompter_url,
@@ -1041,9 +1041,16 @@ def _prompt_variations(character: CharacterPrompt, count: int, seed: int) -> lis
             api_key=settings.prompter_api_key,
             timeout_s=settings.prompter_timeout_s,
         )
+    elif settings.prompter_local:
+        from likeness.models.profiles import spec_path
+        from likeness.render.local_llm import TransformersPrompter
+
+        spec = ModelSpec(source=settings.prompter_local, licence="the model's own")
+        llm = TransformersPrompter(spec_path("prompter", spec, settings))
     prompts, source = prompt_variations(character, count, seed, llm)
     if llm is not None and source == "templates":
-        _say(f"warning: the prompter at {settings.prompter_url} gave no usable prompts; using the seeded templates")
+        where = settings.prompter_url or settings.prompter_local
+        _say(f"warning: the prompter {where} gave no usable prompts (see the log); using the seeded templates")
     return prompts
 
 

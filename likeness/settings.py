@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     prompter_model: str = "qwen3-8b-instruct"
     prompter_api_key: SecretStr | None = None
     prompter_timeout_s: float = 60.0
+    # Or a transformers chat LM run in this process: a local folder, a hub repo id, or `tiny:prompter`.
+    prompter_local: str | None = None
 
     @property
     def resolved_models_dir(self) -> Path:

@@ -134,3 +134,28 @@ def test_a_lora_that_is_not_one_for_the_profiles_wan_is_refused_before_it_loads(
     result = CliRunner().invoke(app, ["render", "Ada", "--from", str(out)])
     assert result.exit_code == 2, result.output
     assert "Ada.safetensors" in result.output and "5120" in result.output.replace("\n", " ")
+
+
+def test_a_local_transformers_prompter_runs_seeded_and_nonsense_falls_back(likeness_env, monkeypatch, capsys):
+    from likeness import settings
+    from likeness.cli import _prompt_variations
+    from likeness.models.tiny import build_tiny_models
+    from likeness.render.llm import LlmUnusable, variation_messages
+    from likeness.render.local_llm import TransformersPrompter
+    from likeness.render.prompts import CharacterPrompt, template_variations
+
+    folder = build_tiny_models(settings.get_settings().resolved_models_dir / "tiny", roles=["prompter"])["prompter"]
+    prompter = TransformersPrompter(folder)
+    messages = variation_messages(CharacterPrompt(trigger="Ada"), 2, 3)
+    assert prompter.generate(messages, 3, 40) == prompter.generate(messages, 3, 40)
+    assert prompter.generate(messages, 3, 40) != prompter.generate(messages, 4, 40)
+    text, finished = prompter.generate(messages, 3, 40)
+    if not finished:
+        with pytest.raises(LlmUnusable, match="wrote 40 tokens without finishing"):
+            prompter.complete(messages, 3, 40)
+    # Random weights write nonsense: the run says so and takes the templates.
+    monkeypatch.setenv("LIKENESS_PROMPTER_LOCAL", "tiny:prompter")
+    settings.get_settings.cache_clear()
+    character = CharacterPrompt(trigger="Ada")
+    assert _prompt_variations(character, 2, 3) == template_variations(character, 2, 3)
+    assert "the prompter tiny:prompter gave no usable prompts" in capsys.readouterr().err

@@ -12,7 +12,8 @@ upscaler = ESRGAN 4x (RRDBNet), captioner = Qwen/Qwen3-VL-8B-Instruct,
 video = Wan 2.x text-to-video (diffusers layout), video-a14b = Wan-AI/Wan2.2-T2V-A14B-Diffusers (two experts:
 `transformer` for high noise, `transformer_2` for low noise, split at boundary_ratio 0.875),
 video-a14b-lightx2v = lightx2v/Wan2.2-Distill-Loras' T2V A14B 4-step LoRAs (high and low noise),
-animator = Wan-AI/Wan2.2-I2V-A14B-Diffusers, animator-lightx2v = its I2V A14B 4-step LoRAs.
+animator = Wan-AI/Wan2.2-I2V-A14B-Diffusers, animator-lightx2v = its I2V A14B 4-step LoRAs,
+prompter = a chat LM laid out as Qwen/Qwen3-4B-Instruct-2507.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 
 TINY_ROLES = (
     "editor", "editor-lightning", "refiner", "refiner-klein", "upscaler", "captioner", "video", "video-a14b",
-    "video-a14b-lightx2v", "animator", "animator-lightx2v",
+    "video-a14b-lightx2v", "animator", "animator-lightx2v", "prompter",
 )  # fmt: skip
 
 _MARKER = ".complete"
@@ -456,6 +457,29 @@ def _tiny_wan(two_experts: bool = False, image_to_video: bool = False) -> Any:
     )  # fmt: skip
 
 
+def _build_prompter(folder: Path) -> None:
+    """A chat LM as Qwen/Qwen3-4B-Instruct-2507 is laid out: Qwen3 with Qwen's tokenizer and chat template."""
+    from transformers import GenerationConfig, Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab, merges = _byte_level_bpe(special)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    tokenizer.chat_template = _QWEN3_CHAT_TEMPLATE
+    end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = Qwen3Config(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=8, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=None, eos_token_id=end, pad_token_id=pad,
+    )  # fmt: skip
+    model = _seeded(6, lambda: Qwen3ForCausalLM(config))
+    model.generation_config = GenerationConfig(eos_token_id=end, pad_token_id=pad)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 def _build_animator(folder: Path) -> None:
     """Wan 2.2 I2V-A14B's layout: two experts whose input is the noise, the still's latents and a frame mask
     (16 + 16 + 4 channels), split at boundary ratio 0.9, no image encoder."""
@@ -492,4 +516,5 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "video-a14b-lightx2v": _build_video_a14b_lightx2v,
     "animator": _build_animator,
     "animator-lightx2v": _build_animator_lightx2v,
+    "prompter": _build_prompter,
 }
