@@ -929,7 +929,7 @@ def _render_inputs(
     beyond_limits: bool,
 ) -> RenderInputs:
     """Check a render run's inputs before Prefect starts and before any model loads."""
-    from likeness.render.prompts import CharacterPrompt, read_prompts_file, video_prompt
+    from likeness.render.prompts import read_prompts_file
 
     trigger = normalise_trigger(name)
     record = read_record(out)
@@ -961,12 +961,7 @@ def _render_inputs(
     if prompts_file is not None:
         entries = read_prompts_file(prompts_file)
     elif images or videos:
-        stills = _prompt_variations(CharacterPrompt(trigger=trigger), max(images or 0, videos or 0), config.render.seed)
-        entries = [PromptEntry(prompt=prompt, kind="image") for prompt in stills[: images or 0]]
-        entries += [
-            PromptEntry(prompt=video_prompt(prompt, config.render.seed), kind="video")
-            for prompt in stills[: videos or 0]
-        ]
+        entries = _prompt_variations(CharacterPrompt(trigger=trigger), images or 0, videos or 0, config.render.seed)
     from likeness.render.jobs import plan_renders
 
     plan_renders(config.render, trigger, entries, model_profile.limits.render, beyond_limits)
@@ -1027,31 +1022,45 @@ def check_lora_files(paths: list[Path], profile: ModelProfile) -> None:
         check_wan_lora_keys(path, transformer)
 
 
-def _prompt_variations(character: CharacterPrompt, count: int, seed: int) -> list[str]:
-    """Prompt variations from the prompter LLM in the settings, or (unset, down, slow or talking nonsense) the
-    seeded templates; which it was is said."""
-    from likeness.render.llm import LlmSettings, Prompter, prompt_variations
+def _prompt_variations(character: CharacterPrompt, images: int, videos: int, seed: int) -> list[PromptEntry]:
+    """`images` image prompts and `videos` video prompts (image prompts with motion and camera added), from the
+    prompter LLM in the settings, or (unset, down, slow or talking nonsense) the seeded templates; which is said."""
+    from likeness.render.llm import make_video_prompt, prompt_variations
+
+    llm = _prompter()
+    stills, source = prompt_variations(character, max(images, videos), seed, llm)
+    entries = [PromptEntry(prompt=prompt, kind="image") for prompt in stills[:images]]
+    sources = {source}
+    for prompt in stills[:videos]:
+        clip, clip_source = make_video_prompt(prompt, seed, llm)
+        entries.append(PromptEntry(prompt=clip, kind="video"))
+        sources.add(clip_source)
+    if llm is not None and "templates" in sources:
+        settings = get_settings()
+        where = settings.prompter_url or settings.prompter_local
+        _say(f"warning: the prompter {where} gave no usable prompts (see the log); using the seeded templates")
+    return entries
+
+
+def _prompter() -> Any:
+    """The prompter the settings name: an OpenAI-compatible endpoint, a transformers model here, or None."""
+    from likeness.render.llm import LlmSettings
 
     settings = get_settings()
-    llm: LlmSettings | Prompter | None = None
     if settings.prompter_url:
-        llm = LlmSettings(
+        return LlmSettings(
             url=settings.prompter_url,
             model=settings.prompter_model,
             api_key=settings.prompter_api_key,
             timeout_s=settings.prompter_timeout_s,
         )
-    elif settings.prompter_local:
+    if settings.prompter_local:
         from likeness.models.profiles import spec_path
         from likeness.render.local_llm import TransformersPrompter
 
         spec = ModelSpec(source=settings.prompter_local, licence="the model's own")
-        llm = TransformersPrompter(spec_path("prompter", spec, settings))
-    prompts, source = prompt_variations(character, count, seed, llm)
-    if llm is not None and source == "templates":
-        where = settings.prompter_url or settings.prompter_local
-        _say(f"warning: the prompter {where} gave no usable prompts (see the log); using the seeded templates")
-    return prompts
+        return TransformersPrompter(spec_path("prompter", spec, settings))
+    return None
 
 
 def _print_summary(out: Path, manifest: dict[str, Any]) -> None:

@@ -102,7 +102,7 @@ def test_the_prompter_in_the_settings_writes_the_variations_and_a_bad_one_falls_
         for url, expected in ((good, written), (garbage, template_variations(CharacterPrompt(trigger="Ada"), 2, 3))):
             monkeypatch.setenv("LIKENESS_PROMPTER_URL", url)
             settings.get_settings.cache_clear()
-            assert _prompt_variations(CharacterPrompt(trigger="Ada"), 2, 3) == expected
+            assert [entry.prompt for entry in _prompt_variations(CharacterPrompt(trigger="Ada"), 2, 0, 3)] == expected
     finally:
         fake.close()
     assert fake.requests[0]["headers"]["Authorization"] == "Bearer sk-prompter-1234"
@@ -142,7 +142,7 @@ def test_a_local_transformers_prompter_runs_seeded_and_nonsense_falls_back(liken
     from likeness.models.tiny import build_tiny_models
     from likeness.render.llm import LlmUnusable, variation_messages
     from likeness.render.local_llm import TransformersPrompter
-    from likeness.render.prompts import CharacterPrompt, template_variations
+    from likeness.render.prompts import CharacterPrompt, template_variations, video_prompt
 
     folder = build_tiny_models(settings.get_settings().resolved_models_dir / "tiny", roles=["prompter"])["prompter"]
     prompter = TransformersPrompter(folder)
@@ -157,5 +157,8 @@ def test_a_local_transformers_prompter_runs_seeded_and_nonsense_falls_back(liken
     monkeypatch.setenv("LIKENESS_PROMPTER_LOCAL", "tiny:prompter")
     settings.get_settings.cache_clear()
     character = CharacterPrompt(trigger="Ada")
-    assert _prompt_variations(character, 2, 3) == template_variations(character, 2, 3)
+    entries = _prompt_variations(character, 2, 1, 3)
+    stills = template_variations(character, 2, 3)
+    assert [entry.prompt for entry in entries] == [*stills, video_prompt(stills[0], 3)]
+    assert [entry.kind for entry in entries] == ["image", "image", "video"]
     assert "the prompter tiny:prompter gave no usable prompts" in capsys.readouterr().err

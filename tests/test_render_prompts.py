@@ -411,3 +411,14 @@ def test_the_llm_writes_a_video_prompt_or_the_template_does(fake_llm: FakeLlm, l
     assert make_video_prompt(image, seed=3, llm=settings(garbage)) == (video_prompt(image, seed=3), "templates")
     assert "markup or JSON, not a prompt" in logs.text
     assert make_video_prompt(image, seed=3, llm=None) == (video_prompt(image, seed=3), "templates")
+
+
+def test_an_answer_of_random_tokens_is_refused() -> None:
+    from likeness.render.llm import parse_video_prompt
+
+    with pytest.raises(LlmUnusable, match="control characters or broken text"):
+        parse_video_prompt("Ada, red\x12 apple \ufffd street walks slowly", "Ada, on a street")
+    assert (
+        parse_video_prompt("Ada walks slowly down the street\n", "Ada, on a street")
+        == "Ada walks slowly down the street"
+    )

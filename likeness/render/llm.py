@@ -18,6 +18,7 @@ import logging
 import re
 import threading
 import time
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -247,6 +248,9 @@ def parse_variations(answer: str, prompt: CharacterPrompt, count: int) -> list[s
 
 
 def _prompt_text(item: str, what: str) -> str:
+    # Control characters and undecodable bytes are a model emitting tokens at random, not a description.
+    if any(char == "\ufffd" or (unicodedata.category(char) == "Cc" and not char.isspace()) for char in item):
+        raise LlmUnusable(f"{what} holds control characters or broken text: {_snippet(item)}")
     text = " ".join(item.split())
     if len(text) > MAX_PROMPT_CHARS:
         raise LlmUnusable(f"{what} is {len(text)} characters long, more than {MAX_PROMPT_CHARS}")
