@@ -1095,6 +1095,21 @@ def _fail(message: str) -> NoReturn:
 
 
 @app.command()
+def doctor() -> None:
+    """Check this machine: GPU, artifact store, Prefect API, workers per pool, RunPod key (nothing secret shown)."""
+    from likeness.run.doctor import run_checks
+
+    settings = get_settings()
+    checks = run_checks(settings, get_store, settings.work_pools)
+    out = Console(soft_wrap=True, highlight=False)
+    for check in checks:
+        mark = {True: "[green]ok    [/]", False: "[bold red]failed[/]", None: "[dim]n/a   [/]"}[check.ok]
+        out.print(f"{mark} {escape(check.name):<20} {escape(check.detail)}")
+    if any(check.ok is False for check in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
 def profiles() -> None:
     """List the model profiles and the model behind each role."""
     for name in available_profiles():

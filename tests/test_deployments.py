@@ -64,3 +64,10 @@ def test_pools_and_deployments_register(prefect_api, tmp_path, models_dir):
     # The server is shared by the suite: other tests' gpu-tagged tasks must not queue on this limit.
     request = urllib.request.Request(f"{prefect_api}/concurrency_limits/tag/gpu", method="DELETE")
     urllib.request.urlopen(request, timeout=30).close()
+
+
+def test_the_pools_doctor_checks_are_the_pools_deployed_to():
+    from deployments.pools import POOLS
+    from likeness.settings import Settings
+
+    assert Settings().work_pools == tuple(POOLS)

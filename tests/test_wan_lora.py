@@ -286,8 +286,11 @@ def test_each_a14b_expert_takes_its_own_lora(tiny, peft_state, tmp_path):
 def test_the_tiny_a14b_profile_is_tiny_with_two_experts():
     tiny, a14b = load_profile("tiny"), load_profile("tiny-a14b")
     assert a14b.name == "tiny-a14b" and a14b.models["video"].source == "tiny:video-a14b"
-    assert {role: spec for role, spec in a14b.models.items() if role != "video"} == {
+    assert {role: spec for role, spec in a14b.models.items() if role not in ("video", "animator")} == {
         role: spec for role, spec in tiny.models.items() if role != "video"
     }
     assert a14b.train.base == "wan22_14b" and a14b.train.trained_experts == ("high_noise", "low_noise")
-    assert a14b.render == tiny.render and a14b.limits == tiny.limits
+    # It renders as production does: the 4 steps of the speed LoRAs, without CFG.
+    assert a14b.render == tiny.render.model_copy(update={"steps": 4, "guidance_scale": 1.0})
+    assert a14b.limits.render.steps.hard.max == 4
+    assert a14b.limits.model_copy(update={"render": tiny.limits.render}) == tiny.limits

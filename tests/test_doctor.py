@@ -1,0 +1,76 @@
+"""`likeness doctor`: each check reported, failures failing the command, nothing secret in what it prints."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from typer.testing import CliRunner
+
+from likeness.cli import app
+from likeness.settings import get_settings
+from tests.fake_runpod import fake_runpod
+
+
+def doctor(monkeypatch, **env: str):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    from likeness.storage import artifacts
+
+    artifacts.get_store.cache_clear()
+    return CliRunner().invoke(app, ["doctor"], terminal_width=200)
+
+
+def rows(output: str) -> dict[str, str]:
+    """check name -> its mark and detail."""
+    found = {}
+    for line in output.splitlines():
+        mark, name, detail = line[:6].strip(), line[7:27].strip(), line[28:]
+        found[name] = f"{mark} {detail}"
+    return found
+
+
+def test_a_machine_with_only_a_local_store_is_fine_and_says_what_does_not_apply(likeness_env, monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("LIKENESS_RUNPOD_API_KEY", raising=False)
+    result = doctor(monkeypatch)
+    assert result.exit_code == 0, result.output
+    found = rows(result.output)
+    assert found["store"].startswith("ok file://") and "written, read back and removed" in found["store"]
+    assert found["GPU"].startswith("n/a no CUDA GPU")
+    assert found["Prefect API"].startswith("n/a PREFECT_API_URL is not set")
+    assert found["RunPod key"].startswith("n/a LIKENESS_RUNPOD_API_KEY is not set")
+
+
+def test_pools_without_workers_a_wrong_key_and_a_dead_store_fail_it(likeness_env, monkeypatch, prefect_api):
+    request = urllib.request.Request(
+        f"{prefect_api}/work_pools/",
+        data=json.dumps({"name": "doctor-pool", "type": "process"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=30).close()
+    with fake_runpod(api_key="rp-right-key") as api:
+        result = doctor(
+            monkeypatch,
+            PREFECT_API_URL=prefect_api,
+            LIKENESS_WORK_POOLS='["doctor-pool", "no-such-pool"]',
+            LIKENESS_RUNPOD_API_KEY="rp-wrong-key",
+            RUNPOD_API_BASE_URL=api.url,
+            LIKENESS_STORE_URI="s3://doctor/bucket",
+            LIKENESS_S3_ENDPOINT="http://127.0.0.1:9",
+            LIKENESS_S3_ACCESS_KEY="doctor-access",
+            LIKENESS_S3_SECRET_KEY="doctor-secret-321",
+        )
+        assert result.exit_code == 1, result.output
+        found = rows(result.output)
+        assert found["Prefect API"].startswith("ok") and "healthy" in found["Prefect API"]
+        assert found["pool doctor-pool"].startswith("failed no worker online")
+        assert found["pool no-such-pool"].startswith("failed does not exist")
+        assert found["RunPod key"].startswith("failed")
+        assert found["store"].startswith("failed") and "cannot reach http://127.0.0.1:9" in found["store"]
+        for secret in ("rp-wrong-key", "doctor-secret-321"):
+            assert secret not in result.output
+        right = doctor(monkeypatch, LIKENESS_RUNPOD_API_KEY="rp-right-key")
+        assert rows(right.output)["RunPod key"] == "ok accepted by the RunPod API"
