@@ -7,11 +7,13 @@ H.264 (`likeness.media.video_upscale`).
 
 from __future__ import annotations
 
+import json
 import tempfile
 from functools import partial
 from pathlib import Path
 
 from likeness.config import ModelProfile, RenderConfig
+from likeness.media.imaging import read_mp4_metadata
 from likeness.media.video_upscale import VideoUpscaleConfig, read_frames, upscale_video
 from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.stages import stage_task
@@ -30,5 +32,13 @@ def upscale_render(video: ArtifactRef, fps: int, config: RenderConfig, profile: 
     with gpu_lock, tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / video.filename, Path(tmp) / "upscaled.mp4"
         source.write_bytes(get_bytes(video))
-        upscale_video(read_frames(source), fps, partial(esrgan_upscale, model), model.scale, upscale, target)
+        # The render's lineage, and what upscaled it.
+        tags = {name: value for name, value in read_mp4_metadata(source).items() if name in ("title", "comment")}
+        if "comment" in tags:
+            record = {
+                **json.loads(tags["comment"]),
+                "upscaled": {"long_side": config.upscale_long_side, "model": profile.models["upscaler"].source},
+            }
+            tags["comment"] = json.dumps(record, sort_keys=True)
+        upscale_video(read_frames(source), fps, partial(esrgan_upscale, model), model.scale, upscale, target, tags)
         return put_file(target, filename=f"{Path(video.filename).stem}_{config.upscale_long_side}p.mp4")

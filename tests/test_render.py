@@ -124,6 +124,10 @@ def test_prompt_options_replace_the_run_settings_and_bad_ones_are_refused_before
             plan_renders(TINY.render, "Ada", [entry], TINY.limits.render)
     # Without a prompts file: the config's templates.
     assert [job.kind for job in plan_renders(TINY.render, "Ada")] == ["image", "video"]
+    # A video upscale whose memory bound not one frame fits is refused before anything renders.
+    tight = TINY.render.model_copy(update={"upscale_long_side": 512, "upscale_memory_mb": 1})
+    with pytest.raises(InvalidInput, match="max_memory_mb"):
+        plan_renders(tight, "Ada")
     # An empty list: nothing but what else the run asks for (`--animate` alone).
     assert plan_renders(TINY.render, "Ada", []) == []
 
@@ -140,6 +144,8 @@ def test_a_video_is_upscaled_in_chunks_to_the_configured_long_side(lora, tmp_pat
     path.write_bytes(get_bytes(upscaled))
     assert decode_mp4(path).shape == (9, 256, 256, 3)
     assert "yuv420p" in ffmpeg_info(tmp_path, get_bytes(upscaled))
+    record = json.loads(read_mp4_metadata(path)["comment"])
+    assert record["prompt"] == "Ada waves" and record["upscaled"] == {"long_side": 256, "model": "tiny:upscaler"}
 
 
 def test_a_profile_for_a_small_gpu_turns_on_the_vae_memory_modes(likeness_env, tmp_path):

@@ -197,9 +197,11 @@ def upscale_video(
     scale: int,
     config: VideoUpscaleConfig,
     out_path: Path,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Upscale HxWx3 uint8 `frames` with `upscale_tile` (RGB tile in, `scale` times larger out) to an H.264 MP4
-    at `out_path`, holding at most one chunk of frames; returns the figures of the run and its plan.
+    at `out_path` (its container tags `metadata`), holding at most one chunk of frames; returns the figures of the
+    run and its plan.
 
     The memory bound is checked on the first frame, before any is upscaled; `out_path` appears only complete."""
     if fps <= 0:
@@ -214,7 +216,7 @@ def upscale_video(
     handle, name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".mp4")
     os.close(handle)
     partial = Path(name)
-    writer = _mp4_writer(partial, plan.target, fps, config.crf)
+    writer = _mp4_writer(partial, plan.target, fps, config.crf, metadata or {})
     count = chunks = 0
     # One list reused for every chunk, each input replaced by its output: never more than a chunk of frames.
     chunk: list[np.ndarray] = []
@@ -257,7 +259,7 @@ def _frame_size(frame: np.ndarray, index: int, expected: tuple[int, int] | None)
     return size
 
 
-def _mp4_writer(path: Path, size: tuple[int, int], fps: float, crf: int) -> Any:
+def _mp4_writer(path: Path, size: tuple[int, int], fps: float, crf: int, metadata: dict[str, str]) -> Any:
     """A started imageio-ffmpeg generator that encodes the RGB frames sent to it into an H.264 yuv420p MP4."""
     import imageio_ffmpeg
 
@@ -270,7 +272,11 @@ def _mp4_writer(path: Path, size: tuple[int, int], fps: float, crf: int) -> Any:
         # The sizes are even already; ffmpeg's own padding to 16 would change the frame size.
         macro_block_size=1,
         quality=None,
-        output_params=["-crf", str(crf)],
+        output_params=[
+            "-crf",
+            str(crf),
+            *(arg for name, value in metadata.items() for arg in ("-metadata", f"{name}={value}")),
+        ],
     )
     writer.send(None)
     return writer
