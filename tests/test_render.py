@@ -126,7 +126,7 @@ def test_prompt_options_replace_the_run_settings_and_bad_ones_are_refused_before
     assert [job.kind for job in plan_renders(TINY.render, "Ada")] == ["image", "video"]
     # A video upscale whose memory bound not one frame fits is refused before anything renders.
     tight = TINY.render.model_copy(update={"upscale_long_side": 512, "upscale_memory_mb": 1})
-    with pytest.raises(InvalidInput, match="max_memory_mb"):
+    with pytest.raises(InvalidInput, match="render.upscale_memory_mb=1 is too little for the video upscale to 512 px"):
         plan_renders(tight, "Ada")
     # An empty list: nothing but what else the run asks for (`--animate` alone).
     assert plan_renders(TINY.render, "Ada", []) == []

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from likeness.config import RenderConfig, RenderLimits, render_template
 from likeness.inputs import InvalidInput
-from likeness.media.video_upscale import VideoUpscaleConfig, plan_upscale
+from likeness.media.video_upscale import VideoMemoryBoundTooSmall, VideoUpscaleConfig, plan_upscale
 from likeness.render.prompts import PromptEntry
 
 ESRGAN_SCALE = 4
@@ -95,7 +95,13 @@ def check_upscale_fits(job: RenderJob) -> None:
         return
     bound = VideoUpscaleConfig(long_side=config.upscale_long_side, max_memory_mb=config.upscale_memory_mb)
     # The upscaler roles are ESRGAN 4x models; the stage plans again with the loaded model's own scale.
-    plan_upscale((config.size, config.size), ESRGAN_SCALE, bound)
+    try:
+        plan_upscale((config.size, config.size), ESRGAN_SCALE, bound)
+    except VideoMemoryBoundTooSmall as exc:
+        raise InvalidInput(
+            f"render.upscale_memory_mb={config.upscale_memory_mb} is too little for the video upscale to "
+            f"{config.upscale_long_side} px ({exc})"
+        ) from None
 
 
 def _reason(exc: Exception) -> str:
