@@ -1095,6 +1095,53 @@ def _fail(message: str) -> NoReturn:
 
 
 @app.command()
+def batch(
+    manifest: Annotated[Path, typer.Argument(help="A .yaml or .csv manifest: name, image and optional columns.")],
+    concurrency: Annotated[int, typer.Option(min=1, help="How many characters are produced at once.")] = 2,
+    verbose: Verbose = False,
+) -> None:
+    """Produce every character of a manifest, at most `concurrency` at once; broken rows are reported by number."""
+    from likeness.run.batch import ManifestProblem, read_manifest
+
+    try:
+        rows, problems = read_manifest(manifest)
+    except ManifestProblem as exc:
+        _fail(str(exc))
+    for number, problem in problems:
+        _say(f"skipped row {number}: {problem}")
+    if not rows:
+        _fail(f"no row of {manifest} can run")
+    BatchRun(manifest, concurrency, get_store(), get_settings()).start(refresh=False, verbose=verbose)
+
+
+class BatchRun(FlowRun):
+    """One `likeness batch` run: the batch flow, against one Prefect server its `likeness produce` children share."""
+
+    def __init__(self, manifest: Path, concurrency: int, store: ArtifactStore, settings: Settings) -> None:
+        super().__init__(f"batch-{manifest.stem}", manifest.parent, {}, "", store, settings)
+        self.manifest, self.concurrency = manifest, concurrency
+
+    def _flow_state(self) -> Any:
+        from flows.batch import produce_batch
+
+        return produce_batch(str(self.manifest), self.concurrency, return_state=True)
+
+    def _export(self, result: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
+        return {"results": result}
+
+    def _finish(self, manifest: dict[str, Any]) -> None:
+        results = manifest["results"]
+        table = Table(title=f"batch {self.manifest}")
+        for column in ("row", "name", "status", "out"):
+            table.add_column(column)
+        for result in results:
+            table.add_row(str(result["row"]), result["name"], result["status"], result["out"])
+        Console().print(table)
+        if any(result["status"] not in ("produced", "up to date") for result in results):
+            raise typer.Exit(1)
+
+
+@app.command()
 def doctor() -> None:
     """Check this machine: GPU, artifact store, Prefect API, workers per pool, RunPod key (nothing secret shown)."""
     from likeness.run.doctor import run_checks

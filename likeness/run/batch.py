@@ -1,0 +1,180 @@
+"""Batch production: a manifest of characters, one `likeness produce` each, at most `concurrency` at once.
+
+A manifest is a YAML list of mappings or a CSV with a header row; each row names a character and its reference
+photo (a path relative to the manifest), and may give `out`, `profile`, `garment`, `pose` and `set` (settings as
+`section.field=value`; `;`-separated in a CSV). A manifest that cannot be read, has a column Likeness does not
+know or names a character twice is refused whole, before anything runs; a row whose photo is missing or whose
+values are wrong is reported with its row number while the other rows run. A character whose output folder is
+already up to date for the same inputs is answered from it, as `likeness produce` is.
+
+    rows, problems = read_manifest(Path("characters.yaml"))
+    results = produce_rows(rows, concurrency=2, logs=Path("likeness-data/logs/batch"))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from likeness.inputs import InvalidInput, normalise_trigger
+
+COLUMNS = ("name", "image", "out", "profile", "garment", "pose", "set")
+REQUIRED = ("name", "image")
+
+
+class ManifestProblem(InvalidInput):
+    """A manifest that cannot run at all: unreadable, an unknown column, a name given twice."""
+
+
+class BatchRow(BaseModel):
+    """One character of a batch, as `likeness produce` takes it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    row: int
+    name: str
+    image: Path
+    out: Path
+    profile: str | None = None
+    garment: tuple[Path, ...] = ()
+    pose: tuple[Path, ...] = ()
+    set: tuple[str, ...] = ()
+
+    @field_validator("set")
+    @classmethod
+    def _assignments(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            if "=" not in value:
+                raise ValueError(f"{value!r} is not of the form section.field=value")
+        return values
+
+    def produce_args(self) -> list[str]:
+        """The arguments of the `likeness produce` run of this row."""
+        args = ["produce", self.name, "--image", str(self.image), "--out", str(self.out)]
+        args += ["--profile", self.profile] if self.profile else []
+        for garment in self.garment:
+            args += ["--garment", str(garment)]
+        for pose in self.pose:
+            args += ["--pose", str(pose)]
+        for assignment in self.set:
+            args += ["--set", assignment]
+        return args
+
+
+def read_manifest(path: Path, out_root: Path = Path("likeness-out")) -> tuple[list[BatchRow], list[tuple[int, str]]]:
+    """The manifest's good rows, and each broken row's number and problem.
+
+    Rows count from 1 (a CSV's header is not a row). `ManifestProblem` when the whole manifest cannot run."""
+    records = _records(path)
+    unknown = sorted({column for record in records for column in record} - set(COLUMNS))
+    if unknown:
+        raise ManifestProblem(
+            f"manifest {path}: unknown column {', '.join(map(repr, unknown))}; the columns are {', '.join(COLUMNS)}"
+        )
+    triggers: dict[str, int] = {}
+    for number, record in enumerate(records, start=1):
+        if record.get("name"):
+            trigger = normalise_trigger(str(record["name"]))
+            if trigger in triggers:
+                raise ManifestProblem(
+                    f"manifest {path}: rows {triggers[trigger]} and {number} are both {trigger!r}; "
+                    "each character once (its trigger word names its output folder)"
+                )
+            triggers[trigger] = number
+    rows, problems = [], []
+    for number, record in enumerate(records, start=1):
+        try:
+            rows.append(_row(number, record, path.parent, out_root))
+        except (InvalidInput, ValidationError, ValueError) as exc:
+            problems.append((number, _reason(exc)))
+    return rows, problems
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestProblem(f"manifest {path} cannot be read: {exc}") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        records = [{key: value for key, value in row.items() if value not in (None, "")} for row in reader]
+        if None in (reader.fieldnames or []) or any(None in row for row in records):
+            raise ManifestProblem(f"manifest {path}: a row has more cells than the header has columns")
+    elif path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            records = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ManifestProblem(f"manifest {path} is not valid YAML: {exc}") from None
+        if not isinstance(records, list) or not all(isinstance(record, dict) for record in records):
+            raise ManifestProblem(f"manifest {path}: a YAML manifest is a list of mappings, one per character")
+    else:
+        raise ManifestProblem(f"manifest {path}: a manifest is a .yaml, .yml or .csv file")
+    if not records:
+        raise ManifestProblem(f"manifest {path} names no character")
+    return records
+
+
+def _row(number: int, record: dict[str, Any], base: Path, out_root: Path) -> BatchRow:
+    missing = [column for column in REQUIRED if not record.get(column)]
+    if missing:
+        raise InvalidInput(f"no {' or '.join(missing)}")
+    trigger = normalise_trigger(str(record["name"]))
+    image = base / str(record["image"])
+    if not image.is_file():
+        raise InvalidInput(f"the image {image} does not exist")
+    extra = {
+        "garment": tuple(base / str(item) for item in _listed(record.get("garment"))),
+        "pose": tuple(base / str(item) for item in _listed(record.get("pose"))),
+        "set": tuple(str(item) for item in _listed(record.get("set"), separator=";")),
+    }
+    absent = [str(item) for item in (*extra["garment"], *extra["pose"]) if not item.is_file()]
+    if absent:
+        raise InvalidInput(f"the image {', '.join(absent)} does not exist")
+    out = base / str(record["out"]) if record.get("out") else out_root / trigger
+    profile = str(record["profile"]) if record.get("profile") else None
+    return BatchRow(row=number, name=str(record["name"]), image=image, out=out, profile=profile, **extra)
+
+
+def _listed(value: Any, separator: str = ",") -> Sequence[Any]:
+    """A YAML list as it is, a CSV cell split at `separator`, nothing as nothing."""
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        return value
+    return [part.strip() for part in str(value).split(separator) if part.strip()]
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
+    return str(exc)
+
+
+def produce_rows(rows: Sequence[BatchRow], concurrency: int, logs: Path) -> list[dict[str, Any]]:
+    """Run `likeness produce` for each row, at most `concurrency` at once, each logging to a file in `logs`; a
+    line per row: its number, name, status (produced, up to date, or the error it ended with), output folder."""
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def produce(row: BatchRow) -> dict[str, Any]:
+        log = logs / f"row-{row.row}-{normalise_trigger(row.name)}.log"
+        with log.open("w") as handle:
+            command = [sys.executable, "-m", "likeness.cli", *row.produce_args()]
+            code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
+        said = log.read_text(errors="replace").splitlines()
+        if code == 0:
+            status = "up to date" if any("is up to date" in line for line in said) else "produced"
+        else:
+            status = next((line for line in reversed(said) if line.startswith("error:")), f"ended with exit {code}")
+        return {"row": row.row, "name": row.name, "status": status, "out": str(row.out), "log": str(log)}
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        return list(pool.map(produce, rows))
