@@ -28,6 +28,7 @@ def test_every_entrypoint_is_a_flow():
         "dataset": "build-dataset",
         "train": "train-lora",
         "render": "render",
+        "batch": "produce-batch",
         "sweep-pods": "sweep-pods",
     }
     sweeper = next(d for d in config["deployments"] if d["name"] == "sweep-pods")
