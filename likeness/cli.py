@@ -26,6 +26,7 @@ from likeness.config import BACKENDS, ModelProfile, ModelSpec, Role, RunConfig, 
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
 from likeness.models.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
+from likeness.models.wan_flops import WAN_CONFIGS
 from likeness.records import CharacterResult, LoraCheckpoint, LoraRef, Renders, TrainingItem, TrainingSet
 from likeness.render.prompts import CharacterPrompt, PromptEntry
 from likeness.run import progress
@@ -51,7 +52,6 @@ from likeness.run.outputs import (
 from likeness.run.prefect_server import ServerStartError, TemporaryPrefectServer
 from likeness.run.runlog import log_file_path, route_logs
 from likeness.run.write_checks import (
-    FALLBACK_TRANSFORMER,
     WriteCheckFailed,
     check_out_location,
     check_writable,
@@ -752,7 +752,7 @@ def _transformer_config(profile: ModelProfile, settings: Settings) -> dict[str, 
     try:
         return video_transformer_config(profile, settings)
     except ProfileUnavailable:
-        return FALLBACK_TRANSFORMER
+        return WAN_CONFIGS[profile.train.base]
 
 
 def _print_training_config(inputs: TrainingInputs, device: str, sent: tuple[str, str]) -> None:

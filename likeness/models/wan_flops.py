@@ -1,5 +1,7 @@
 """FLOPs of the real-size Wan transformers, counted on PyTorch's `meta` device: no weights, no GPU.
 
+The configurations are read without torch (the write checks size LoRA checkpoints from them); counting imports it.
+
 The published transformer configurations are kept here with their sources; one evaluation at a given latent shape
 is counted with `torch.utils.flop_counter.FlopCounterMode`, as every later cost estimate builds on.
 
@@ -10,9 +12,6 @@ from __future__ import annotations
 
 import warnings
 from typing import Any
-
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 # transformer/config.json of Wan-AI/Wan2.1-T2V-14B-Diffusers (each expert of Wan-AI/Wan2.2-T2V-A14B-Diffusers has
 # the same), and of Wan-AI/Wan2.2-TI2V-5B-Diffusers.
@@ -42,6 +41,7 @@ TEXT_TOKENS = 512  # UMT5's sequence, padded
 def meta_transformer(base: str, lora_rank: int | None = None, lora_targets: tuple[str, ...] = ()) -> Any:
     """The real-size transformer of `base` on the meta device, frozen; with a peft LoRA of `lora_rank` on
     `lora_targets` when given."""
+    import torch
     from diffusers import WanTransformer3DModel
     from peft import LoraConfig
 
@@ -63,6 +63,9 @@ def latent_shape(base: str, frames: int, height: int, width: int) -> tuple[int, 
 
 def count_evaluation(model: Any, shape: tuple[int, ...], backward: bool = False) -> tuple[int, int]:
     """(forward, backward) FLOPs of one transformer evaluation on a latent of `shape`; backward 0 unless asked."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     hidden = torch.empty(shape, device="meta", dtype=torch.bfloat16)
     text = torch.empty(1, TEXT_TOKENS, 4096, device="meta", dtype=torch.bfloat16)
     timestep = torch.zeros(1, device="meta", dtype=torch.long)

@@ -18,6 +18,7 @@ from typing import Any
 from likeness.config import ModelProfile, RunConfig
 from likeness.media.imaging import contact_sheet_size
 from likeness.models.profiles import model_path
+from likeness.models.wan_flops import WAN_CONFIGS
 from likeness.settings import Settings
 from likeness.storage.store import ArtifactStore, LocalStore, StoreError
 
@@ -25,7 +26,6 @@ from likeness.storage.store import ArtifactStore, LocalStore, StoreError
 HEADROOM_BYTES = 64 * 1024 * 1024
 # When the video model's config is not on disk yet: Wan 2.2 TI2V-5B, the largest LoRA base the
 # profiles name, and for `tiny:` sources the transformer `likeness.models.tiny` builds.
-FALLBACK_TRANSFORMER = {"num_layers": 30, "num_attention_heads": 24, "attention_head_dim": 128}
 TINY_TRANSFORMER = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 12}
 # to_q, to_k, to_v, to_out.0 in self- and cross-attention: each a (dim -> dim) layer.
 LORA_LAYERS_PER_BLOCK = 8
@@ -54,7 +54,8 @@ def video_transformer_config(profile: ModelProfile, settings: Settings) -> dict[
     if source.startswith("tiny:"):
         folder, fallback = settings.resolved_models_dir / "tiny" / source.removeprefix("tiny:"), TINY_TRANSFORMER
     else:
-        folder, fallback = model_path("video", profile, settings), FALLBACK_TRANSFORMER
+        # Before the weights are here: the published config of the LoRA base.
+        folder, fallback = model_path("video", profile, settings), WAN_CONFIGS[profile.train.base]
     try:
         return json.loads((folder / "transformer" / "config.json").read_text())
     except (OSError, ValueError):
