@@ -27,6 +27,7 @@ def test_every_entrypoint_is_a_flow():
         "produce": "produce-character",
         "dataset": "build-dataset",
         "train": "train-lora",
+        "train-runpod": "train-lora",
         "render": "render",
         "batch": "produce-batch",
         "sweep-pods": "sweep-pods",
@@ -59,6 +60,8 @@ def test_pools_and_deployments_register(prefect_api, tmp_path, models_dir):
     deployments = {d["name"]: d for d in api_post(prefect_api, "/deployments/filter", {})}
     assert {"produce", "dataset", "train", "render"} <= set(deployments)
     assert deployments["train"]["work_pool_name"] == "likeness-gpu"
+    assert deployments["train-runpod"]["work_pool_name"] == "likeness-cpu"
+    assert deployments["train-runpod"]["parameters"] == {"backend": "runpod-native"}
     assert deployments["produce"]["parameters"] == {"profile": "production"}
     limits = api_post(prefect_api, "/concurrency_limits/filter", {})
     assert {(limit["tag"], limit["concurrency_limit"]) for limit in limits} >= {("gpu", 2)}
