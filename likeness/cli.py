@@ -26,7 +26,6 @@ from likeness.config import BACKENDS, ModelProfile, ModelSpec, Role, RunConfig, 
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
 from likeness.models.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
-from likeness.models.wan_flops import WAN_CONFIGS
 from likeness.records import CharacterResult, LoraCheckpoint, LoraRef, Renders, TrainingItem, TrainingSet
 from likeness.render.prompts import CharacterPrompt, PromptEntry
 from likeness.run import progress
@@ -57,6 +56,7 @@ from likeness.run.write_checks import (
     check_writable,
     estimate_run_bytes,
     lora_checkpoint_bytes,
+    stored_video_transformer_config,
     video_transformer_config,
 )
 from likeness.settings import Settings, get_settings
@@ -680,7 +680,7 @@ def train(
         store = get_store()
         check_out_location(out, settings, store)
         checkpoints = inputs.config.train.checkpoint_count * lora_checkpoint_bytes(
-            inputs.config, _transformer_config(inputs.profile, settings)
+            inputs.config, video_transformer_config(inputs.profile, settings)
         )
         check_writable(out, store, (2 * checkpoints, checkpoints))
     except (InvalidInput, ProfileUnavailable, OutputConflict, StoreError, WriteCheckFailed) as exc:
@@ -747,14 +747,6 @@ def _training_inputs(
     )
 
 
-def _transformer_config(profile: ModelProfile, settings: Settings) -> dict[str, Any]:
-    """The video transformer's config; its weights need not be here when a pod trains."""
-    try:
-        return video_transformer_config(profile, settings)
-    except ProfileUnavailable:
-        return WAN_CONFIGS[profile.train.base]
-
-
 def _print_training_config(inputs: TrainingInputs, device: str, sent: tuple[str, str]) -> None:
     """What would be sent (on stdout) and the pod it would ask for, with prices from the API (on stderr)."""
     from likeness.runpod.pods import RunPodError
@@ -809,6 +801,8 @@ class RenderRun(FlowRun):
     def __init__(self, inputs: RenderInputs, out: Path, store: ArtifactStore, settings: Settings) -> None:
         super().__init__(inputs.trigger, out, {}, "", store, settings)
         self.inputs = inputs
+        # The record entries of the renders this run made, once exported.
+        self._made: list[dict[str, Any]] = []
 
     def _finish(self, manifest: dict[str, Any]) -> None:
         table = Table(title=f"{self.trigger} -> {self.out}")
@@ -1001,23 +995,13 @@ def check_lora_files(paths: list[Path], profile: ModelProfile) -> None:
     import torch
     from diffusers import WanTransformer3DModel
 
-    from likeness.models.profiles import model_path
     from likeness.models.speed_loras import check_wan_lora_keys
 
-    settings, source = get_settings(), profile.models["video"].source
-    if source.startswith("tiny:"):
-        # Where the tiny models are built on first use: looked at, not built.
-        folder = settings.resolved_models_dir / "tiny" / source.removeprefix("tiny:")
-    else:
-        try:
-            folder = model_path("video", profile, settings)
-        except ProfileUnavailable:
-            return
-    config_path = folder / "transformer" / "config.json"
-    if not config_path.is_file():
+    config = stored_video_transformer_config(profile, get_settings())
+    if config is None:
         return
     with torch.device("meta"):
-        transformer = WanTransformer3DModel.from_config(json.loads(config_path.read_text()))
+        transformer = WanTransformer3DModel.from_config(config)
     for path in paths:
         check_wan_lora_keys(path, transformer)
 

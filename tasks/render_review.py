@@ -78,8 +78,12 @@ def render_label(item: RenderItem) -> str:
 
 def renders_contact_sheet(items: list[RenderItem]) -> Image.Image:
     """The renders side by side (a video by its middle frame), each labelled with its identity scores."""
-    thumbnails = [render_frames(item, 3)[-2 if item.kind == "video" else 0] for item in items]
+    thumbnails = [_middle(render_frames(item, 3)) for item in items]
     return contact_sheet(thumbnails, [render_label(item) for item in items], cell=THUMBNAIL)
+
+
+def _middle(frames: list[Image.Image]) -> Image.Image:
+    return frames[len(frames) // 2]
 
 
 @stage_task("render-sheet", STAGE_VERSION, gpu=False)

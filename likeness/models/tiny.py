@@ -123,6 +123,20 @@ def _t5_tokenizer():
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
+def _qwen3_tokenizer():
+    """Qwen3's tokenizer layout over the word list, with its chat template (FLUX.2 klein, the prompter)."""
+    from transformers import Qwen2Tokenizer
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab, merges = _byte_level_bpe(special)
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
+    tokenizer.chat_template = _QWEN3_CHAT_TEMPLATE
+    return tokenizer
+
+
 def _clip_tokenizer():
     from transformers import CLIPTokenizer
 
@@ -295,15 +309,9 @@ def _build_refiner_klein(folder: Path) -> None:
         Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
-    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab, merges = _byte_level_bpe(special)
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
-    tokenizer.chat_template = _QWEN3_CHAT_TEMPLATE
+    tokenizer = _qwen3_tokenizer()
     # 28 layers: the pipeline reads hidden states 9, 18 and 27 (stacked, so the transformer sees 3 x 16 wide).
     text_config = Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=28, num_attention_heads=2,
@@ -459,15 +467,9 @@ def _tiny_wan(two_experts: bool = False, image_to_video: bool = False) -> Any:
 
 def _build_prompter(folder: Path) -> None:
     """A chat LM as Qwen/Qwen3-4B-Instruct-2507 is laid out: Qwen3 with Qwen's tokenizer and chat template."""
-    from transformers import GenerationConfig, Qwen2Tokenizer, Qwen3Config, Qwen3ForCausalLM
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    vocab, merges = _byte_level_bpe(special)
-    tokenizer = Qwen2Tokenizer(
-        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>"
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": special[1:]})
-    tokenizer.chat_template = _QWEN3_CHAT_TEMPLATE
+    tokenizer = _qwen3_tokenizer()
     end, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from likeness.config import RenderConfig, RenderLimits, render_template
+from likeness.config import InvalidSettings, RenderConfig, RenderLimits, render_template
 from likeness.inputs import InvalidInput
 from likeness.media.video_upscale import VideoMemoryBoundTooSmall, VideoUpscaleConfig, plan_upscale
 from likeness.render.prompts import PromptEntry
@@ -79,7 +79,10 @@ def _entry_job(
         )
         prompt = render_template(entry.prompt, trigger=trigger)
     except (ValidationError, ValueError) as exc:
-        raise InvalidInput(f"prompt {number} ({entry.prompt[:40]!r}): {_reason(exc)}") from None
+        reason = (
+            "; ".join(InvalidSettings.from_validation_error(exc).problems) if isinstance(exc, ValidationError) else exc
+        )
+        raise InvalidInput(f"prompt {number} ({entry.prompt[:40]!r}): {reason}") from None
     problems = settings.limit_problems(f"prompt {number}", limits) if limits else []
     problems = [problem for problem in problems if not (problem.soft and beyond_limits)]
     if problems:
@@ -102,9 +105,3 @@ def check_upscale_fits(job: RenderJob) -> None:
             f"render.upscale_memory_mb={config.upscale_memory_mb} is too little for the video upscale to "
             f"{config.upscale_long_side} px ({exc})"
         ) from None
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
-    return str(exc)

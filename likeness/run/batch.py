@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from likeness.config import InvalidSettings
 from likeness.inputs import InvalidInput, normalise_trigger
 
 COLUMNS = ("name", "image", "out", "profile", "garment", "pose", "set")
@@ -95,7 +96,8 @@ def read_manifest(path: Path, out_root: Path = Path("likeness-out")) -> tuple[li
         try:
             rows.append(_row(number, record, path.parent, out_root))
         except (InvalidInput, ValidationError, ValueError) as exc:
-            problems.append((number, _reason(exc)))
+            reason = InvalidSettings.from_validation_error(exc).problems if isinstance(exc, ValidationError) else [exc]
+            problems.append((number, "; ".join(map(str, reason))))
     return rows, problems
 
 
@@ -151,12 +153,6 @@ def _listed(value: Any, separator: str = ",") -> Sequence[Any]:
     if isinstance(value, list):
         return value
     return [part.strip() for part in str(value).split(separator) if part.strip()]
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in exc.errors())
-    return str(exc)
 
 
 def produce_rows(rows: Sequence[BatchRow], concurrency: int, logs: Path) -> list[dict[str, Any]]:

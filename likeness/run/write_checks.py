@@ -17,7 +17,7 @@ from typing import Any
 
 from likeness.config import ModelProfile, RunConfig
 from likeness.media.imaging import contact_sheet_size
-from likeness.models.profiles import model_path
+from likeness.models.profiles import ProfileUnavailable, model_path
 from likeness.models.wan_flops import WAN_CONFIGS
 from likeness.settings import Settings
 from likeness.storage.store import ArtifactStore, LocalStore, StoreError
@@ -48,18 +48,30 @@ def check_out_location(out: Path, settings: Settings, store: ArtifactStore) -> N
             raise WriteCheckFailed(f"--out {out} contains {what} ({folder}); choose a folder that does not")
 
 
-def video_transformer_config(profile: ModelProfile, settings: Settings) -> dict[str, Any]:
-    """The LoRA base's transformer config, read from disk without building or downloading anything."""
+def stored_video_transformer_config(profile: ModelProfile, settings: Settings) -> dict[str, Any] | None:
+    """The LoRA base's transformer config as it is on disk, nothing built or downloaded; None where it is not."""
     source = profile.models["video"].source
     if source.startswith("tiny:"):
-        folder, fallback = settings.resolved_models_dir / "tiny" / source.removeprefix("tiny:"), TINY_TRANSFORMER
+        # Where the tiny models are built on first use: looked at, not built.
+        folder = settings.resolved_models_dir / "tiny" / source.removeprefix("tiny:")
     else:
-        # Before the weights are here: the published config of the LoRA base.
-        folder, fallback = model_path("video", profile, settings), WAN_CONFIGS[profile.train.base]
+        try:
+            folder = model_path("video", profile, settings)
+        except ProfileUnavailable:
+            return None
     try:
         return json.loads((folder / "transformer" / "config.json").read_text())
     except (OSError, ValueError):
-        return fallback
+        return None
+
+
+def video_transformer_config(profile: ModelProfile, settings: Settings) -> dict[str, Any]:
+    """The LoRA base's transformer config: from disk, or before the weights are here the published one of the
+    LoRA base (a pod may train without them ever being on this machine)."""
+    stored = stored_video_transformer_config(profile, settings)
+    if stored is not None:
+        return stored
+    return TINY_TRANSFORMER if profile.models["video"].source.startswith("tiny:") else WAN_CONFIGS[profile.train.base]
 
 
 def lora_checkpoint_bytes(config: RunConfig, transformer: dict[str, Any]) -> int:
