@@ -3,9 +3,9 @@
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.pools --gpu-slots 2
 
 `likeness-cpu` runs the parent flow and anything that only waits on others (RunPod drivers);
-`likeness-gpu` runs the model stages, one flow run per GPU worker. Tasks tagged `gpu` share a
-global limit of `--gpu-slots` runs at once, so a burst of batch runs queues instead of running
-out of GPU memory.
+`likeness-gpu` runs the model stages, one flow run per GPU worker (`prefect worker start --limit 1`).
+Tasks tagged `gpu` share a global limit of `--gpu-slots` runs at once (one per GPU), so a burst of
+batch runs queues instead of running out of GPU memory.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from prefect.workers.process import ProcessWorker
 POOLS: dict[str, dict[str, Any]] = {
     "likeness-cpu": {"description": "Likeness: orchestration and training drivers", "concurrency": 8, "env": {}},
     "likeness-gpu": {
-        "description": "Likeness: model stages (one flow run per GPU)",
-        "concurrency": 1,
+        "description": "Likeness: model stages (start each GPU worker with --limit 1: one stage run per GPU)",
+        # Per worker, not per pool: the pool takes as many stage runs at once as it has GPU workers.
+        "concurrency": None,
         "env": {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"},
     },
 }

@@ -73,13 +73,13 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+def parse_overrides(assignments: list[str], option: str = "--set") -> dict[str, Any]:
     """`render.seed=3` style assignments as nested dicts; values are read as YAML scalars."""
     overrides: dict[str, Any] = {}
     for assignment in assignments:
         path, sep, raw = assignment.partition("=")
         if not sep or not path:
-            raise InvalidInput(f"--set {assignment!r} is not of the form section.field=value")
+            raise InvalidInput(f"{option} {assignment!r} is not of the form section.field=value")
         node = overrides
         *parents, leaf = path.split(".")
         for part in parents:
@@ -88,12 +88,11 @@ def parse_overrides(assignments: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _configure_environment(results_dir: Path, refresh: bool) -> None:
-    """Persist results and cache records beside the artifact store; quiet the libraries' own bars.
+def _configure_environment(refresh: bool) -> None:
+    """Quiet the libraries' own bars; no analytics.
 
     Must run before Prefect, diffusers and transformers are imported: they read these once.
     """
-    os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(results_dir))
     # The local server would otherwise phone home; Likeness talks to nothing it was not pointed at.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     for variable, value in (
@@ -346,13 +345,12 @@ class FlowRun:
     ) -> None:
         self.trigger, self.out, self.identity, self.key, self.store = trigger, out, identity, key, store
         self.log_path = log_file_path(settings.data_dir, trigger)
-        self.results_dir = settings.results_dir
         self.server: TemporaryPrefectServer | None = None
         self.tracker: StageTracker | None = None
 
     def start(self, refresh: bool, verbose: bool) -> None:
         """Run to the end, or stop on Ctrl-C / SIGTERM saying what was interrupted."""
-        _configure_environment(self.results_dir, refresh)
+        _configure_environment(refresh)
         try:
             with interruptible(on_forced_exit=self._say_interrupted):
                 try:
@@ -393,9 +391,13 @@ class FlowRun:
             if self.server is not None:
                 os.environ["PREFECT_API_URL"] = self.server.wait_ready()
             import prefect  # noqa: F401  (it sets up its logging on import; route_logs redirects that)
+            from prefect.settings import PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK, temporary_settings
+
+            from likeness.storage.results import save_results_block
 
             route_logs(self.log_path, verbose, _say)
-            manifest = self._run_and_export()
+            with temporary_settings({PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: save_results_block()}):
+                manifest = self._run_and_export()
         finally:
             self._stop_server()
         self._finish(manifest)
@@ -506,7 +508,8 @@ class CharacterRun(FlowRun):
         return export_outputs(result, self.out, self.identity, self.key, self.store, stats)
 
     def _flow_state(self) -> Any:
-        from flows.produce import produce_character, produce_dataset
+        from flows.produce import produce_character
+        from flows.stages import produce_dataset
 
         inputs = self.inputs
         parameters = {
@@ -1061,10 +1064,11 @@ def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
         table.add_row("lora checkpoints", ", ".join(str(entry["step"]) for entry in manifest["lora"]))
     if manifest["renders"]:
         table.add_row("renders", "\n".join(entry["file"] for entry in manifest["renders"]))
-    loads = manifest["last_run"]["model_loads"]
-    table.add_row(
-        "models loaded", ", ".join(f"{role} x{count}" for role, count in loads.items()) or "none (all cached)"
-    )
+    if "flow_run" not in manifest["identity"]:  # a pulled run's models were loaded by its workers
+        loads = manifest["last_run"]["model_loads"]
+        table.add_row(
+            "models loaded", ", ".join(f"{role} x{count}" for role, count in loads.items()) or "none (all cached)"
+        )
     table.add_row("seconds", str(manifest["last_run"]["seconds"]))
     Console().print(table)
 
@@ -1138,6 +1142,127 @@ def doctor() -> None:
         out.print(f"{mark} {escape(check.name):<20} {escape(check.detail)}")
     if any(check.ok is False for check in checks):
         raise typer.Exit(1)
+
+
+def _prefect_api(command: str) -> str:
+    """The Prefect server a deployment command talks to; a clear error when none is configured."""
+    # The runs' logs are on the server; the console shows only what the command itself says.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
+    from prefect.settings import PREFECT_API_URL
+
+    api = PREFECT_API_URL.value()
+    if not api:
+        _fail(f"likeness {command} needs a Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api)")
+    return api
+
+
+@app.command("deploy")
+def deploy_command(
+    gpu_slots: Annotated[int, typer.Option(min=1, help="GPU stage tasks at once, all GPU workers together.")] = 1,
+    code_dir: Annotated[
+        Path | None, typer.Option(help="Where the workers' checkout of Likeness is (default: this one).")
+    ] = None,
+) -> None:
+    """Set up the Prefect server for Likeness: work pools, GPU limit, results storage and every deployment."""
+    api = _prefect_api("deploy")
+    from deployments.deploy import DeployFailed, deploy
+
+    try:
+        deployed = deploy(gpu_slots, code_dir)
+    except (DeployFailed, StoreError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"deployed to {api}")
+    table.add_column("deployment")
+    table.add_column("work pool")
+    for name, pool in deployed:
+        table.add_row(name, pool)
+    Console().print(table)
+
+
+DEPLOYMENT_NAMES = {
+    "produce": "produce-character/produce",
+    "dataset": "produce-dataset/dataset",
+    "train": "train-character/train",
+    "train-runpod": "train-character/train-runpod",
+    "render": "render-character/render",
+    "batch": "produce-batch/batch",
+    "sweep-pods": "sweep-pods/sweep-pods",
+}
+
+
+@app.command("run")
+def run_command(
+    deployment: Annotated[str, typer.Argument(help=f"One of {', '.join(DEPLOYMENT_NAMES)}, or flow/deployment.")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="A parameter as name=value (YAML values; repeatable).")
+    ] = None,
+    watch: Annotated[bool, typer.Option(help="Follow the run: stages, progress, files at the end.")] = False,
+    out: Annotated[Path | None, typer.Option(help="With --watch: the folder for the character's files.")] = None,
+) -> None:
+    """Start a run of a deployment; its logs go to the Prefect UI, the console shows only its progress."""
+    _prefect_api("run")
+    from likeness.run.deployed import follow_run, start_run
+
+    name = DEPLOYMENT_NAMES.get(deployment, deployment)
+    try:
+        parameters = parse_overrides(param or [], "--param")
+        flow_run = start_run(name, parameters)
+    except InvalidInput as exc:
+        _fail(str(exc))
+    _say(f"started {name} run {flow_run.name} ({flow_run.id})")
+    if not watch:
+        _say(f"follow it with: likeness run ... --watch, or in the UI; its files: likeness pull {flow_run.id}")
+        return
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), console=console
+    ) as bar:
+        bars: dict[str, Any] = {}
+
+        def on_progress(key: str, percent: float, description: str) -> None:
+            if key not in bars:
+                bars[key] = bar.add_task(key, total=100)
+            bar.update(bars[key], completed=percent, description=escape(description or key))
+
+        final = follow_run(flow_run.id, on_progress, lambda run, state: bar.console.print(f"{run}: {state}"))
+    if not final.state.is_completed():
+        _fail(f"{name} run {final.name} ended {final.state.name}: {final.state.message or 'see the Prefect UI'}")
+    _say(f"{name} run {final.name} completed")
+    if out is not None or name.split("/")[0] in ("produce-character", "produce-dataset", "train-character",
+                                                  "render-character"):  # fmt: skip
+        pull(str(final.id), out)
+
+
+@app.command()
+def pull(
+    run: Annotated[str, typer.Argument(help="A produce or stage run: its flow run id or name.")],
+    out: Out = None,
+) -> None:
+    """Copy what a run made for a character (dataset, LoRA, renders) from the artifact store into a folder."""
+    _prefect_api("pull")
+    from likeness.run.deployed import completed_result
+
+    try:
+        flow_run, stored = completed_result(run)
+        result = CharacterResult.model_validate(stored)
+    except InvalidInput as exc:
+        _fail(str(exc))
+    except ValueError:
+        _fail(f"run {run!r} made no character: pull takes a produce, dataset, train or render run")
+    trigger = result.dataset.trigger
+    out = out or Path("likeness-out") / trigger
+    identity = {
+        "format": RECORD_FORMAT,
+        "trigger": trigger,
+        "reference_sha256": result.dataset.reference.sha256,
+        "flow_run": str(flow_run.id),
+    }
+    stats = {"flow_run_id": str(flow_run.id), "seconds": round(flow_run.total_run_time.total_seconds(), 2)}
+    try:
+        check_output_folder(out, identity)
+        manifest = export_outputs(result, out, identity, str(flow_run.id), get_store(), {**stats, "model_loads": {}})
+    except (OutputConflict, StoreError) as exc:
+        _fail(str(exc))
+    _print_summary(out, manifest)
 
 
 @app.command()

@@ -39,11 +39,6 @@ class Settings(BaseSettings):
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").resolve()
 
-    @property
-    def results_dir(self) -> Path:
-        """Prefect results and cache records: beside the artifacts, so a cache hit finds both."""
-        return (self.data_dir / "prefect-results").resolve()
-
 
 @lru_cache
 def get_settings() -> Settings:

@@ -25,10 +25,10 @@ def test_every_entrypoint_is_a_flow():
         names[deployment["name"]] = flow.name
     assert names == {
         "produce": "produce-character",
-        "dataset": "build-dataset",
-        "train": "train-lora",
-        "train-runpod": "train-lora",
-        "render": "render",
+        "dataset": "produce-dataset",
+        "train": "train-character",
+        "train-runpod": "train-character",
+        "render": "render-character",
         "batch": "produce-batch",
         "sweep-pods": "sweep-pods",
     }
@@ -55,13 +55,13 @@ def test_pools_and_deployments_register(prefect_api, tmp_path, models_dir):
     assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
 
     pools = {pool["name"]: pool for pool in api_post(prefect_api, "/work_pools/filter", {})}
-    assert pools["likeness-gpu"]["concurrency_limit"] == 1
+    assert pools["likeness-gpu"]["concurrency_limit"] is None
     assert pools["likeness-cpu"]["type"] == "process"
     deployments = {d["name"]: d for d in api_post(prefect_api, "/deployments/filter", {})}
     assert {"produce", "dataset", "train", "render"} <= set(deployments)
     assert deployments["train"]["work_pool_name"] == "likeness-gpu"
     assert deployments["train-runpod"]["work_pool_name"] == "likeness-cpu"
-    assert deployments["train-runpod"]["parameters"] == {"backend": "runpod-native"}
+    assert deployments["train-runpod"]["parameters"] == {"profile": "production", "backend": "runpod-native"}
     assert deployments["produce"]["parameters"] == {"profile": "production"}
     limits = api_post(prefect_api, "/concurrency_limits/filter", {})
     assert {(limit["tag"], limit["concurrency_limit"]) for limit in limits} >= {("gpu", 2)}

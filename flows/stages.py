@@ -1,0 +1,239 @@
+"""The stage flows as they are deployed: what a person knows in (a character, its reference, the run before),
+a `CharacterResult` out, persisted in the shared results storage for the next stage and for `likeness pull`.
+
+    dataset = produce_dataset("Ada", "s3://characters/ada.jpg", profile="production")
+    lora = train_character("Ada", dataset_run="<flow run id or name of a dataset run>")
+    renders = render_character("Ada", lora_run="<flow run id or name of a training run>")
+
+Each stage checks its settings and, where it runs the models here, that the profile's weights are on this
+machine, before any task starts: a configuration error fails the run once and is never retried.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, NamedTuple, TypeVar
+
+from prefect import flow
+from pydantic import Field, ValidationError
+
+from flows.dataset import build_dataset
+from flows.render import render
+from flows.train import train_lora
+from likeness.config import Backend, ModelProfile, Role, RunConfig, check_shot_count
+from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
+from likeness.inputs import InvalidInput, normalise_trigger
+from likeness.models.profiles import available_profiles, load_profile, preflight
+from likeness.records import CharacterResult
+from likeness.run.deployed import completed_result
+from likeness.settings import get_settings
+from likeness.storage.artifacts import ArtifactRef
+from likeness.storage.locations import read_location
+from tasks.inputs import fetch_input_image
+
+F = TypeVar("F")
+
+DATASET_ROLES: tuple[Role, ...] = ("editor", "refiner", "upscaler", "captioner")
+
+# In the Prefect UI's run form: a choice of the built-in profiles (the CLI also passes a profile's YAML path).
+ProfileName = Annotated[str, Field(json_schema_extra={"enum": available_profiles()})]
+
+# What the Prefect UI's run form says of the parameters several stages share, filled into the docstrings'
+# Args sections (Prefect reads parameter descriptions from there).
+SHARED_ARGS = {
+    "name": "The character's name; its trigger word in captions and prompts (spaces become '_').",
+    "reference": "The photo: a path the worker can read, an s3:// or https:// URL, or a key in the artifact store.",
+    "profile": "The models: `tiny` runs on a CPU, `production` on a GPU (`likeness profiles` lists them).",
+    "backend": "Where the LoRA trains: on this pool (`local`), or on a RunPod pod with AI Toolkit or our trainer.",
+    "overrides": 'Settings that differ from the profile\'s, e.g. {"train": {"steps": 500}}.',
+    "beyond_limits": "Allow settings past the profile's safe limits.",
+    "garments": "Garment images for the try-on shots, each given as the reference is.",
+    "poses": "Pose images for the pose-transfer shots, each given as the reference is.",
+    "catalogue": "Shots to add: a YAML catalogue, given as the reference is (none: the default catalogue).",
+}
+
+
+def described(fn: F) -> F:
+    """`fn` with each `{parameter}` line of its docstring replaced by that parameter's shared description."""
+    shared = SHARED_ARGS
+
+    def fill(match: re.Match[str]) -> str:
+        return f"{match[1]}: {shared[match[1]]}"
+
+    fn.__doc__ = re.sub(r"\{(\w+)\}", fill, inspect.cleandoc(fn.__doc__ or ""))
+    return fn
+
+
+class DatasetInputs(NamedTuple):
+    """A run's parameters, checked and resolved: the profile, the settings and the input images in the store."""
+
+    trigger: str
+    profile: ModelProfile
+    config: RunConfig
+    reference: ArtifactRef
+    garments: list[ArtifactRef]
+    poses: list[ArtifactRef]
+    catalogue: Catalogue
+    catalogue_key: str | None
+
+    def build_dataset(self) -> CharacterResult:
+        """The dataset flow on these inputs."""
+        dataset = build_dataset(
+            self.trigger, self.reference, self.config.dataset, self.profile, self.catalogue, self.garments, self.poses
+        )
+        return CharacterResult(dataset=dataset)
+
+
+def dataset_inputs(
+    name: str,
+    reference: str,
+    profile: str,
+    overrides: dict[str, Any] | None,
+    beyond_limits: bool,
+    garments: list[str] | None,
+    poses: list[str] | None,
+    catalogue: str | None,
+    roles: tuple[Role, ...] = (),
+) -> DatasetInputs:
+    """The parameters of a run, checked (with the weights of `roles` on this machine) before any task starts,
+    and resolved: the input images read and stored by the run's first tasks."""
+    trigger = normalise_trigger(name)
+    model_profile = load_profile(profile)
+    if roles:
+        preflight(model_profile, get_settings(), roles)
+    config = RunConfig.from_profile(model_profile, overrides, beyond_limits=beyond_limits)
+    run_catalogue = catalogue_at(catalogue)
+    shots = run_catalogue.shots(config.dataset.variations, garments=len(garments or []), poses=len(poses or []))
+    check_inputs_used(shots, len(garments or []), len(poses or []))
+    check_shot_count(len(shots), model_profile.limits, beyond_limits)
+    return DatasetInputs(
+        trigger=trigger,
+        profile=model_profile,
+        config=config,
+        reference=fetch_input_image(reference, "reference", "reference.png"),
+        garments=[fetch_input_image(at, "garment image", f"garment-{n}.png") for n, at in enumerate(garments or [])],
+        poses=[fetch_input_image(at, "pose image", f"pose-{n}.png") for n, at in enumerate(poses or [])],
+        catalogue=run_catalogue,
+        catalogue_key=catalogue,
+    )
+
+
+def catalogue_at(location: str | None) -> Catalogue:
+    """The run's catalogue: the default one, the default with a YAML file's entries on top, or a whole catalogue
+    as the JSON copy the CLI stores (a `.json` name); each at a location as `read_location` takes it."""
+    if location is None:
+        return load_catalogue()
+    data = read_location(location, "catalogue")
+    if location.endswith(".json"):
+        return Catalogue.model_validate_json(data)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(location).name
+        path.write_bytes(data)
+        return load_catalogue(path)
+
+
+@flow(name="produce-dataset", log_prints=True, persist_result=True, result_serializer="json")
+@described
+def produce_dataset(
+    name: str,
+    reference: str,
+    profile: ProfileName = "tiny",
+    overrides: dict[str, Any] | None = None,
+    beyond_limits: bool = False,
+    garments: list[str] | None = None,
+    poses: list[str] | None = None,
+    catalogue: str | None = None,
+) -> CharacterResult:
+    """The captioned LoRA dataset of one character.
+
+    Args:
+        {name}
+        {reference}
+        {profile}
+        {overrides}
+        {beyond_limits}
+        {garments}
+        {poses}
+        {catalogue}
+    """
+    run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue, DATASET_ROLES)
+    return run.build_dataset()
+
+
+@flow(name="train-character", log_prints=True, persist_result=True, result_serializer="json")
+@described
+def train_character(
+    name: str,
+    dataset_run: str,
+    profile: ProfileName = "tiny",
+    backend: Backend = "local",
+    overrides: dict[str, Any] | None = None,
+    beyond_limits: bool = False,
+) -> CharacterResult:
+    """The character's LoRA, trained on the dataset another run made.
+
+    Args:
+        {name}
+        dataset_run: The flow run id or name (as the Prefect UI shows it) of a produce-dataset or produce run.
+        {profile}
+        {backend}
+        {overrides}
+        {beyond_limits}
+    """
+    trigger = normalise_trigger(name)
+    model_profile = load_profile(profile)
+    config = RunConfig.from_profile(model_profile, overrides, beyond_limits=beyond_limits)
+    previous = character_of_run(dataset_run, trigger)
+    if not previous.dataset.items:
+        raise InvalidInput(f"dataset run {dataset_run!r} kept no image: there is nothing to train {trigger} on")
+    if backend == "local":
+        preflight(model_profile, get_settings(), ("video",))
+    lora = train_lora(previous.dataset.training_set(), config.train, model_profile, backend, config.pod)
+    return CharacterResult(dataset=previous.dataset, lora=lora)
+
+
+@flow(name="render-character", log_prints=True, persist_result=True, result_serializer="json")
+@described
+def render_character(
+    name: str,
+    lora_run: str,
+    profile: ProfileName = "tiny",
+    overrides: dict[str, Any] | None = None,
+    beyond_limits: bool = False,
+) -> CharacterResult:
+    """Images and videos of the character with the LoRA another run made, scored against its reference.
+
+    Args:
+        {name}
+        lora_run: The flow run id or name (as the Prefect UI shows it) of a train-character or produce run.
+        {profile}
+        {overrides}
+        {beyond_limits}
+    """
+    trigger = normalise_trigger(name)
+    model_profile = load_profile(profile)
+    config = RunConfig.from_profile(model_profile, overrides, beyond_limits=beyond_limits)
+    previous = character_of_run(lora_run, trigger)
+    if previous.lora is None:
+        raise InvalidInput(f"run {lora_run!r} trained no LoRA for {trigger}: give a training or produce run")
+    preflight(model_profile, get_settings(), ("video",))
+    dataset = previous.dataset
+    reference = dataset.reference if dataset.identity_checked else None
+    renders = render(previous.lora, config.render, model_profile, reference)
+    return previous.model_copy(update={"renders": renders.items, "render_sheet": renders.contact_sheet})
+
+
+def character_of_run(run: str, trigger: str) -> CharacterResult:
+    """What a finished stage run made for `trigger`, read from the shared results storage."""
+    _, stored = completed_result(run)
+    try:
+        # Results are stored as JSON: the model comes back as its fields.
+        result = CharacterResult.model_validate(stored)
+    except ValidationError:
+        raise InvalidInput(f"run {run!r} is not a Likeness stage run: its result is no character") from None
+    if result.dataset.trigger != trigger:
+        raise InvalidInput(f"run {run!r} made {result.dataset.trigger}, not {trigger}")
+    return result

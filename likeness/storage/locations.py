@@ -1,0 +1,77 @@
+"""Input files named the way a person names them: a path on this machine, an s3:// or https:// URL, a store key.
+
+Deployment runs start on a worker that is not the machine of the person who started them, so a
+reference photo can be given as any of these; each is read here, with a message naming the
+location when it cannot be.
+
+    data = read_location("s3://characters/inbox/ada.jpg")
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from likeness.inputs import MAX_REFERENCE_FILE_BYTES, InvalidInput
+from likeness.settings import get_settings
+from likeness.storage.artifacts import get_store
+from likeness.storage.store import MissingObject, StoreError, open_store
+
+FETCH_TIMEOUT_S = 60
+
+
+def read_location(location: str, label: str = "reference") -> bytes:
+    """The bytes at `location`; InvalidInput naming it when they cannot be read."""
+    scheme = urlsplit(location).scheme
+    if scheme in ("http", "https"):
+        return _fetch_url(location, label)
+    if scheme == "s3":
+        return _read_s3(location, label)
+    if scheme:
+        raise InvalidInput(f"{label} {location!r}: use a path, an s3:// or https:// URL, or a key in the store")
+    path = Path(location).expanduser()
+    if path.is_file():
+        return path.read_bytes()
+    try:
+        return get_store().get_bytes(location)
+    except MissingObject:
+        raise InvalidInput(
+            f"{label} {location!r} is neither a file on this machine nor a key in the store {get_store().uri}"
+        ) from None
+    except StoreError as exc:
+        raise InvalidInput(f"{label} {location!r}: {exc}") from None
+
+
+def _fetch_url(url: str, label: str) -> bytes:
+    request = urllib.request.Request(url, headers={"User-Agent": "likeness"})
+    try:
+        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
+            data = response.read(MAX_REFERENCE_FILE_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise InvalidInput(f"{label} {url} could not be fetched: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InvalidInput(f"{label} {url} could not be fetched: {reason}") from None
+    return data
+
+
+def _read_s3(url: str, label: str) -> bytes:
+    """An object in a bucket of the store's S3 server, read with the store's credentials."""
+    parts = urlsplit(url)
+    settings = get_settings()
+    if not settings.s3_endpoint:
+        raise InvalidInput(f"{label} {url}: no S3 server is configured (LIKENESS_S3_ENDPOINT)")
+    try:
+        bucket = open_store(
+            f"s3://{parts.netloc}",
+            endpoint=settings.s3_endpoint,
+            access_key=settings.s3_access_key.get_secret_value() if settings.s3_access_key else None,
+            secret_key=settings.s3_secret_key.get_secret_value() if settings.s3_secret_key else None,
+        )
+        return bucket.get_bytes(parts.path.lstrip("/"))
+    except MissingObject:
+        raise InvalidInput(f"{label} {url}: no such object on {settings.s3_endpoint}") from None
+    except StoreError as exc:
+        raise InvalidInput(f"{label} {url}: {exc}") from None
