@@ -23,6 +23,7 @@ from likeness.records import CharacterResult
 from likeness.run.progress import prefect_artifact_key
 
 # The stage deployments `prefect.yaml` declares, which a produce run started from its deployment dispatches to.
+PRODUCE_DEPLOYMENT = "produce-character/produce"
 DATASET_DEPLOYMENT = "produce-dataset/dataset"
 TRAIN_DEPLOYMENTS: dict[str, str] = {
     "local": "train-character/train",

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, NamedTuple, NoReturn
 
 import typer
-import yaml
 from PIL import Image
 from rich.console import Console
 from rich.markup import escape
@@ -24,7 +23,7 @@ from rich.table import Table
 from likeness import __version__
 from likeness.config import BACKENDS, ModelProfile, ModelSpec, Role, RunConfig, check_shot_count, render_template
 from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
-from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, read_reference_image
+from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, parse_overrides, read_reference_image
 from likeness.models.profiles import ProfileUnavailable, available_profiles, load_profile, preflight
 from likeness.records import CharacterResult, LoraCheckpoint, LoraRef, Renders, TrainingItem, TrainingSet
 from likeness.render.prompts import CharacterPrompt, PromptEntry
@@ -71,21 +70,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console(stderr=True)
-
-
-def parse_overrides(assignments: list[str], option: str = "--set") -> dict[str, Any]:
-    """`render.seed=3` style assignments as nested dicts; values are read as YAML scalars."""
-    overrides: dict[str, Any] = {}
-    for assignment in assignments:
-        path, sep, raw = assignment.partition("=")
-        if not sep or not path:
-            raise InvalidInput(f"{option} {assignment!r} is not of the form section.field=value")
-        node = overrides
-        *parents, leaf = path.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
-    return overrides
 
 
 def _configure_environment(refresh: bool) -> None:
@@ -1186,6 +1170,7 @@ DEPLOYMENT_NAMES = {
     "train-runpod": "train-character/train-runpod",
     "render": "render-character/render",
     "batch": "produce-batch/batch",
+    "inbox": "produce-inbox/inbox",
     "sweep-pods": "sweep-pods/sweep-pods",
 }
 

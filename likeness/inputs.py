@@ -10,8 +10,10 @@ import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
 MIN_REFERENCE_SIDE = 256
@@ -261,3 +263,18 @@ def _to_srgb(colour: Image.Image, icc: bytes, label: str, notes: list[str]) -> I
         # A broken or mismatched profile is common in edited files; the pixels are still usable as sRGB.
         notes.append(f"{label} has a colour profile Likeness cannot apply: its colours are used as they are")
         return colour
+
+
+def parse_overrides(assignments: list[str], option: str = "--set") -> dict[str, Any]:
+    """`render.seed=3` style assignments as nested dicts; values are read as YAML scalars."""
+    overrides: dict[str, Any] = {}
+    for assignment in assignments:
+        path, sep, raw = assignment.partition("=")
+        if not sep or not path:
+            raise InvalidInput(f"{option} {assignment!r} is not of the form section.field=value")
+        node = overrides
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return overrides

@@ -8,12 +8,11 @@ store, shown in the Prefect UI and exported beside the LoRA).
 
 from __future__ import annotations
 
-import base64
-
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_table_artifact
 
 from likeness.identity import get_identity_model, reference_face
 from likeness.records import LoraRef
+from likeness.run.pictures import publish_checkpoints
 from likeness.run.progress import prefect_artifact_key
 from likeness.stages import stage_task
 from likeness.storage.artifacts import ArtifactRef, load_image, put_bytes
@@ -21,7 +20,6 @@ from likeness.training.checkpoints import (
     best_checkpoint,
     score_checkpoint,
     score_plot_png,
-    scores_markdown,
     scores_table,
 )
 
@@ -54,12 +52,8 @@ def pick_checkpoint(lora: LoraRef, reference: ArtifactRef | None, identity: bool
         table=scores_table(scores, best.step),
         description=f"{lora.trigger}: identity distance of each checkpoint's samples (lower is closer)",
     )
-    # An inline image: the plot shows in the UI whatever store holds it.
-    create_markdown_artifact(
-        key=prefect_artifact_key(f"{lora.trigger}-checkpoint-plot"),
-        markdown=f"![identity by step](data:image/png;base64,{base64.b64encode(plot_png).decode()})\n\n"
-        + scores_markdown(scores, best.step),
-        description=f"{lora.trigger}: identity distance by step",
-    )
+    scored = lora.model_copy(update={"checkpoints": checkpoints, "best_step": best.step, "scores_plot": plot})
+    # The plot, the scores and the samples as pictures a browser loads from the store (likeness.run.pictures).
+    publish_checkpoints(scored)
     print(f"{lora.trigger}: best checkpoint step {best.step} (identity distance {best.distance})")
-    return lora.model_copy(update={"checkpoints": checkpoints, "best_step": best.step, "scores_plot": plot})
+    return scored

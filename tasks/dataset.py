@@ -15,6 +15,7 @@ from prefect.context import FlowRunContext, TaskRunContext
 
 from likeness.media.imaging import contact_sheet
 from likeness.records import DatasetItem, DatasetRef, Rejection
+from likeness.run.pictures import publish_dataset
 from likeness.run.progress import prefect_artifact_key
 from likeness.stages import stage_task
 from likeness.storage.artifacts import ArtifactRef, load_image, put_bytes, put_image
@@ -97,7 +98,7 @@ def assemble_dataset(
     repeated_phrases: list[str],
     models: dict[str, Any],
 ) -> DatasetRef:
-    """Write the manifest and the contact sheet of a finished dataset, and its table in the Prefect UI."""
+    """Write the manifest and the contact sheet of a finished dataset, and its table and pictures in the Prefect UI."""
     lines = manifest_lines(trigger, reference, items, dropped, models)
     manifest = put_bytes("".join(json.dumps(line) + "\n" for line in lines).encode(), "manifest.jsonl")
     rejections = [r for item in items for r in item.rejected] + [r for tries in dropped for r in tries]
@@ -111,7 +112,7 @@ def assemble_dataset(
         refused=[False] * (1 + len(items)) + [True] * len(rejections),
     )
     _publish_table(trigger, items, rejections, identity_checked)
-    return DatasetRef(
+    dataset = DatasetRef(
         trigger=trigger,
         reference=reference,
         items=tuple(items),
@@ -121,6 +122,8 @@ def assemble_dataset(
         manifest=manifest,
         contact_sheet=put_image(sheet, "contact_sheet.png"),
     )
+    publish_dataset(dataset)  # the contact sheet and the refused tries as pictures in the Prefect UI
+    return dataset
 
 
 def _publish_table(trigger: str, items: list[DatasetItem], rejections: list[Rejection], identity: bool) -> None:

@@ -9,19 +9,17 @@ median over the frames scored (a frame without a face counts as a miss in the me
 
 from __future__ import annotations
 
-import base64
 import math
 import statistics
 import tempfile
 from pathlib import Path
 
 from PIL import Image
-from prefect.artifacts import create_markdown_artifact
 
 from likeness.identity import get_identity_model, identity_distance, main_face, reference_face
 from likeness.media.imaging import contact_sheet, sample_frames
 from likeness.records import RenderItem
-from likeness.run.progress import prefect_artifact_key
+from likeness.run.pictures import publish_renders
 from likeness.stages import stage_task
 from likeness.storage.artifacts import ArtifactRef, get_bytes, load_image, put_image
 
@@ -90,16 +88,6 @@ def _middle(frames: list[Image.Image]) -> Image.Image:
 def render_sheet(items: list[RenderItem], trigger: str) -> ArtifactRef:
     """A contact sheet of the renders with their scores, in the store and the UI."""
     ref = put_image(renders_contact_sheet(items), f"{trigger}_renders.png")
-    rows = ["| render | prompt | identity (best) | identity (median) | faces / frames |", "|---|---|---|---|---|"]
-    for item in items:
-        best = "" if item.identity_distance is None else f"{item.identity_distance:.3f}"
-        median = "" if item.identity_median is None else f"{item.identity_median:.3f}"
-        rows.append(f"| {item.kind} s{item.seed} | {item.prompt} | {best} | {median} | {item.faces_found} / "
-                    f"{item.frames_scored} |")  # fmt: skip
-    image = base64.b64encode(get_bytes(ref)).decode()
-    create_markdown_artifact(
-        key=prefect_artifact_key(f"{trigger}-renders"),
-        markdown=f"![renders](data:image/png;base64,{image})\n\n" + "\n".join(rows),
-        description=f"{trigger}: the renders and how like the reference they are (lower is closer)",
-    )
+    # The sheet and each render (a video by its poster frame) as pictures a browser loads (likeness.run.pictures).
+    publish_renders(trigger, items, ref)
     return ref

@@ -15,7 +15,6 @@ from likeness.training.checkpoints import (
     best_checkpoint,
     score_checkpoint,
     score_plot_png,
-    scores_markdown,
     scores_table,
 )
 from tests.photos import astronaut, grace_hopper, no_face_photo
@@ -137,17 +136,8 @@ def test_the_table_has_one_row_per_checkpoint_and_marks_the_best(scores: list[Ch
     assert rows[2]["median identity distance"] is None
     assert rows[2]["sample distances"] == "no face, no face"
 
-    markdown = scores_markdown(scores, 1000)
-    table = [line for line in markdown.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + len(scores)
-    body = table[2:]
-    assert [line.split("|")[1].strip() for line in body] == ["500", "1000", "1500"]
-    assert [("**best**" in line) for line in body] == [False, True, False]
-    assert f"| {scores[1].distance:.3f} |" in body[1]
-    assert "| — |" in body[2]
-
     with pytest.raises(ValueError, match="best step 750"):
-        scores_markdown(scores, 750)
+        scores_table(scores, 750)
 
 
 def png_image(png: bytes) -> Image.Image:

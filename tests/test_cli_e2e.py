@@ -147,7 +147,7 @@ def test_first_run_loads_each_model_once_and_reports_progress(workdir, prefect_a
     assert set(states) == set(STAGES)
     assert len(states["edit-variation"]) == len(SHOTS)
     assert len(states["measure-reference"]) == 1
-    assert all(state == "Completed" for names in states.values() for state in names)
+    assert all(state == "Completed" for names in states.values() for state in names), states
     artifacts = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"type": {"any_": ["progress"]}}})
     assert {"grace-hopper-dataset", "grace-hopper-train", "grace-hopper-render"} <= {a["key"] for a in artifacts}
     assert all(a["data"] == 100.0 for a in artifacts if a["key"].startswith("grace-hopper"))
@@ -156,7 +156,7 @@ def test_first_run_loads_each_model_once_and_reports_progress(workdir, prefect_a
     plots = api_post(
         prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["grace-hopper-checkpoint-plot"]}}}
     )
-    assert plots and "data:image/png;base64," in plots[0]["data"]
+    assert plots and "data:image/jpeg;base64," in plots[0]["data"]
 
 
 def test_the_lora_loads_into_wan_and_changes_its_output(workdir, models_dir):

@@ -30,6 +30,7 @@ def test_every_entrypoint_is_a_flow():
         "train-runpod": "train-character",
         "render": "render-character",
         "batch": "produce-batch",
+        "inbox": "produce-inbox",
         "sweep-pods": "sweep-pods",
     }
     sweeper = next(d for d in config["deployments"] if d["name"] == "sweep-pods")

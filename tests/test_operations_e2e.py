@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from minio import Minio
+from minio.commonconfig import CopySource
 
 from tests.conftest import cli_env
 from tests.prefect_server import api_post, prefect_server
@@ -126,7 +128,8 @@ def studio(tmp_path_factory, models_dir, s3_server, face_photo) -> Iterator[Mach
         if not client.bucket_exists(BUCKET):
             client.make_bucket(BUCKET)
         photo = face_photo.read_bytes()
-        client.put_object(BUCKET, "inbox/ada.jpg", io.BytesIO(photo), len(photo))
+        # In the store (s3://likeness-ops/studio) as `drop/Ada.jpg`: not the inbox the schedule looks at.
+        client.put_object(BUCKET, "studio/drop/Ada.jpg", io.BytesIO(photo), len(photo))
         try:
             yield machines
         finally:
@@ -155,8 +158,7 @@ def test_a_produce_run_dispatches_each_stage_to_its_pool_and_pulls_the_outputs(s
     studio.start_worker("gpu-machine-1", "likeness-gpu", "--limit", "1")
     out = studio.tmp / "out-ada"
     run = studio.likeness(
-        "run", "produce", "-p", "name=Ada", "-p", f"reference=s3://{BUCKET}/inbox/ada.jpg", *SMALL,
-        "--watch", "--out", str(out),
+        "run", "produce", "-p", "name=Ada", "-p", "reference=drop/Ada.jpg", *SMALL, "--watch", "--out", str(out),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-4000:]
     assert "Completed" in run.stderr and "render-character" in run.stderr
@@ -188,7 +190,7 @@ def test_work_done_on_one_gpu_machine_is_a_cache_hit_on_another(studio):
     studio.stop_worker("gpu-machine-1")
     studio.start_worker("gpu-machine-2", "likeness-gpu", "--limit", "1")
     run = studio.likeness(
-        "run", "dataset", "-p", "name=Ada", "-p", f"reference=s3://{BUCKET}/inbox/ada.jpg", *SMALL, "--watch"
+        "run", "dataset", "-p", "name=Ada", "-p", f"reference=s3://{BUCKET}/studio/drop/Ada.jpg", *SMALL, "--watch"
     )
     assert run.returncode == 0, run.stderr[-4000:]
     run_id = started_run(run.stderr)
@@ -218,8 +220,8 @@ def test_bad_parameters_and_inputs_fail_early_and_clearly(studio):
 
     # The production profile's weights are not on the GPU machine: the run fails once, before any task.
     no_weights = studio.likeness(
-        "run", "dataset", "-p", "name=Ada", "-p", f"reference=s3://{BUCKET}/inbox/ada.jpg", "-p", "profile=production",
-        "--watch",
+        "run", "dataset", "-p", "name=Ada", "-p", f"reference=s3://{BUCKET}/studio/drop/Ada.jpg",
+        "-p", "profile=production", "--watch",
     )  # fmt: skip
     assert no_weights.returncode == 2, no_weights.stderr[-2000:]
     run_id = started_run(no_weights.stderr)
@@ -227,6 +229,39 @@ def test_bad_parameters_and_inputs_fail_early_and_clearly(studio):
     assert run["state"]["type"] == "FAILED" and run["run_count"] == 1
     assert "production" in run["state"]["message"]
     assert api_post(studio.api, "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [run_id]}}}) == []
+
+
+def test_the_inbox_and_a_batch_skip_what_is_produced_and_report_broken_rows(studio, s3_server):
+    # Ada, dropped with these settings, was produced by the produce test: the inbox finds nothing new.
+    inbox = studio.likeness("run", "inbox", "-p", "prefix=drop/", *SMALL, "--watch")
+    assert inbox.returncode == 0, inbox.stderr[-3000:]
+    rows = table(studio, "inbox-drop")
+    assert [(row["name"], row["status"].split(" (")[0]) for row in rows] == [("Ada", "already produced")]
+
+    manifest = (
+        b'- {name: Ada, image: Ada.jpg, profile: tiny, set: ["dataset.variations=[front,face]"]}\n'
+        b"- {name: Bob, image: nobody.jpg, profile: tiny}\n"
+        b"- {image: Ada.jpg}\n"
+    )
+    s3_client(s3_server).put_object(BUCKET, "studio/manifests/m.yaml", io.BytesIO(manifest), len(manifest))
+    s3_client(s3_server).copy_object(BUCKET, "studio/manifests/Ada.jpg", CopySource(BUCKET, "studio/drop/Ada.jpg"))
+    batch = studio.likeness(
+        "run", "batch", "-p", f"manifest=s3://{BUCKET}/studio/manifests/m.yaml", "-p", "concurrency=2", "--watch"
+    )
+    assert batch.returncode == 0, batch.stderr[-3000:]
+    rows = table(studio, "batch-m")
+    assert [row["row"] for row in rows] == [1, 2, 3]
+    # Its photo is another object (beside the manifest): a produce run of its own, its stages answered from the cache.
+    assert rows[0]["status"] == "produced" and rows[0]["out"].startswith("likeness pull ")
+    assert rows[1]["status"].startswith("failed") and "nobody.jpg" in rows[1]["status"]
+    assert rows[2]["status"] == "skipped: no name"
+
+
+def table(studio: Machines, key: str) -> list[dict]:
+    """The rows of the newest table artifact with this key."""
+    query = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"}
+    artifacts = api_post(studio.api, "/artifacts/filter", query)
+    return json.loads(artifacts[0]["data"])
 
 
 def started_run(said: str) -> str:

@@ -17,6 +17,7 @@ import csv
 import io
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +27,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from likeness.config import InvalidSettings
-from likeness.inputs import InvalidInput, normalise_trigger
+from likeness.inputs import InvalidInput, normalise_trigger, parse_overrides
+from likeness.storage.locations import read_location
 
 COLUMNS = ("name", "image", "out", "profile", "garment", "pose", "set")
 REQUIRED = ("name", "image")
@@ -43,11 +45,12 @@ class BatchRow(BaseModel):
 
     row: int
     name: str
-    image: Path
+    # Paths on this machine, or (for a manifest in the store or a bucket) locations as `read_location` takes them.
+    image: str
     out: Path
     profile: str | None = None
-    garment: tuple[Path, ...] = ()
-    pose: tuple[Path, ...] = ()
+    garment: tuple[str, ...] = ()
+    pose: tuple[str, ...] = ()
     set: tuple[str, ...] = ()
 
     @field_validator("set")
@@ -60,21 +63,36 @@ class BatchRow(BaseModel):
 
     def produce_args(self) -> list[str]:
         """The arguments of the `likeness produce` run of this row."""
-        args = ["produce", self.name, "--image", str(self.image), "--out", str(self.out)]
+        args = ["produce", self.name, "--image", self.image, "--out", str(self.out)]
         args += ["--profile", self.profile] if self.profile else []
         for garment in self.garment:
-            args += ["--garment", str(garment)]
+            args += ["--garment", garment]
         for pose in self.pose:
-            args += ["--pose", str(pose)]
+            args += ["--pose", pose]
         for assignment in self.set:
             args += ["--set", assignment]
         return args
 
+    def produce_parameters(self, profile: str) -> dict[str, Any]:
+        """The parameters of the `produce-character` deployment run of this row (`profile` when the row has none)."""
+        parameters: dict[str, Any] = {"name": self.name, "reference": self.image, "profile": self.profile or profile}
+        if self.garment:
+            parameters["garments"] = list(self.garment)
+        if self.pose:
+            parameters["poses"] = list(self.pose)
+        if self.set:
+            parameters["overrides"] = parse_overrides(list(self.set))
+        return parameters
 
-def read_manifest(path: Path, out_root: Path = Path("likeness-out")) -> tuple[list[BatchRow], list[tuple[int, str]]]:
+
+def read_manifest(
+    path: Path, out_root: Path = Path("likeness-out"), remote_base: str | None = None
+) -> tuple[list[BatchRow], list[tuple[int, str]]]:
     """The manifest's good rows, and each broken row's number and problem.
 
-    Rows count from 1 (a CSV's header is not a row). `ManifestProblem` when the whole manifest cannot run."""
+    Rows count from 1 (a CSV's header is not a row). `ManifestProblem` when the whole manifest cannot run.
+    `remote_base`: the manifest was fetched from there (an s3:// URL or store key prefix, ending in '/'); its
+    images are named relative to it, and their first task reads them."""
     records = _records(path)
     unknown = sorted({column for record in records for column in record} - set(COLUMNS))
     if unknown:
@@ -94,7 +112,7 @@ def read_manifest(path: Path, out_root: Path = Path("likeness-out")) -> tuple[li
     rows, problems = [], []
     for number, record in enumerate(records, start=1):
         try:
-            rows.append(_row(number, record, path.parent, out_root))
+            rows.append(_row(number, record, path.parent, out_root, remote_base))
         except (InvalidInput, ValidationError, ValueError) as exc:
             reason = InvalidSettings.from_validation_error(exc).problems if isinstance(exc, ValidationError) else [exc]
             problems.append((number, "; ".join(map(str, reason))))
@@ -125,25 +143,53 @@ def _records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _row(number: int, record: dict[str, Any], base: Path, out_root: Path) -> BatchRow:
+def _row(number: int, record: dict[str, Any], base: Path, out_root: Path, remote_base: str | None) -> BatchRow:
     missing = [column for column in REQUIRED if not record.get(column)]
     if missing:
         raise InvalidInput(f"no {' or '.join(missing)}")
     trigger = normalise_trigger(str(record["name"]))
-    image = base / str(record["image"])
-    if not image.is_file():
-        raise InvalidInput(f"the image {image} does not exist")
-    extra = {
-        "garment": tuple(base / str(item) for item in _listed(record.get("garment"))),
-        "pose": tuple(base / str(item) for item in _listed(record.get("pose"))),
-        "set": tuple(str(item) for item in _listed(record.get("set"), separator=";")),
+    images = {
+        "image": [str(record["image"])],
+        "garment": [str(item) for item in _listed(record.get("garment"))],
+        "pose": [str(item) for item in _listed(record.get("pose"))],
     }
-    absent = [str(item) for item in (*extra["garment"], *extra["pose"]) if not item.is_file()]
-    if absent:
-        raise InvalidInput(f"the image {', '.join(absent)} does not exist")
+    if remote_base is None:
+        images = {column: [str(base / name) for name in names] for column, names in images.items()}
+        absent = [name for names in images.values() for name in names if not Path(name).is_file()]
+        if absent:
+            raise InvalidInput(f"the image {', '.join(absent)} does not exist")
+    else:
+        images = {column: [remote_base + name for name in names] for column, names in images.items()}
     out = base / str(record["out"]) if record.get("out") else out_root / trigger
     profile = str(record["profile"]) if record.get("profile") else None
-    return BatchRow(row=number, name=str(record["name"]), image=image, out=out, profile=profile, **extra)
+    return BatchRow(
+        row=number,
+        name=str(record["name"]),
+        image=images["image"][0],
+        out=out,
+        profile=profile,
+        garment=tuple(images["garment"]),
+        pose=tuple(images["pose"]),
+        set=tuple(str(item) for item in _listed(record.get("set"), separator=";")),
+    )
+
+
+def read_manifest_at(location: str) -> tuple[list[BatchRow], list[tuple[int, str]]]:
+    """`read_manifest` of a manifest that is a path on this machine, an s3:// or https:// URL, or a store key."""
+    if Path(location).is_file():
+        return read_manifest(Path(location))
+    base = location.rsplit("/", 1)[0] + "/" if "/" in location else ""
+    try:
+        data = read_location(location, "manifest")
+    except InvalidInput as exc:
+        raise ManifestProblem(str(exc)) from None
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / location.rsplit("/", 1)[-1]
+        copy.write_bytes(data)
+        try:
+            return read_manifest(copy, remote_base=base)
+        except ManifestProblem as exc:
+            raise ManifestProblem(str(exc).replace(str(copy), location)) from None
 
 
 def _listed(value: Any, separator: str = ",") -> Sequence[Any]:

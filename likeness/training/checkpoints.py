@@ -10,7 +10,7 @@ No Prefect and no artifact store here: pure functions on PIL images, so this als
     reference, _ = reference_face(photo, "ref.png", model)
     scores = [score_checkpoint(step, samples, reference, model) for step, samples in sampled.items()]
     best = best_checkpoint(scores)
-    create_markdown_artifact(scores_markdown(scores, best.step))
+    rows = scores_table(scores, best.step)
     png = score_plot_png(scores, best.step, "Ada Lovelace: identity by checkpoint")
 """
 
@@ -122,24 +122,6 @@ def scores_table(scores: Sequence[CheckpointScore], best_step: int) -> list[dict
         }
         for score in sorted(scores, key=lambda score: score.step)
     ]
-
-
-def scores_markdown(scores: Sequence[CheckpointScore], best_step: int) -> str:
-    """A markdown table of the checkpoints' scores, the best one marked, for a Prefect markdown artifact."""
-    rows = [
-        "| step | median identity distance | faces found | sample distances | best |",
-        "|---:|---:|:---:|:---|:---:|",
-    ]
-    for row in scores_table(scores, best_step):
-        distance = "—" if row["median identity distance"] is None else f"{row['median identity distance']:.3f}"
-        best = "**best**" if row["best"] else ""
-        rows.append(f"| {row['step']} | {distance} | {row['faces found']} | {row['sample distances']} | {best} |")
-    note = (
-        f"Identity distance of each checkpoint's samples to the reference face (dlib: same person below "
-        f"{IDENTITY_THRESHOLD}, lower is closer). A sample without a face counts as a miss; a checkpoint with a face "
-        "in half its samples or fewer has no median (—)."
-    )
-    return note + "\n\n" + "\n".join(rows) + "\n"
 
 
 def score_plot_png(scores: Sequence[CheckpointScore], best_step: int, title: str) -> bytes:
