@@ -357,12 +357,7 @@ class FlowRun:
 
     def _stop_server(self, drain_s: float = 5.0) -> None:
         """Send Prefect's queued logs and events, then stop the temporary server (a no-op against a running one)."""
-        if "prefect" in sys.modules:
-            from prefect.events.worker import EventsWorker
-            from prefect.logging.handlers import APILogWorker
-
-            APILogWorker.drain_all(timeout=drain_s)
-            EventsWorker.drain_all(timeout=drain_s)
+        _drain_prefect(drain_s)
         if self.server is not None:
             self.server.stop()
 
@@ -1103,14 +1098,18 @@ class BatchRun(FlowRun):
 
     def _finish(self, manifest: dict[str, Any]) -> None:
         results = manifest["results"]
-        table = Table(title=f"batch {self.manifest}")
-        for column in ("row", "name", "status", "out"):
-            table.add_column(column)
-        for result in results:
-            table.add_row(str(result["row"]), result["name"], result["status"], result["out"])
-        Console().print(table)
+        _print_batch(f"batch {self.manifest}", results)
         if any(result["status"] not in ("produced", "up to date") for result in results):
             raise typer.Exit(1)
+
+
+def _print_batch(title: str, results: list[dict[str, Any]]) -> None:
+    table = Table(title=title)
+    for column in ("row", "name", "status", "out"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(str(result["row"]), result["name"], result["status"], result["out"])
+    Console().print(table)
 
 
 @app.command()
@@ -1128,10 +1127,18 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
+def _drain_prefect(timeout_s: float = 5.0) -> None:
+    """Send Prefect's queued logs and events now, rather than warn about them at exit."""
+    if "prefect" in sys.modules:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=timeout_s)
+        EventsWorker.drain_all(timeout=timeout_s)
+
+
 def _prefect_api(command: str) -> str:
     """The Prefect server a deployment command talks to; a clear error when none is configured."""
-    # The runs' logs are on the server; the console shows only what the command itself says.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
     from prefect.settings import PREFECT_API_URL
 
     api = PREFECT_API_URL.value()
@@ -1212,8 +1219,12 @@ def run_command(
     if not final.state.is_completed():
         _fail(f"{name} run {final.name} ended {final.state.name}: {final.state.message or 'see the Prefect UI'}")
     _say(f"{name} run {final.name} completed")
-    if out is not None or name.split("/")[0] in ("produce-character", "produce-dataset", "train-character",
-                                                  "render-character"):  # fmt: skip
+    flow_name = name.split("/")[0]
+    if flow_name in ("produce-batch", "produce-inbox"):
+        from likeness.run.deployed import completed_result
+
+        _print_batch(f"{name} run {final.name}", completed_result(str(final.id))[1])
+    elif flow_name in ("produce-character", "produce-dataset", "train-character", "render-character"):
         pull(str(final.id), out)
 
 
