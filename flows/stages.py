@@ -58,10 +58,9 @@ SHARED_ARGS = {
 
 def described(fn: F) -> F:
     """`fn` with each `{parameter}` line of its docstring replaced by that parameter's shared description."""
-    shared = SHARED_ARGS
 
     def fill(match: re.Match[str]) -> str:
-        return f"{match[1]}: {shared[match[1]]}"
+        return f"{match[1]}: {SHARED_ARGS[match[1]]}"
 
     fn.__doc__ = re.sub(r"\{(\w+)\}", fill, inspect.cleandoc(fn.__doc__ or ""))
     return fn
