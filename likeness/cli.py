@@ -1043,7 +1043,7 @@ def _print_summary(out: Path, manifest: dict[str, Any]) -> None:
         table.add_row("lora checkpoints", ", ".join(str(entry["step"]) for entry in manifest["lora"]))
     if manifest["renders"]:
         table.add_row("renders", "\n".join(entry["file"] for entry in manifest["renders"]))
-    if "flow_run" not in manifest["identity"]:  # a pulled run's models were loaded by its workers
+    if not manifest["identity"].get("pulled"):  # a pulled run's models were loaded by its workers
         loads = manifest["last_run"]["model_loads"]
         table.add_row(
             "models loaded", ", ".join(f"{role} x{count}" for role, count in loads.items()) or "none (all cached)"
@@ -1250,7 +1250,8 @@ def pull(
         "format": RECORD_FORMAT,
         "trigger": trigger,
         "reference_sha256": result.dataset.reference.sha256,
-        "flow_run": str(flow_run.id),
+        # Any later run of this character from this photo may be pulled into the same folder.
+        "pulled": True,
     }
     stats = {"flow_run_id": str(flow_run.id), "seconds": round(flow_run.total_run_time.total_seconds(), 2)}
     try:
@@ -1259,6 +1260,49 @@ def pull(
     except (OutputConflict, StoreError) as exc:
         _fail(str(exc))
     _print_summary(out, manifest)
+
+
+@app.command()
+def estimate(
+    name: Name,
+    profile: Profile = None,
+    gpu: Annotated[str, typer.Option(help="The GPU type to price the run on.")] = "H100",
+    overrides: Overrides = None,
+    catalogue: CatalogueFile = None,
+) -> None:
+    """What a character costs before a GPU is rented: evaluations, FLOPs, seconds, memory and dollars per stage."""
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # building the models on the meta device talks
+    from likeness.estimate.character import estimate_character
+    from likeness.estimate.gpus import GPUS, price_per_hour
+    from likeness.runpod.pods import RunPodError
+
+    settings = get_settings()
+    if gpu not in GPUS:
+        _fail(f"--gpu {gpu!r} is not one of {', '.join(GPUS)}")
+    try:
+        trigger = normalise_trigger(name)
+        model_profile = load_profile(profile or settings.profile)
+        config = RunConfig.from_profile(model_profile, parse_overrides(overrides or []))
+        run_catalogue = load_catalogue(catalogue)
+        price = price_per_hour(GPUS[gpu], settings.runpod_api_key)
+    except (InvalidInput, RunPodError) as exc:
+        _fail(str(exc))
+    rows = estimate_character(model_profile, config, run_catalogue, GPUS[gpu], price)
+    table = Table(title=f"{trigger}: {model_profile.name} profile on one {gpu} at ${price.usd_per_hour:.2f}/h "
+                        f"({price.source})")  # fmt: skip
+    for column in ("stage", "evaluations", "TFLOP", "seconds", "peak GiB", "memory mode", "dollars"):
+        table.add_column(column, justify="left" if column in ("stage", "memory mode") else "right")
+    for row in rows:
+        table.add_row(
+            row.stage, str(row.evaluations), f"{row.flops / 1e12:,.0f}", f"{row.seconds:,.0f}",
+            f"{row.peak_bytes / 2**30:.1f}", row.memory_mode or "does not fit", f"{row.usd:.2f}",
+        )  # fmt: skip
+    total_seconds = sum(row.seconds for row in rows)
+    table.add_row(
+        "character", str(sum(row.evaluations for row in rows)), f"{sum(row.flops for row in rows) / 1e12:,.0f}",
+        f"{total_seconds:,.0f}", "", "", f"{sum(row.usd for row in rows):.2f}",
+    )  # fmt: skip
+    Console().print(table)
 
 
 @app.command()
