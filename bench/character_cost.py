@@ -16,31 +16,42 @@ import os
 
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-from likeness.config import RunConfig  # noqa: E402
+from likeness.config import Ceiling, Limit, ModelProfile, RunConfig  # noqa: E402
 from likeness.dataset.catalogue import load_catalogue  # noqa: E402
 from likeness.estimate.character import estimate_character  # noqa: E402
 from likeness.estimate.gpus import GPUS, price_per_hour  # noqa: E402
 from likeness.models.profiles import load_profile  # noqa: E402
 
-RUNS = {
-    "production": {},
-    "seed, Wan 2.2 40 steps x CFG": {
-        "dataset": {"edit": {"steps": 40, "true_cfg_scale": 4.0}},
-        "render": {"steps": 40, "guidance_scale": 3.5},
-    },
-    "seed, Wan 2.2 + 4-step LoRAs": {"dataset": {"edit": {"steps": 40, "true_cfg_scale": 4.0}}},
-}
+
+def seed_without_speed_loras() -> ModelProfile:
+    """production-fullstep (the seed's 40-step editing) with Wan 2.2 rendered at its own steps: no speed LoRAs,
+    so no 4-step ceiling."""
+    profile = load_profile("production-fullstep")
+    video = profile.models["video"].model_copy(update={"speed_loras": None, "speed_sigmas": None})
+    steps = Limit(soft=Ceiling(max=50, why="the seed renders 40 steps with CFG"))
+    limits = profile.limits.model_copy(update={"render": profile.limits.render.model_copy(update={"steps": steps})})
+    return profile.model_copy(update={"models": {**profile.models, "video": video}, "limits": limits})
+
+
+def runs() -> dict[str, tuple[ModelProfile, dict]]:
+    return {
+        "production": (load_profile("production"), {}),
+        "seed, Wan 2.2 40 steps x CFG": (
+            seed_without_speed_loras(),
+            {"render": {"steps": 40, "guidance_scale": 3.5}},
+        ),
+        "seed, Wan 2.2 + 4-step LoRAs": (load_profile("production-fullstep"), {}),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gpu", default="H100", choices=list(GPUS))
     gpu = GPUS[parser.parse_args().gpu]
-    profile = load_profile("production")
     price = price_per_hour(gpu, None)
     print(f"one {gpu.name} at ${price.usd_per_hour:.2f}/h ({price.source}); the default catalogue")
     print(f"{'run':<32}{'stage':<28}{'evaluations':>12}{'PFLOP':>9}{'seconds':>9}{'GiB':>7}  {'mode':<11}{'$':>6}")
-    for name, overrides in RUNS.items():
+    for name, (profile, overrides) in runs().items():
         config = RunConfig.from_profile(profile, overrides, beyond_limits=True)
         rows = estimate_character(profile, config, load_catalogue(), gpu, price)
         for row in rows:

@@ -21,6 +21,7 @@ from flows.train import train_lora
 from likeness.config import ROLES, Backend
 from likeness.records import CharacterResult
 from likeness.run.progress import prefect_artifact_key
+from tasks.estimate import estimate_run
 
 # The stage deployments `prefect.yaml` declares, which a produce run started from its deployment dispatches to.
 PRODUCE_DEPLOYMENT = "produce-character/produce"
@@ -65,10 +66,13 @@ def produce_character(
     dispatched = deployment.get_id() is not None
     roles = () if dispatched else ROLES
     run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue, roles)
+    # A GPU run is priced before it starts: the table is in the UI while the stages run.
+    estimate = estimate_run(run.trigger, run.profile, run.config, run.catalogue) if run.profile.device == "cuda" else ()
     if dispatched:
         result = dispatch_stages(run, profile, backend, overrides or {}, beyond_limits)
     else:
         result = run_stages_here(run, backend)
+    result = result.model_copy(update={"estimate": estimate})
     if result.lora is not None:
         create_markdown_artifact(
             key=prefect_artifact_key(f"{run.trigger}-summary"),

@@ -209,6 +209,19 @@ class Renders(Record):
     contact_sheet: ArtifactRef | None = None
 
 
+class StageCost(Record):
+    """What a stage was estimated to cost on one GPU before the run (`likeness.estimate`)."""
+
+    stage: str
+    gpu: str
+    evaluations: int
+    tflop: float
+    seconds: float
+    peak_gib: float
+    memory_mode: str | None  # None: it fits no memory mode on that GPU
+    usd: float
+
+
 class CharacterResult(Record):
     """What a run made: a `dataset` run has only the dataset."""
 
@@ -216,3 +229,5 @@ class CharacterResult(Record):
     lora: LoraRef | None = None
     renders: tuple[RenderItem, ...] = ()
     render_sheet: ArtifactRef | None = None
+    # A run on a GPU profile is estimated before its first stage.
+    estimate: tuple[StageCost, ...] = ()

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     prompter_model: str = "qwen3-8b-instruct"
     prompter_api_key: SecretStr | None = None
     prompter_timeout_s: float = 60.0
+    # The GPU type a GPU run's cost is estimated for at its start (likeness.estimate.gpus.GPUS).
+    estimate_gpu: str = "H100"
     # The work pools `prefect.yaml` deploys to (deployments/pools.py creates them).
     work_pools: tuple[str, ...] = ("likeness-cpu", "likeness-gpu")
     # Or a transformers chat LM run in this process: a local folder, a hub repo id, or `tiny:prompter`.

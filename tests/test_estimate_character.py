@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from likeness.dataset.catalogue import load_catalogue
 from likeness.estimate.character import estimate_character
 from likeness.estimate.gpus import GPUS, price_per_hour
 from likeness.models.profiles import load_profile
+from tests.prefect_server import api_post
 
 # Each test counts real-size models on the meta device (tens of seconds on 2 cores).
 pytestmark = pytest.mark.slow
@@ -79,3 +81,25 @@ def test_the_estimate_command_prints_a_table_per_stage():
     assert done.returncode == 0, done.stderr[-2000:]
     for word in ("training", "renders", "character", "price table of"):
         assert word in done.stdout
+
+
+def test_a_gpu_run_is_estimated_at_its_start_as_a_table_artifact(prefect_api, tmp_path):
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    from tasks.estimate import estimate_run
+
+    config = RunConfig.from_profile(PROFILE, SMALL)
+
+    @flow
+    def priced() -> tuple:
+        return estimate_run("Ada", PROFILE, config, load_catalogue())
+
+    with temporary_settings({PREFECT_API_URL: prefect_api, PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path}):
+        costs = priced()
+    assert [cost.stage for cost in costs][-2:] == ["training", "renders"]
+    assert all(cost.gpu == "H100" and cost.usd > 0 for cost in costs)
+    (artifact,) = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["ada-estimate"]}}})
+    rows = json.loads(artifact["data"])
+    assert [row["stage"] for row in rows] == [cost.stage for cost in costs]
+    assert "price table of" in artifact["description"]

@@ -24,6 +24,7 @@ from likeness.estimate import gpus, roles
 from likeness.estimate.gpus import GpuType, MemoryMode, Price
 from likeness.media.tiling import tile_grid
 from likeness.models import wan_flops
+from likeness.records import StageCost
 from likeness.render.jobs import plan_renders
 
 EDIT_MULTIPLE = 16  # Qwen-Image's VAE downsamples 8x and its transformer packs 2x2 patches
@@ -158,3 +159,20 @@ def _on_gpu(
     mode = gpus.fit(gpu, parts, 0, BF16_BYTES, block)
     peak = gpus.peak_memory(parts, 0, BF16_BYTES, mode or "sequential", block)
     return StageEstimate(stage, evaluations, flops, seconds, peak, mode, seconds / 3600 * price.usd_per_hour)
+
+
+def stage_costs(rows: list[StageEstimate], gpu: GpuType) -> tuple[StageCost, ...]:
+    """The estimate as the run's record keeps it."""
+    return tuple(
+        StageCost(
+            stage=row.stage,
+            gpu=gpu.name,
+            evaluations=row.evaluations,
+            tflop=round(row.flops / 1e12, 1),
+            seconds=round(row.seconds, 1),
+            peak_gib=round(row.peak_bytes / 2**30, 1),
+            memory_mode=row.memory_mode,
+            usd=round(row.usd, 4),
+        )
+        for row in rows
+    )

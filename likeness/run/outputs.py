@@ -252,6 +252,9 @@ def export_outputs(
         "files": dict(sorted(files.items())),
         "last_run": run_stats,
     }
+    if result.estimate:
+        # What the run was expected to cost, beside what it took (`last_run.seconds`).
+        record["estimate"] = [cost.model_dump() for cost in result.estimate]
     _write_record(out, record)
     return record
 
