@@ -1285,9 +1285,9 @@ def estimate(
         config = RunConfig.from_profile(model_profile, parse_overrides(overrides or []))
         run_catalogue = load_catalogue(catalogue)
         price = price_per_hour(GPUS[gpu], settings.runpod_api_key)
-    except (InvalidInput, RunPodError) as exc:
+        rows = estimate_character(model_profile, config, run_catalogue, GPUS[gpu], price)
+    except (InvalidInput, RunPodError, ValueError) as exc:
         _fail(str(exc))
-    rows = estimate_character(model_profile, config, run_catalogue, GPUS[gpu], price)
     table = Table(title=f"{trigger}: {model_profile.name} profile on one {gpu} at ${price.usd_per_hour:.2f}/h "
                         f"({price.source})")  # fmt: skip
     for column in ("stage", "evaluations", "TFLOP", "seconds", "peak GiB", "memory mode", "dollars"):

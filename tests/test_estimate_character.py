@@ -103,3 +103,17 @@ def test_a_gpu_run_is_estimated_at_its_start_as_a_table_artifact(prefect_api, tm
     rows = json.loads(artifact["data"])
     assert [row["stage"] for row in rows] == [cost.stage for cost in costs]
     assert "price table of" in artifact["description"]
+
+
+def test_the_5b_profile_renders_with_the_5b_and_tiny_twins_are_refused():
+    five_b = load_profile("production-5b")
+    config = RunConfig.from_profile(five_b, SMALL)
+    h100 = GPUS["H100"]
+    rows = {r.stage: r for r in estimate_character(five_b, config, load_catalogue(), h100, price_per_hour(h100, None))}
+    assert rows["renders"].evaluations == sum(  # 30 steps with CFG for each render
+        2 * five_b.render.steps for _ in (*five_b.render.image_prompts, *five_b.render.video_prompts)
+    )
+    assert rows["renders"].peak_bytes < stages()["renders"].peak_bytes  # one 5B against two 14B experts
+    tiny = load_profile("tiny")
+    with pytest.raises(ValueError, match="runs tiny twins"):
+        estimate_character(tiny, RunConfig.from_profile(tiny), load_catalogue(), h100, price_per_hour(h100, None))

@@ -48,7 +48,14 @@ class StageEstimate(NamedTuple):
 def estimate_character(
     profile: ModelProfile, config: RunConfig, catalogue: Catalogue, gpu: GpuType, price: Price
 ) -> list[StageEstimate]:
-    """The stages of one character (dataset, training, renders) on `gpu` at `price`, in run order."""
+    """The stages of one character (dataset, training, renders) on `gpu` at `price`, in run order; ValueError for
+    a profile of tiny twins, whose real-size counts would say nothing about it."""
+    tiny = sorted(role for role, spec in profile.models.items() if spec.source.startswith("tiny:"))
+    if tiny:
+        raise ValueError(
+            f"profile {profile.name!r} runs tiny twins ({', '.join(tiny)}): the estimate counts real models; "
+            "give a production profile (--profile production)"
+        )
     stages = [*_dataset_stages(config, catalogue), _training(config), _rendering(config, profile)]
     return [_on_gpu(name, evaluations, flops, parts, gpu, price) for name, evaluations, flops, parts in stages]
 
@@ -136,19 +143,20 @@ def _rendering(config: RunConfig, profile: ModelProfile) -> Work:
     render = config.render
     jobs = plan_renders(render, "character", None, profile.limits.render, beyond_limits=True)
     cfg = 2 if render.guidance_scale > 1 else 1
+    # The A14B's two experts share the steps (one resident at a time under model offload); the TI2V-5B is one model.
+    # Both decode with the Wan 2.1 VAE's cost: the 5B's own VAE is not counted separately.
+    five_b = "TI2V-5B" in profile.models["video"].source
+    transformer = "video-5b.transformer" if five_b else "video.transformer"
     evaluations = flops = 0.0
     for job in jobs:
         frames = job.config.video_frames if job.kind == "video" else 1
         shape = {"frames": frames, "width": job.config.size, "height": job.config.size}
         evaluations += job.config.steps * cfg
-        flops += job.config.steps * cfg * roles.evaluation_flops("video.transformer", **shape)
+        flops += job.config.steps * cfg * roles.evaluation_flops(transformer, **shape)
         flops += roles.evaluation_flops("video.vae_decode", **shape)
         flops += math.ceil(frames / 4) * roles.evaluation_flops("identity")  # frames sampled for the score
-    # A14B: two experts, one resident at a time under model offload.
-    parameters = {"high_noise": roles.parameter_count("video.transformer"), "low_noise": roles.parameter_count(
-        "video.transformer"
-    )}  # fmt: skip
-    return ("renders", int(evaluations), flops, parameters)
+    experts = ("transformer",) if five_b else ("high_noise", "low_noise")
+    return ("renders", int(evaluations), flops, {expert: roles.parameter_count(transformer) for expert in experts})
 
 
 def _on_gpu(
