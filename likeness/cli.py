@@ -484,6 +484,9 @@ class CharacterRun(FlowRun):
             )
 
     def _export(self, result: CharacterResult, stats: dict[str, Any]) -> dict[str, Any]:
+        from likeness.run.deployed import stage_seconds
+
+        stats = {**stats, "stage_seconds": stage_seconds(stats["flow_run_id"])}
         return export_outputs(result, self.out, self.identity, self.key, self.store, stats)
 
     def _flow_state(self) -> Any:
@@ -1235,7 +1238,7 @@ def pull(
 ) -> None:
     """Copy what a run made for a character (dataset, LoRA, renders) from the artifact store into a folder."""
     _prefect_api("pull")
-    from likeness.run.deployed import completed_result
+    from likeness.run.deployed import completed_result, stage_seconds
 
     try:
         flow_run, stored = completed_result(run)
@@ -1253,7 +1256,11 @@ def pull(
         # Any later run of this character from this photo may be pulled into the same folder.
         "pulled": True,
     }
-    stats = {"flow_run_id": str(flow_run.id), "seconds": round(flow_run.total_run_time.total_seconds(), 2)}
+    stats = {
+        "flow_run_id": str(flow_run.id),
+        "seconds": round(flow_run.total_run_time.total_seconds(), 2),
+        "stage_seconds": stage_seconds(flow_run.id),
+    }
     try:
         check_output_folder(out, identity)
         manifest = export_outputs(result, out, identity, str(flow_run.id), get_store(), {**stats, "model_loads": {}})

@@ -143,6 +143,8 @@ def test_first_run_loads_each_model_once_and_reports_progress(workdir, prefect_a
     tmp, _, _ = workdir
     last_run = manifest(tmp / "out")["last_run"]
     assert last_run["model_loads"] == {"editor": 1, "upscaler": 1, "refiner": 1, "captioner": 1, "video": 1}
+    stages = last_run["stage_seconds"]
+    assert set(stages) == {"dataset", "training", "renders"} and sum(stages.values()) <= last_run["seconds"]
     states = task_states(prefect_api, last_run["flow_run_id"])
     assert set(states) == set(STAGES)
     assert len(states["edit-variation"]) == len(SHOTS)

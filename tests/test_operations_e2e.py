@@ -174,6 +174,8 @@ def test_a_produce_run_dispatches_each_stage_to_its_pool_and_pulls_the_outputs(s
 
     # The files came from S3 into the folder, the results and cache records are in S3 beside them.
     assert (out / "lora" / "Ada.safetensors").is_file() and (out / "dataset_contact_sheet.png").is_file()
+    pulled = json.loads((out / "likeness.json").read_text())["last_run"]
+    assert set(pulled["stage_seconds"]) == {"dataset", "training", "renders"}
     assert any(path.suffix == ".mp4" for path in (out / "renders").iterdir())
     client = s3_client(s3_server)
     names = [o.object_name for o in client.list_objects(BUCKET, prefix="studio/", recursive=True)]

@@ -90,6 +90,20 @@ def follow_run(flow_run_id: UUID, on_progress: Progress, on_state: Callable[[str
             time.sleep(POLL_S)
 
 
+# The flows whose runs are a character's stages, inline (subflows) or dispatched (inside the stage deployments' runs).
+STAGE_FLOWS = {"build-dataset": "dataset", "train-lora": "training", "render": "renders"}
+
+
+def stage_seconds(flow_run_id: UUID | str) -> dict[str, float]:
+    """The seconds each stage of a run took, as the server measured its flow run: what an estimate is held to."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        named = [(_flow_name(client, run.flow_id), run) for run in run_tree(client, UUID(str(flow_run_id)))]
+    seconds = {name: round(run.total_run_time.total_seconds(), 1) for name, run in named if name in STAGE_FLOWS}
+    return {STAGE_FLOWS[name]: value for name, value in seconds.items()}
+
+
 _flow_names: dict[UUID, str] = {}
 
 
