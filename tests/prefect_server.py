@@ -59,11 +59,18 @@ def quiet_prefect_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """Run `prefect server start` on a free loopback port; yields the API URL."""
+def prefect_server(home: Path, ui: bool = False) -> Iterator[str]:
+    """Run `prefect server start` on a free loopback port; yields the API URL. With `ui`, it also serves the
+    UI (the v2 front end at /v2/, v1 at the root) and is ready when both answer."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    base = f"http://127.0.0.1:{port}"
     env = {**os.environ, **quiet_prefect_env(home)}
+    if ui:
+        env["PREFECT_UI_ENABLED"] = "true"
+        env["PREFECT_UI_API_URL"] = f"{base}/api"
+        # The UI's files are copied out of the prefect package on start: into the test's folder, not the venv.
+        env["PREFECT_UI_STATIC_DIRECTORY"] = str(home / "ui")
     env.pop("PREFECT_API_URL", None)
     log = (home / "server.log").open("wb")
     process = subprocess.Popen(
@@ -73,24 +80,32 @@ def prefect_server(home: Path) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    api = f"http://127.0.0.1:{port}/api"
+    api = f"{base}/api"
+    ready = [f"{api}/health", *([f"{base}/v2/"] if ui else [])]
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
+        while not all(_answers(url) for url in ready):
             if process.poll() is not None or time.monotonic() > deadline:
                 tail = (home / "server.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"Prefect server did not start on {api}:\n{tail}")
             time.sleep(0.5)
         yield api
     finally:
+        if "prefect" in sys.modules:
+            # Flows run in this process queue their logs: send them while the server still answers.
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)
         _stop(process)
         log.close()
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -108,8 +123,3 @@ def _stop(process: subprocess.Popen) -> None:
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with prefect_server(tmp_path_factory.mktemp("prefect-server")) as api:
         yield api
-        if "prefect" in sys.modules:
-            # Flows run in this process queue their logs: send them while the server still answers.
-            from prefect.logging.handlers import APILogWorker
-
-            APILogWorker.drain_all(timeout=5)

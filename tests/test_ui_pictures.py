@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
@@ -32,15 +28,13 @@ from likeness.run.pictures import (
     renders_markdown,
     thumbnail_url,
 )
-from likeness.run.prefect_server import free_port
 from likeness.storage.artifacts import ArtifactRef, get_bytes, get_store, load_image, put_bytes, put_image
 from likeness.storage.store import LocalStore, S3Store
 from tests.photos import astronaut, grace_hopper, no_face_photo
-from tests.prefect_server import api_post, quiet_prefect_env
+from tests.prefect_server import api_post, prefect_server
 from tests.records import FIGURES, dataset_item
 
 CHROMIUM = Path("/usr/bin/chromium")
-UI_STARTUP_TIMEOUT_S = 90
 IMAGE_RE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -256,69 +250,10 @@ def test_the_checkpoints_markdown_has_the_plot_the_scores_and_the_samples(likene
 # --- the Prefect UI in a real browser -----------------------------------------------------------------------
 
 
-@contextmanager
-def prefect_ui_server(home: Path) -> Iterator[str]:
-    """`prefect server start` with its UI on a free loopback port; yields the UI's base URL (the API is at /api)."""
-    home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        **quiet_prefect_env(home),
-        "PREFECT_UI_ENABLED": "true",
-        "PREFECT_UI_API_URL": f"{base}/api",
-        # The UI's files are copied out of the prefect package on start: into the test's folder, not the venv.
-        "PREFECT_UI_STATIC_DIRECTORY": str(home / "ui"),
-    }
-    env.pop("PREFECT_API_URL", None)
-    log_path = home / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            deadline = time.monotonic() + UI_STARTUP_TIMEOUT_S
-            while not _answers(f"{base}/api/health") or not _answers(f"{base}/v2/"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-3000:]
-                    raise RuntimeError(f"the Prefect server with its UI did not start on {base}:\n{tail}")
-                time.sleep(0.5)
-            yield base
-        finally:
-            if "prefect" in sys.modules:  # flows run in this process queue their logs: send them first
-                from prefect.logging.handlers import APILogWorker
-
-                APILogWorker.drain_all(timeout=5)
-            _stop(process)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-
-
 @pytest.fixture(scope="module")
 def prefect_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with prefect_ui_server(tmp_path_factory.mktemp("prefect-ui")) as base:
-        yield base
+    with prefect_server(tmp_path_factory.mktemp("prefect-ui"), ui=True) as api:
+        yield api.removesuffix("/api")
 
 
 def chromium_executable() -> str:
