@@ -6,7 +6,8 @@ FLOPs are counted on the real-size models on the meta device (likeness.estimate.
 dense peak at the sustained fraction calibrated on Wan 2.2's published H100 render (likeness.estimate.gpus);
 dollars from the dated price table. The seed, as it describes itself: 40-step editing with CFG, the same Flux
 refine and 14B LoRA at 512 px, and Wan 2.2 at 40 steps with CFG, then with the lightx2v 4-step LoRAs (no CFG).
-Figures, not a test.
+Figures, not a test. The counts are kept in the data folder's estimate-counts.json: the first run counts (a minute
+or two on 2 cores), later ones read them.
 """
 
 from __future__ import annotations
@@ -16,11 +17,16 @@ import os
 
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
+from rich.console import Console  # noqa: E402
+
 from likeness.config import Ceiling, Limit, ModelProfile, RunConfig  # noqa: E402
 from likeness.dataset.catalogue import load_catalogue  # noqa: E402
+from likeness.estimate import roles  # noqa: E402
 from likeness.estimate.character import estimate_character  # noqa: E402
 from likeness.estimate.gpus import GPUS, price_per_hour  # noqa: E402
+from likeness.estimate.report import estimate_table  # noqa: E402
 from likeness.models.profiles import load_profile  # noqa: E402
+from likeness.settings import get_settings  # noqa: E402
 
 
 def seed_without_speed_loras() -> ModelProfile:
@@ -49,17 +55,22 @@ def main() -> None:
     parser.add_argument("--gpu", default="H100", choices=list(GPUS))
     gpu = GPUS[parser.parse_args().gpu]
     price = price_per_hour(gpu, None)
-    print(f"one {gpu.name} at ${price.usd_per_hour:.2f}/h ({price.source}); the default catalogue")
-    print(f"{'run':<32}{'stage':<28}{'evaluations':>12}{'PFLOP':>9}{'seconds':>9}{'GiB':>7}  {'mode':<11}{'$':>6}")
+    roles.keep_counts_in(get_settings().estimate_counts_file)
+    console = Console(width=140)
+    totals = {}
     for name, (profile, overrides) in runs().items():
         config = RunConfig.from_profile(profile, overrides, beyond_limits=True)
         rows = estimate_character(profile, config, load_catalogue(), gpu, price)
-        for row in rows:
-            print(f"{name:<32}{row.stage:<28}{row.evaluations:>12}{row.flops / 1e15:>9.1f}{row.seconds:>9.0f}"
-                  f"{row.peak_bytes / 2**30:>7.1f}  {row.memory_mode or 'no fit':<11}{row.usd:>6.2f}")  # fmt: skip
-        evaluations, flops = sum(r.evaluations for r in rows), sum(r.flops for r in rows) / 1e15
-        seconds, usd = sum(row.seconds for row in rows), sum(row.usd for row in rows)
-        print(f"{name:<32}{'character':<28}{evaluations:>12}{flops:>9.1f}{seconds:>9.0f}{'':>7}  {'':<11}{usd:>6.2f}")
+        console.print(estimate_table(rows, f"{name}: one {gpu.name} at ${price.usd_per_hour:.2f}/h ({price.source})"))
+        totals[name] = rows
+    print("side by side, expected seconds per stage (and dollars for the character):")
+    stages = [row.stage for row in next(iter(totals.values()))]
+    print(f"{'stage':<28}" + "".join(f"{name:>32}" for name in totals))
+    for index, stage in enumerate(stages):
+        print(f"{stage:<28}" + "".join(f"{rows[index].seconds:>32,.0f}" for rows in totals.values()))
+    print(f"{'character':<28}" + "".join(
+        f"{f'{sum(r.seconds for r in rows):,.0f} s  ${sum(r.usd for r in rows):.2f}':>32}" for rows in totals.values()
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

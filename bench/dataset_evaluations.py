@@ -10,8 +10,7 @@ start step it tries (a face that survives every candidate leads it to the lowest
 survives none to the highest), then the whole image once at the step it chose. Curation may edit a shot again
 (up to `curation.max_tries` edits): the figures are for an edit kept on its first try, and the most.
 
-How large the face is in a shot is an assumption, by framing (face-box height as a share of the image height,
-the box square, centred across, its top at a tenth of the height unless that does not fit):
+How large the face is in a shot is an assumption, by framing: likeness.estimate.character.FACE_SHARE.
 """
 
 from __future__ import annotations
@@ -24,33 +23,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flows.dataset import EDIT_MULTIPLE  # noqa: E402
 from likeness.config import UpscaleConfig  # noqa: E402
 from likeness.dataset.catalogue import load_catalogue, shot_size  # noqa: E402
-from likeness.media.tiling import tile_grid  # noqa: E402
+from likeness.dataset.guard import target_size  # noqa: E402
+from likeness.estimate.character import FACE_SHARE, face_share_of, guard_outcomes  # noqa: E402
 from likeness.models.profiles import load_profile  # noqa: E402
-from tasks.upscale import choose_start_step, guard_region, target_size  # noqa: E402
 
 # What production ran before the dataset issue (commit f0aefa5): Qwen-Image-Edit-2509 at 40 steps with true CFG 4,
 # one untiled FLUX.1-dev refine of the 2048 px square from step 16 of 20, no curation, no guard.
 BEFORE = {"edit": 40 * 2, "refine": 20 - 16}
-# Face-box height as a share of the image height, by the framing a catalogue entry names.
-FACE_SHARE = {"full body": 0.08, "upper body": 0.2, "head and shoulders": 0.3, "close-up of the face": 0.5}
-__doc__ += "".join(f"    {framing}: {share:.0%}\n" for framing, share in FACE_SHARE.items())
 
 
-def refine_evaluations(upscale: UpscaleConfig, size: tuple[int, int], face_share: float, survives: bool) -> int:
+def refine_evaluations(upscale: UpscaleConfig, size: tuple[int, int], face_share: float | None, survives: bool) -> int:
     """Tile evaluations of one image's guarded refine, when the face survives every start step or none."""
-    width, height = size
-    side = round(face_share * height)
-    top = min(round(0.1 * height), height - side)
-    region = guard_region(
-        ((width - side) // 2, top, (width + side) // 2, top + side), size, upscale.tile, upscale.overlap
-    )
-    region_tiles = len(tile_grid(region[2] - region[0], region[3] - region[1], upscale.tile, upscale.overlap))
-    low, high = upscale.start_steps
-    choice = choose_start_step(range(low, high + 1), lambda step: 0.3 if survives else 0.9, 0.3, 0.05, 0)
-    guard = sum(upscale.steps - step for step, _ in choice.tries) * region_tiles
-    if region == (0, 0, width, height):
-        return guard  # the guard's refine of the whole image at the chosen step is the result
-    return guard + (upscale.steps - choice.start_step) * len(tile_grid(width, height, upscale.tile, upscale.overlap))
+    outcomes = guard_outcomes(upscale, size, face_share)
+    return (outcomes[0] if survives else outcomes[-1]).tile_steps
 
 
 def main() -> None:
@@ -64,10 +49,9 @@ def main() -> None:
         totals = {True: 0, False: 0}
         shots = load_catalogue().shots()
         for shot in shots:
-            framing = next(words for words in FACE_SHARE if words in shot.tags)
             size = target_size(*shot_size(shot.aspect, profile.edit.size, EDIT_MULTIPLE), profile.upscale.size)
             for survives in totals:
-                totals[survives] += refine_evaluations(profile.upscale, size, FACE_SHARE[framing], survives)
+                totals[survives] += refine_evaluations(profile.upscale, size, face_share_of(shot), survives)
         print(
             f"    refine, mean over the {len(shots)} default shots: {totals[True] / len(shots):.0f} tile evaluations "
             f"if the face survives every start step, {totals[False] / len(shots):.0f} if none"

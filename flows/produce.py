@@ -21,7 +21,7 @@ from flows.train import train_lora
 from likeness.config import ROLES, Backend
 from likeness.records import CharacterResult
 from likeness.run.progress import prefect_artifact_key
-from tasks.estimate import estimate_run
+from tasks.estimate import estimate_run, measure_run
 
 # The stage deployments `prefect.yaml` declares, which a produce run started from its deployment dispatches to.
 PRODUCE_DEPLOYMENT = "produce-character/produce"
@@ -73,6 +73,8 @@ def produce_character(
     else:
         result = run_stages_here(run, backend)
     result = result.model_copy(update={"estimate": estimate})
+    if estimate:
+        measure_run(run.trigger, estimate)
     if result.lora is not None:
         create_markdown_artifact(
             key=prefect_artifact_key(f"{run.trigger}-summary"),

@@ -1276,11 +1276,16 @@ def estimate(
     gpu: Annotated[str, typer.Option(help="The GPU type to price the run on.")] = "H100",
     overrides: Overrides = None,
     catalogue: CatalogueFile = None,
+    out: Annotated[
+        Path | None, typer.Option(help="The character's output folder, for its last run's measured seconds.")
+    ] = None,
 ) -> None:
     """What a character costs before a GPU is rented: evaluations, FLOPs, seconds, memory and dollars per stage."""
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # building the models on the meta device talks
+    from likeness.estimate import roles
     from likeness.estimate.character import estimate_character
     from likeness.estimate.gpus import GPUS, price_per_hour
+    from likeness.estimate.report import estimate_table, measured_against_estimate, measured_table
     from likeness.runpod.pods import RunPodError
 
     settings = get_settings()
@@ -1292,24 +1297,21 @@ def estimate(
         config = RunConfig.from_profile(model_profile, parse_overrides(overrides or []))
         run_catalogue = load_catalogue(catalogue)
         price = price_per_hour(GPUS[gpu], settings.runpod_api_key)
+        roles.keep_counts_in(settings.estimate_counts_file)
         rows = estimate_character(model_profile, config, run_catalogue, GPUS[gpu], price)
     except (InvalidInput, RunPodError, ValueError) as exc:
         _fail(str(exc))
-    table = Table(title=f"{trigger}: {model_profile.name} profile on one {gpu} at ${price.usd_per_hour:.2f}/h "
-                        f"({price.source})")  # fmt: skip
-    for column in ("stage", "evaluations", "TFLOP", "seconds", "peak GiB", "memory mode", "dollars"):
-        table.add_column(column, justify="left" if column in ("stage", "memory mode") else "right")
-    for row in rows:
-        table.add_row(
-            row.stage, str(row.evaluations), f"{row.flops / 1e12:,.0f}", f"{row.seconds:,.0f}",
-            f"{row.peak_bytes / 2**30:.1f}", row.memory_mode or "does not fit", f"{row.usd:.2f}",
-        )  # fmt: skip
-    total_seconds = sum(row.seconds for row in rows)
-    table.add_row(
-        "character", str(sum(row.evaluations for row in rows)), f"{sum(row.flops for row in rows) / 1e12:,.0f}",
-        f"{total_seconds:,.0f}", "", "", f"{sum(row.usd for row in rows):.2f}",
-    )  # fmt: skip
-    Console().print(table)
+    title = f"{trigger}: {model_profile.name} profile on one {gpu} at ${price.usd_per_hour:.2f}/h ({price.source})"
+    wide = Console(width=max(Console().width, 140))  # the table's ten columns, unwrapped, also when piped
+    wide.print(estimate_table(rows, title))
+    try:
+        record = read_record(out or Path("likeness-out") / trigger) or {}
+    except OutputConflict as exc:
+        _fail(str(exc))
+    seconds = (record.get("last_run") or {}).get("stage_seconds")
+    if record.get("estimate") and seconds:
+        measured = measured_against_estimate(record["estimate"], seconds)
+        wide.print(measured_table(measured, f"{trigger}: its last run, measured beside its estimate"))
 
 
 @app.command()

@@ -220,6 +220,9 @@ class StageCost(Record):
     peak_gib: float
     memory_mode: str | None  # None: it fits no memory mode on that GPU
     usd: float
+    # At most: every shot edited curation's max_tries times, the guard refining the most steps (None: an older record)
+    most_seconds: float | None = None
+    most_usd: float | None = None
 
 
 class CharacterResult(Record):

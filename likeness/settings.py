@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.data_dir / "models").resolve()
 
+    @property
+    def estimate_counts_file(self) -> Path:
+        """Where the cost estimate keeps its meta-device counts between processes."""
+        return self.data_dir / "estimate-counts.json"
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -1,4 +1,5 @@
-"""The first task of a GPU run: what each stage will cost, as a table in the Prefect UI and in the run's record."""
+"""The first task of a GPU run, what each stage will cost, and its last, what each took beside that: tables in the
+Prefect UI (the estimate also in the run's record)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import os
 
 from prefect import task
 from prefect.artifacts import create_table_artifact
+from prefect.runtime import flow_run
 
 from likeness.config import ModelProfile, RunConfig
 from likeness.dataset.catalogue import Catalogue
+from likeness.estimate.report import Measured, measured_against_estimate
 from likeness.inputs import InvalidInput
 from likeness.records import StageCost
+from likeness.run.deployed import stage_seconds
 from likeness.run.progress import prefect_artifact_key
 from likeness.settings import get_settings
 
@@ -19,6 +23,7 @@ from likeness.settings import get_settings
 def estimate_run(trigger: str, profile: ModelProfile, config: RunConfig, catalogue: Catalogue) -> tuple[StageCost, ...]:
     """The run's stages estimated on the `estimate_gpu` setting's GPU, published as a table artifact."""
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # the meta-device builds would talk
+    from likeness.estimate import roles
     from likeness.estimate.character import estimate_character, stage_costs
     from likeness.estimate.gpus import GPUS, price_per_hour
 
@@ -27,6 +32,7 @@ def estimate_run(trigger: str, profile: ModelProfile, config: RunConfig, catalog
         raise InvalidInput(f"LIKENESS_ESTIMATE_GPU={settings.estimate_gpu!r} is not one of {', '.join(GPUS)}")
     gpu = GPUS[settings.estimate_gpu]
     price = price_per_hour(gpu, settings.runpod_api_key)
+    roles.keep_counts_in(settings.estimate_counts_file)
     costs = stage_costs(estimate_character(profile, config, catalogue, gpu, price), gpu)
     create_table_artifact(
         key=prefect_artifact_key(f"{trigger}-estimate"),
@@ -35,3 +41,21 @@ def estimate_run(trigger: str, profile: ModelProfile, config: RunConfig, catalog
         f"({price.source}); ${sum(cost.usd for cost in costs):.2f}, {sum(c.seconds for c in costs):.0f} s in all",
     )
     return costs
+
+
+@task(name="measure-against-estimate")
+def measure_run(trigger: str, estimate: tuple[StageCost, ...]) -> list[Measured]:
+    """The seconds this run's stages took, as the server timed their flow runs, beside their estimate: a table."""
+    measured = measured_against_estimate(estimate, stage_seconds(flow_run.get_id()))
+    create_table_artifact(
+        key=prefect_artifact_key(f"{trigger}-measured"),
+        table=[
+            {**row._asdict(), "ratio": round(row.measured_seconds / row.estimated_seconds, 2)}
+            for row in measured
+            if row.estimated_seconds
+        ],
+        description=f"{trigger}: the seconds each stage took beside its estimate "
+        f"({sum(row.measured_seconds for row in measured):.0f} s measured, "
+        f"{sum(row.estimated_seconds for row in measured):.0f} s estimated)",
+    )
+    return measured

@@ -14,15 +14,15 @@ ESRGAN output's, and records every step it tried. It judges each step on the fac
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from likeness.config import ModelProfile, UpscaleConfig
-from likeness.media.tiling import apply_tiled, tile_grid
+from likeness.dataset.guard import choose_start_step, guard_region, target_size
+from likeness.media.tiling import apply_tiled
 from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.records import UpscaleResult
 from likeness.run.interrupts import check_stop, stop_between_steps
@@ -33,55 +33,6 @@ if TYPE_CHECKING:
     from likeness.identity import Face
 
 STAGE_VERSION = 3
-# How far around the face the guard refines, in face-box sizes: the detector needs the whole head in view.
-GUARD_MARGIN = 0.75
-
-
-class GuardChoice(NamedTuple):
-    """The start step the guard chose, and every (start step, distance) it tried, in order."""
-
-    start_step: int
-    tries: tuple[tuple[int, float | None], ...]
-
-
-def choose_start_step(
-    candidates: Sequence[int],
-    distance_at: Callable[[int], float | None],
-    baseline: float | None,
-    tolerance: float,
-    fallback: int,
-) -> GuardChoice:
-    """The lowest candidate whose distance is at most `baseline + tolerance`, found by bisection.
-
-    Bisection assumes distance grows as the start step falls; it measures ceil(log2(n + 1)) of n candidates and
-    returns a step that passed whose next lower candidate, if measured, failed. A distance of None (no face
-    found) fails. If none passes, the measured step that drifted least; without a baseline, `fallback`."""
-    steps = sorted(set(candidates))
-    if not steps:
-        raise ValueError("the guard needs at least one candidate start step")
-    if baseline is None:
-        return GuardChoice(fallback, ((fallback, distance_at(fallback)),))
-    tries: list[tuple[int, float | None]] = []
-    low, high = 0, len(steps)
-    while low < high:
-        middle = (low + high) // 2
-        distance = distance_at(steps[middle])
-        tries.append((steps[middle], distance))
-        if distance is not None and distance <= baseline + tolerance:
-            high = middle
-        else:
-            low = middle + 1
-    if low < len(steps):
-        return GuardChoice(steps[low], tuple(tries))
-    measured = [(distance, -step) for step, distance in tries if distance is not None]
-    # No refine kept the face within tolerance: the least drift, and of equal drifts the latest start.
-    return GuardChoice(-min(measured)[1] if measured else steps[-1], tuple(tries))
-
-
-def target_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """The size with `long_side` on the longer side and the aspect ratio kept."""
-    scale = long_side / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _esrgan(model: Any, image: Image.Image) -> Image.Image:
@@ -118,20 +69,6 @@ def face_distance(image: Image.Image, reference: tuple[float, ...] | None) -> fl
 
     face = main_face_of(image, reference)
     return identity_distance(face.embedding, reference) if face and reference else None
-
-
-def guard_region(
-    face_box: tuple[int, int, int, int], size: tuple[int, int], tile: int, overlap: int
-) -> tuple[int, int, int, int]:
-    """The part of the image the guard refines to judge a start step: the face box grown by `GUARD_MARGIN` of its
-    size on every side (room for the detector and the refine's context), inside the image; the whole image when
-    that part would take as many refine tiles (a close-up), so the guard's refine is the result."""
-    left, top, right, bottom = face_box
-    grow_x, grow_y = round((right - left) * GUARD_MARGIN), round((bottom - top) * GUARD_MARGIN)
-    width, height = size
-    region = max(0, left - grow_x), max(0, top - grow_y), min(width, right + grow_x), min(height, bottom + grow_y)
-    tiles = len(tile_grid(region[2] - region[0], region[3] - region[1], tile, overlap))
-    return (0, 0, width, height) if tiles >= len(tile_grid(width, height, tile, overlap)) else region
 
 
 def _prompt_inputs(refiner: Any, prompt: str) -> dict[str, Any]:

@@ -3,25 +3,39 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from likeness.config import RunConfig
 from likeness.dataset.catalogue import load_catalogue
+from likeness.estimate import roles
 from likeness.estimate.character import estimate_character
-from likeness.estimate.gpus import GPUS, price_per_hour
+from likeness.estimate.gpus import GPUS, price_per_hour, seconds
 from likeness.models.profiles import load_profile
+from likeness.run.outputs import MANIFEST, RECORD_FORMAT
 from tests.prefect_server import api_post
 
-# Each test counts real-size models on the meta device (tens of seconds on 2 cores).
+# The first test counts real-size models on the meta device (a minute or two on 2 cores); the rest, and the CLI's
+# process, read the counts from the module's count file.
 pytestmark = pytest.mark.slow
 
 PROFILE = load_profile("production")
 # Two shots keep the meta-device counts to a few shapes.
 SMALL = {"dataset": {"variations": ["front", "face"]}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def counts_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The data folder whose estimate-counts.json this module's counts are kept in."""
+    folder = tmp_path_factory.mktemp("likeness-data")
+    roles.keep_counts_in(folder / "estimate-counts.json")
+    yield folder
+    roles.keep_counts_in(None)
 
 
 def stages(overrides: dict | None = None, gpu: str = "H100") -> dict:
@@ -45,6 +59,38 @@ def test_every_stage_is_estimated_with_positive_figures():
         assert row.evaluations > 0 and row.flops > 0 and row.seconds > 0 and row.usd > 0
         assert row.memory_mode in ("none", "model", "fp8", "sequential")
     assert rows["dataset: edit"].evaluations == 2 * PROFILE.edit.steps
+    # On an H100 every part stays resident: no offload copies.
+    assert all(row.offload_seconds == 0 for row in rows.values())
+
+
+def test_curation_tries_and_the_guard_bound_the_most_a_stage_costs():
+    rows = stages()
+    tries = PROFILE.dataset.curation.max_tries
+    edit, refine = rows["dataset: edit"], rows["dataset: upscale + refine"]
+    assert edit.most_flops == pytest.approx(tries * edit.flops)
+    assert edit.most_seconds == pytest.approx(tries * edit.seconds)
+    # The guard refines most when every start step keeps the face: more than the mean of its outcomes.
+    assert refine.most_flops > refine.flops
+    for stage in ("dataset: caption", "training", "renders"):
+        assert rows[stage].most_flops == rows[stage].flops
+    once = stages(merged(SMALL, {"dataset": {"curation": {"max_tries": 1}}}))["dataset: edit"]
+    assert once.most_flops == pytest.approx(once.flops) and once.flops == pytest.approx(edit.flops)
+
+
+def test_activations_and_what_a_trainer_keeps_count_in_the_peak():
+    rows = stages()
+    renders = rows["renders"]
+    # Both A14B experts, UMT5-XXL and the VAE resident (H100: no offload), plus the largest activations: the VAE's
+    # decode of the 81-frame clip or an expert's pass over it, some GB either way.
+    weights = (2 * roles.parameter_count("video.transformer") + roles.parameter_count("video.text_encoder")
+               + roles.parameter_count("video.vae_decode")) * 2  # fmt: skip
+    assert renders.memory_mode == "none"
+    assert weights + 2e9 < renders.peak_bytes < weights + 10e9
+    step = roles.lora_training_step("wan22_14b", PROFILE.train.size, PROFILE.train.rank, True)
+    training = rows["training"]
+    assert (
+        training.peak_bytes == 2 * step["parameters"] * 2 + step["activation_bytes"] + 2 * step["lora_parameters"] * 16
+    )
 
 
 def test_steps_and_cfg_multiply_the_edit():
@@ -66,21 +112,46 @@ def test_frames_and_the_catalogue_move_the_estimate():
     assert one_shot["dataset: caption"].evaluations == 1
 
 
-def test_a_smaller_gpu_takes_longer_and_needs_offload():
+def test_a_smaller_gpu_takes_longer_and_pays_for_offload():
     h100, rtx = stages(gpu="H100"), stages(gpu="RTX 4090")
     assert rtx["training"].seconds > 3 * h100["training"].seconds
     assert h100["dataset: edit"].memory_mode == "none" and rtx["dataset: edit"].memory_mode != "none"
+    # A 14B expert does not fit 24 GB: it streams in at every pass of every step (forward, recompute, backward).
+    training = rtx["training"]
+    assert training.memory_mode == "sequential"
+    expert_bytes = 2 * roles.parameter_count("video.transformer")
+    assert training.offload_seconds >= 3 * PROFILE.train.steps * expert_bytes / 25e9
+    assert training.seconds == pytest.approx(training.offload_seconds + seconds(training.flops, GPUS["RTX 4090"]))
 
 
-def test_the_estimate_command_prints_a_table_per_stage():
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "likeness"), "estimate", "Ada", "--profile", "production",
-         "--set", "dataset.variations=[front,face]"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+def test_the_estimate_command_prints_a_table_per_stage_and_the_last_runs_measured_seconds(
+    counts_dir: Path, tmp_path: Path
+):
+    stages()  # the counts, in the module's count file for the command to read
+    out = tmp_path / "ada"
+    command = [str(Path(sys.executable).parent / "likeness"), "estimate", "Ada", "--profile", "production",
+               "--set", "dataset.variations=[front,face]", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "LIKENESS_DATA_DIR": str(counts_dir)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
-    for word in ("training", "renders", "character", "price table of"):
+    for word in ("training", "renders", "character", "price table of", "of which offload", "at most"):
         assert word in done.stdout
+    assert "measured" not in done.stdout  # no run in that folder yet
+    # A run that ran on a GPU left its estimate and the seconds its stages took.
+    out.mkdir()
+    estimate = [
+        {"stage": stage, "gpu": "H100", "evaluations": 4, "tflop": 1.0, "seconds": seconds, "peak_gib": 1.0,
+         "memory_mode": "none", "usd": 0.01, "most_seconds": 2 * seconds, "most_usd": 0.02}
+        for stage, seconds in (("dataset: edit", 40.0), ("dataset: upscale + refine", 60.0), ("training", 300.0))
+    ]  # fmt: skip
+    record = {"identity": {"format": RECORD_FORMAT}, "estimate": estimate,
+              "last_run": {"stage_seconds": {"dataset": 150.0, "training": 330.0}}}  # fmt: skip
+    (out / MANIFEST).write_text(json.dumps(record))
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    measured = done.stdout[done.stdout.index("measured beside its estimate") :]
+    assert "dataset" in measured and "1.50" in measured  # 150 s against 40 + 60
+    assert "training" in measured and "1.10" in measured
 
 
 def test_a_gpu_run_is_estimated_at_its_start_as_a_table_artifact(prefect_api, tmp_path):
@@ -117,3 +188,37 @@ def test_the_5b_profile_renders_with_the_5b_and_tiny_twins_are_refused():
     tiny = load_profile("tiny")
     with pytest.raises(ValueError, match="runs tiny twins"):
         estimate_character(tiny, RunConfig.from_profile(tiny), load_catalogue(), h100, price_per_hour(h100, None))
+
+
+def test_a_gpu_run_ends_with_the_seconds_its_stages_took_beside_the_estimate(prefect_api, tmp_path):
+    import time
+
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    from likeness.records import StageCost
+    from tasks.estimate import measure_run
+
+    estimate = tuple(
+        StageCost(stage=stage, gpu="H100", evaluations=1, tflop=1.0, seconds=0.1, peak_gib=1.0, memory_mode="none",
+                  usd=0.01, most_seconds=0.3, most_usd=0.03)
+        for stage in ("dataset: edit", "dataset: caption", "training")
+    )  # fmt: skip
+
+    @flow(name="build-dataset")
+    def dataset_stage() -> None:
+        time.sleep(0.5)
+
+    @flow
+    def produced() -> list:
+        dataset_stage()
+        return measure_run("Ada", estimate)
+
+    with temporary_settings({PREFECT_API_URL: prefect_api, PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path}):
+        (measured,) = produced()
+    # Only the dataset ran: its two rows' estimate beside the seconds the server timed its flow run.
+    assert (measured.stage, measured.estimated_seconds, measured.most_seconds) == ("dataset", 0.2, 0.6)
+    assert measured.measured_seconds >= 0.5
+    (artifact,) = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["ada-measured"]}}})
+    (row,) = json.loads(artifact["data"])
+    assert row["stage"] == "dataset" and row["ratio"] == round(measured.measured_seconds / 0.2, 2)

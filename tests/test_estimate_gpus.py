@@ -18,6 +18,7 @@ from likeness.estimate.gpus import (
     peak_memory,
     price_per_hour,
     seconds,
+    transfer_seconds,
 )
 from likeness.runpod.pods import RunPodKeyRejected
 from tests.fake_runpod import FakeGpu, FakeRunPod, fake_runpod
@@ -28,7 +29,7 @@ H100, H200, A100, RTX_4090 = GPUS["H100"], GPUS["H200"], GPUS["A100 80GB"], GPUS
 # them, UMT5-XXL's encoder and the Wan 2.1 VAE (rounded).
 WAN_14B = {"transformer": 14_288_491_584, "text_encoder": 5_680_000_000, "vae": 127_000_000}
 WAN_14B_BLOCK = 351_394_304
-ACTIVATIONS = 2 * 2**30
+ACTIVATIONS = {"transformer": 2 * 2**30, "vae": 3 * 2**30}  # the VAE's decode of a clip takes more than a step
 
 
 @pytest.fixture
@@ -60,10 +61,18 @@ def test_memory_modes_order_as_offload_does() -> None:
     peaks = {mode: peak_memory(WAN_14B, ACTIVATIONS, 2, mode, WAN_14B_BLOCK) for mode in MEMORY_MODES}
     assert peaks["none"] >= peaks["model"] >= peaks["sequential"]
     assert peaks["none"] > peaks["fp8"] >= peaks["sequential"]
-    assert peaks["model"] == WAN_14B["transformer"] * 2 + ACTIVATIONS
-    assert peaks["fp8"] == sum(WAN_14B.values()) + ACTIVATIONS
+    # Every part resident, and the largest activations of any part at work.
+    assert peaks["none"] == sum(WAN_14B.values()) * 2 + 3 * 2**30
+    # One part at a time: the transformer and its own activations, not the VAE's.
+    assert peaks["model"] == WAN_14B["transformer"] * 2 + 2 * 2**30
+    assert peaks["fp8"] == sum(WAN_14B.values()) + 3 * 2**30
+    assert peaks["sequential"] == WAN_14B_BLOCK * 2 + 3 * 2**30
+    # What stays throughout (a trainer's optimizer state) adds in every mode.
+    assert peak_memory(WAN_14B, ACTIVATIONS, 2, "model", state_bytes=5) == peaks["model"] + 5
     with pytest.raises(ValueError, match="block_parameters"):
         peak_memory(WAN_14B, ACTIVATIONS, 2, "sequential")
+    with pytest.raises(ValueError, match="activations of parts without parameters: unet"):
+        peak_memory(WAN_14B, {"unet": 1}, 2, "none")
 
 
 def test_a_14b_model_needs_offload_or_fp8_on_a_4090_but_not_on_an_h100() -> None:
@@ -72,14 +81,22 @@ def test_a_14b_model_needs_offload_or_fp8_on_a_4090_but_not_on_an_h100() -> None
     assert peak_memory(WAN_14B, ACTIVATIONS, 2, "model") > limit  # the transformer alone is 28.6 GB
     assert fit(RTX_4090, WAN_14B, ACTIVATIONS, 2, WAN_14B_BLOCK) in ("fp8", "sequential")
     assert fit(H100, WAN_14B, ACTIVATIONS, 2, WAN_14B_BLOCK) == "none"
-    assert fit(H100, WAN_14B, 100 * 2**30, 2, WAN_14B_BLOCK) is None  # activations past any offload
+    assert fit(H100, WAN_14B, {"transformer": 100 * 2**30}, 2, WAN_14B_BLOCK) is None  # past any offload
+    assert fit(H100, WAN_14B, ACTIVATIONS, 2, WAN_14B_BLOCK, state_bytes=40 * 2**30) == "model"
 
 
 def test_the_margin_is_kept_free() -> None:
     # A part of exactly the GPU's memory: fits with no margin, not with the default 10%.
     whole = {"model": int(H100.memory_gib * 2**30) // 2}
-    assert fit(H100, whole, 0, 2, 1, margin=0) == "none"
-    assert fit(H100, whole, 0, 2, 1) == "fp8"
+    assert fit(H100, whole, {}, 2, 1, margin=0) == "none"
+    assert fit(H100, whole, {}, 2, 1) == "fp8"
+
+
+def test_offloaded_weights_cost_their_copies_at_the_links_rate() -> None:
+    # 28.6 GB of bf16 expert over PCIe 5 (the H100's host link) and PCIe 4 (the 4090's).
+    expert = WAN_14B["transformer"] * 2
+    assert transfer_seconds(expert, H100) == pytest.approx(expert / 50e9)
+    assert transfer_seconds(expert, RTX_4090) == pytest.approx(2 * transfer_seconds(expert, H100))
 
 
 def test_prices_come_from_the_api_with_a_key(api: FakeRunPod) -> None:

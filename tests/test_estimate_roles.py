@@ -38,6 +38,10 @@ PUBLISHED = {
     "video.vae_decode": 127e6,  # Wan-VAE again: the A14B decodes with Wan 2.1's VAE
     # Wan-AI/Wan2.2-TI2V-5B: "5B".
     "video-5b.transformer": 5.0e9,
+    # UMT5-XXL's encoder, Wan's text encoder: models_t5_umt5-xxl-enc-bf16.pth is 11.4 GB in bfloat16, 5.68B.
+    "video.text_encoder": 5.68e9,
+    # Wan 2.2's VAE (the TI2V-5B's): Wan2.2_VAE.pth, 2.82 GB of float32, 705M.
+    "video-5b.vae_decode": 705e6,
 }
 
 # dlib's face descriptor network worked out by hand from its anet_type and dlib's padding rules (no padding at stride
@@ -51,15 +55,6 @@ DLIB_CONVS = (
     + [(3, 3, 128, 256), (3, 3, 256, 256)] + [(4, 3, 256, 256)] * 4
     + [(1, 3, 256, 256)] * 2
 )  # fmt: skip
-
-
-def test_the_counter_counts_two_flops_per_multiply_add_of_each_matrix_product():
-    with torch.device("meta"):
-        linear = torch.nn.Linear(64, 32)
-        mlp = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.GELU(), torch.nn.Linear(128, 16))
-    x = torch.empty(4, 10, 64, device="meta")
-    assert roles.count_flops(lambda: linear(x[0])) == 2 * 10 * 64 * 32
-    assert roles.count_flops(lambda: mlp(x)) == 2 * 40 * 64 * 128 + 2 * 40 * 128 * 16
 
 
 def test_the_identity_replica_is_dlibs_network():
@@ -127,6 +122,39 @@ def test_each_caption_token_costs_two_flops_a_parameter_and_a_little_more_than_t
     assert three - two > step
     with pytest.raises(ValueError, match="at least one new token"):
         roles.evaluation_flops("captioner", new_tokens=0)
+
+
+def test_the_condition_size_is_the_pipelines():
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
+
+    for area in (147_456, 1_048_576, 1_000_000, 3000):
+        assert roles._square(area) == calculate_dimensions(area, 1.0)
+
+
+def test_activations_are_counted_at_the_production_shapes():
+    # A 704x704, 81-frame clip: 21 x 44 x 44 = 40,656 video tokens of 5,120 channels in bf16 are 416 MB a tensor;
+    # a block holds a few at once (its FFN's 13,824-wide hidden state is 1.1 GB), never an attention matrix.
+    video = roles.evaluation("video.transformer").activation_bytes
+    assert 2e9 < video < 10e9
+    # Attention counted as fused: the 40 heads' 40,656^2 scores alone would be 132 GB in bf16.
+    assert video < 40 * 40_656**2 * 2 / 10
+    # Half the frames, about half the activations.
+    half = roles.evaluation("video.transformer", frames=41).activation_bytes
+    assert 0.4 < half / video < 0.6
+
+
+def test_a_lora_training_step_counts_its_backward_and_checkpointing_trades_memory_for_a_forward():
+    plain = roles.lora_training_step("wan22_5b", 256, 8, gradient_checkpointing=False)
+    checkpointed = roles.lora_training_step("wan22_5b", 256, 8, gradient_checkpointing=True)
+    assert plain["parameters"] == roles.parameter_count("video-5b.transformer")
+    assert 0 < plain["lora_parameters"] < plain["parameters"] / 100
+    # The frozen base needs no weight gradients: its backward is a matrix product a layer for the input's gradient,
+    # none for the text's projections (the text needs no gradient), and the attention's; at 64 video tokens beside
+    # 512 text tokens, about half a forward pass. Checkpointing runs most of the forward once more (each block up to
+    # what its backward needs: not its last projection).
+    assert 1.3 < plain["step"] / plain["forward"] < 3
+    assert 0.6 < (checkpointed["step"] - plain["step"]) / plain["forward"] <= 1.0
+    assert checkpointed["activation_bytes"] < plain["activation_bytes"] / 3
 
 
 def test_unknown_parts_and_shapes_are_refused():

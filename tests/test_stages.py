@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from safetensors import safe_open
 
+from likeness.media.tiling import tile_grid
 from likeness.models import pipelines
 from likeness.models.profiles import load_profile
 from likeness.storage.artifacts import get_bytes, load_image, put_file, put_image
@@ -365,7 +366,7 @@ def test_the_guard_judges_start_steps_on_the_face_and_refines_the_whole_image_on
 
 
 def test_the_guard_region_grows_the_face_box_inside_the_image():
-    from tasks.upscale import GUARD_MARGIN, guard_region
+    from likeness.dataset.guard import GUARD_MARGIN, guard_region
 
     assert GUARD_MARGIN == 0.75
     # A full-body shot: one 1024 px tile around the face instead of the image's six.
@@ -387,7 +388,7 @@ def test_the_2k_path_on_tiny_models_reaches_2048_px_in_bounded_tiles(reference, 
     refine = upscale.refine
 
     def counted_refine(refiner, image, *args):
-        tiles.extend(upscale.tile_grid(*image.size, config.tile, config.overlap))
+        tiles.extend(tile_grid(*image.size, config.tile, config.overlap))
         return refine(refiner, image, *args)
 
     monkeypatch.setattr(upscale, "refine", counted_refine)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from likeness.dataset.guard import GuardChoice, choose_start_step, target_size
 from likeness.media.tiling import apply_tiled
-from tasks.upscale import GuardChoice, choose_start_step, target_size
 
 
 class Recorder:

@@ -1,29 +1,34 @@
 """What one character costs under a profile and its settings, stage by stage, before any GPU is rented.
 
-Each stage's evaluations come from the run's settings (shots in the catalogue, steps, CFG, tiles, frames,
-training steps, checkpoint samples); each evaluation's FLOPs from the real-size models counted on the meta
-device (`likeness.estimate.roles`); seconds, memory and dollars from the GPU model (`likeness.estimate.gpus`).
+Each stage's evaluations come from the run's settings (shots in the catalogue, steps, CFG, tiles, the identity
+guard's bisection, curation's tries, frames, training steps, checkpoint samples); each evaluation's FLOPs and
+activation bytes from the real-size models counted on the meta device (`likeness.estimate.roles`); seconds, memory
+and dollars from the GPU model (`likeness.estimate.gpus`).
 
     rows = estimate_character(load_profile("production"), config, load_catalogue(), GPUS["H100"], price)
 
+A row is what the stage is expected to cost, and at most: curation edits a refused shot again (up to
+`dataset.curation.max_tries` edits), and the guard's bisection refines more steps the more start steps keep the
+face. Expected: every shot kept on its first edit, and each outcome of the bisection (the lowest start step that
+keeps the face, or none) as likely as any other; at most: every shot edited `max_tries` times, and every face kept
+down to the lowest start step. How large a face is in a shot is an assumption, by its framing (FACE_SHARE).
+
 Counted: every transformer evaluation, the text encoders, the VAEs, the upscaler, the captioner and the identity
-model. Not counted: a shot curation refuses and edits again (each try costs one more edit: the worst case is
-`dataset.curation.max_tries` times the edit row), the identity guard's region refines, model loading and pod
-start. Weights resident at once decide the memory; activations are left out (a 720p 81-frame Wan evaluation adds
-a few GB with attention kernels that do not materialise the attention matrix).
+model's descriptors. Not counted: face detection (dlib's HOG, on the CPU), model loading and pod start.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from likeness.config import ModelProfile, RunConfig
-from likeness.dataset.catalogue import Catalogue, shot_size
+from likeness.config import ModelProfile, RunConfig, UpscaleConfig
+from likeness.dataset.catalogue import Catalogue, Shot, shot_size
+from likeness.dataset.guard import choose_start_step, guard_region, target_size
 from likeness.estimate import gpus, roles
 from likeness.estimate.gpus import GpuType, MemoryMode, Price
 from likeness.media.tiling import tile_grid
-from likeness.models import wan_flops
 from likeness.records import StageCost
 from likeness.render.jobs import plan_renders
 
@@ -31,10 +36,16 @@ EDIT_MULTIPLE = 16  # Qwen-Image's VAE downsamples 8x and its transformer packs 
 BF16_BYTES = 2
 # The largest part's share resident under sequential offload: about one of its ~40 blocks.
 SEQUENTIAL_SHARE = 1 / 40
+# LoRA weights train in float32 with AdamW: the weight, its gradient and two moments, 4 bytes each.
+LORA_STATE_BYTES = 16
+# Face-box height as a share of the image height, by the framing a catalogue entry names (an assumption: the box
+# square, centred across, its top at a tenth of the height unless that does not fit).
+FACE_SHARE = {"full body": 0.08, "upper body": 0.2, "head and shoulders": 0.3, "close-up of the face": 0.5}
 
 
 class StageEstimate(NamedTuple):
-    """One stage of a character: its model evaluations, FLOPs, and what they take on one GPU."""
+    """One stage of a character: its model evaluations, FLOPs, and what they take on one GPU, expected and at most.
+    Seconds are the compute's and the offload's copies (`offload_seconds`, 0 when every part stays resident)."""
 
     stage: str
     evaluations: int
@@ -43,6 +54,42 @@ class StageEstimate(NamedTuple):
     peak_bytes: int
     memory_mode: MemoryMode | None  # None: it fits no mode on this GPU
     usd: float
+    most_flops: float
+    most_seconds: float
+    most_usd: float
+    offload_seconds: float
+
+
+class Count(NamedTuple):
+    """What a stage does, expected or at most: FLOPs, pipeline calls (each moves every part in once under model
+    offload) and evaluations of its largest part (each streams it in under sequential offload)."""
+
+    flops: float = 0.0
+    calls: float = 0.0
+    streams: float = 0.0
+
+    def __add__(self, other: tuple) -> Count:  # type: ignore[override]
+        return Count(*(a + b for a, b in zip(self, other, strict=True)))
+
+
+@dataclass
+class Work:
+    """A stage's count before it meets a GPU: evaluations, what it does (expected and at most), what is resident."""
+
+    stage: str
+    evaluations: float = 0.0
+    expected: Count = Count()
+    most: Count = Count()
+    parameters: dict[str, int] = field(default_factory=dict)  # by part
+    activations: dict[str, int] = field(default_factory=dict)  # peak bytes while the part works
+    state_bytes: int = 0  # resident throughout: a trainer's LoRA and optimizer state
+
+    def add(self, expected: Count, most: Count | None = None) -> None:
+        self.expected += expected
+        self.most += expected if most is None else most
+
+    def working(self, part: str, activation_bytes: int) -> None:
+        self.activations[part] = max(self.activations.get(part, 0), activation_bytes)
 
 
 def estimate_character(
@@ -56,87 +103,177 @@ def estimate_character(
             f"profile {profile.name!r} runs tiny twins ({', '.join(tiny)}): the estimate counts real models; "
             "give a production profile (--profile production)"
         )
-    stages = [*_dataset_stages(config, catalogue), _training(config), _rendering(config, profile)]
-    return [_on_gpu(name, evaluations, flops, parts, gpu, price) for name, evaluations, flops, parts in stages]
+    shots = catalogue.shots(config.dataset.variations, garments=0, poses=0)
+    stages = [_edit(config, shots), _upscale(config, shots), _caption(config, shots), _training(config, len(shots))]
+    stages.append(_rendering(config, profile))
+    return [_on_gpu(work, gpu, price) for work in stages]
 
 
-Work = tuple[str, int, float, dict[str, int]]  # stage, evaluations, FLOPs, parameters resident by part
-
-
-def _dataset_stages(config: RunConfig, catalogue: Catalogue) -> list[Work]:
-    dataset = config.dataset
-    edit, upscale = dataset.edit, dataset.upscale
-    shots = catalogue.shots(dataset.variations, garments=0, poses=0)
+def _edit(config: RunConfig, shots: list[Shot]) -> Work:
+    edit = config.dataset.edit
+    work = Work("dataset: edit")
+    parts = {"transformer": "editor.transformer", "text_encoder": "editor.text_encoder", "vae": "editor.vae_decode"}
+    work.parameters = {part: roles.parameter_count(role_part) for part, role_part in parts.items()}
     cfg = 2 if edit.true_cfg_scale > 1 else 1
-    edit_evaluations = edit_flops = 0.0
-    refine_evaluations = refine_flops = upscale_flops = caption_flops = 0.0
     for shot in shots:
         width, height = shot_size(shot.aspect, edit.size, EDIT_MULTIPLE)
         conditions = 1 + (shot.needs is not None)
-        shape = {"conditions": conditions, "vl_condition_area": edit.vl_condition_area, "prompt_tokens": 80}
-        edit_evaluations += edit.steps * cfg
-        edit_flops += (
-            edit.steps
-            * cfg
-            * roles.evaluation_flops(
-                "editor.transformer", width=width, height=height, condition_area=edit.condition_area, **shape
-            )
+        prompt = {"conditions": conditions, "vl_condition_area": edit.vl_condition_area, "prompt_tokens": 80}
+        transformer = roles.evaluation(
+            "editor.transformer", width=width, height=height, condition_area=edit.condition_area, **prompt
         )
-        edit_flops += cfg * roles.evaluation_flops("editor.text_encoder", **shape)
-        edit_flops += conditions * roles.evaluation_flops("editor.vae_encode")
-        edit_flops += roles.evaluation_flops("editor.vae_decode", width=width, height=height)
-        edit_flops += 2 * roles.evaluation_flops("identity")  # measured, and its face compared
+        text = roles.evaluation("editor.text_encoder", **prompt)
+        encode = roles.evaluation("editor.vae_encode")
+        decode = roles.evaluation("editor.vae_decode", width=width, height=height)
+        # Each try: the denoising passes, the prompt (twice with CFG), the conditions encoded, the output decoded,
+        # and the identity model on it (its descriptor, compared with the reference's).
+        one_try = edit.steps * cfg * transformer.flops + cfg * text.flops + conditions * encode.flops + decode.flops
+        one_try += roles.evaluation_flops("identity")
+        work.evaluations += edit.steps * cfg
+        tries = config.dataset.curation.max_tries
+        one = Count(one_try, 1, edit.steps * cfg)
+        work.add(one, Count(*(tries * value for value in one)))
+        work.working("transformer", transformer.activation_bytes)
+        work.working("text_encoder", text.activation_bytes)
+        work.working("vae", max(encode.activation_bytes, decode.activation_bytes))
+    return work
 
-        esrgan_tiles = len(tile_grid(width, height, upscale.esrgan_tile, upscale.esrgan_overlap))
-        upscale_flops += esrgan_tiles * roles.evaluation_flops("upscaler")
-        scale = upscale.size / max(width, height)
-        target = (round(width * scale), round(height * scale))
-        tiles = len(tile_grid(*target, upscale.tile, upscale.overlap))
-        steps = upscale.steps - upscale.start_step
-        refine_evaluations += tiles * steps
-        refine_flops += tiles * (
-            steps * roles.evaluation_flops("refiner.transformer")
-            + roles.evaluation_flops("refiner.vae_encode")
-            + roles.evaluation_flops("refiner.vae_decode")
-        )
-        refine_flops += roles.evaluation_flops("refiner.text_encoder") + roles.evaluation_flops(
-            "refiner.text_encoder_2"
-        )
-        caption_flops += roles.evaluation_flops(
-            "captioner",
-            width=target[0],
-            height=target[1],
-            prompt_tokens=100,
-            new_tokens=config.dataset.caption.max_new_tokens,
-        )
-    editor = {part: roles.parameter_count(f"editor.{part}") for part in ("transformer", "text_encoder", "vae_decode")}
-    refiner = {
-        part: roles.parameter_count(f"refiner.{part}")
-        for part in ("transformer", "text_encoder", "text_encoder_2", "vae_decode")
+
+class Refine(NamedTuple):
+    """One image's refine, for one outcome of the guard: transformer evaluations (a tile and step each), tiles
+    refined (a VAE encode and decode each) and identity descriptors."""
+
+    tile_steps: int
+    tiles: int
+    face_checks: int
+
+
+def guard_outcomes(upscale: UpscaleConfig, size: tuple[int, int], face_share: float | None) -> list[Refine]:
+    """An image's refine under each outcome of the identity guard: the lowest start step that keeps the face, from
+    the lowest candidate up, then none. Without a face to guard (`face_share` None), the one refine at
+    `upscale.start_step`."""
+    width, height = size
+    whole = len(tile_grid(width, height, upscale.tile, upscale.overlap))
+    if face_share is None:
+        return [Refine((upscale.steps - upscale.start_step) * whole, whole, 0)]
+    side = round(face_share * height)
+    top = min(round(0.1 * height), height - side)
+    face_box = ((width - side) // 2, top, (width + side) // 2, top + side)
+    region = guard_region(face_box, size, upscale.tile, upscale.overlap)
+    region_tiles = len(tile_grid(region[2] - region[0], region[3] - region[1], upscale.tile, upscale.overlap))
+    low, high = upscale.start_steps
+    candidates = list(range(low, high + 1))
+    outcomes = []
+    for lowest_kept in [*candidates, None]:
+
+        def distance_at(step: int, lowest_kept: int | None = lowest_kept) -> float:
+            return 0.0 if lowest_kept is not None and step >= lowest_kept else 1.0
+
+        choice = choose_start_step(candidates, distance_at, 0.0, 0.0, upscale.start_step)
+        steps = sum(upscale.steps - step for step, _ in choice.tries) * region_tiles
+        tiles = len(choice.tries) * region_tiles
+        if region != (0, 0, width, height):  # else the guard's refine at the chosen step is the result
+            steps += (upscale.steps - choice.start_step) * whole
+            tiles += whole
+        # The descriptor of the unrefined region, of each try, and of the result.
+        outcomes.append(Refine(steps, tiles, len(choice.tries) + 2))
+    return outcomes
+
+
+def face_share_of(shot: Shot) -> float | None:
+    """The share of the image height the shot's face takes (FACE_SHARE, by framing); None for a hidden face."""
+    if shot.face == "hidden":
+        return None
+    return next((share for framing, share in FACE_SHARE.items() if framing in shot.tags), FACE_SHARE["upper body"])
+
+
+def _upscale(config: RunConfig, shots: list[Shot]) -> Work:
+    dataset = config.dataset
+    edit, upscale = dataset.edit, dataset.upscale
+    work = Work("dataset: upscale + refine")
+    parts = {
+        "transformer": "refiner.transformer",
+        "text_encoder": "refiner.text_encoder",
+        "text_encoder_2": "refiner.text_encoder_2",
+        "vae": "refiner.vae_decode",
+        "upscaler": "upscaler",
     }
-    return [
-        ("dataset: edit", int(edit_evaluations), edit_flops, editor),
-        ("dataset: upscale + refine", int(refine_evaluations), upscale_flops + refine_flops,
-         {**refiner, "upscaler": roles.parameter_count("upscaler")}),
-        ("dataset: caption", len(shots), caption_flops, {"captioner": roles.parameter_count("captioner")}),
-    ]  # fmt: skip
+    work.parameters = {part: roles.parameter_count(role_part) for part, role_part in parts.items()}
+    refiner = roles.evaluation("refiner.transformer")
+    tile_vae = [roles.evaluation("refiner.vae_encode"), roles.evaluation("refiner.vae_decode")]
+    texts = [roles.evaluation("refiner.text_encoder"), roles.evaluation("refiner.text_encoder_2")]
+    esrgan = roles.evaluation("upscaler")
+    identity = roles.evaluation_flops("identity")
+    for shot in shots:
+        width, height = shot_size(shot.aspect, edit.size, EDIT_MULTIPLE)
+        esrgan_tiles = len(tile_grid(width, height, upscale.esrgan_tile, upscale.esrgan_overlap))
+        fixed = esrgan_tiles * esrgan.flops + sum(text.flops for text in texts)
+        outcomes = guard_outcomes(upscale, target_size(width, height, upscale.size), face_share_of(shot))
+        # Each refined tile is a pipeline call of its own.
+        counts = [
+            Count(
+                fixed
+                + refine.tile_steps * refiner.flops
+                + refine.tiles * sum(vae.flops for vae in tile_vae)
+                + refine.face_checks * identity,
+                1 + refine.tiles,
+                refine.tile_steps,
+            )
+            for refine in outcomes
+        ]
+        work.add(Count(*(sum(values) / len(counts) for values in zip(*counts, strict=True))), max(counts))
+        work.evaluations += sum(refine.tile_steps for refine in outcomes) / len(outcomes)
+    work.working("transformer", refiner.activation_bytes)
+    work.working("vae", max(vae.activation_bytes for vae in tile_vae))
+    work.working("text_encoder", texts[0].activation_bytes)
+    work.working("text_encoder_2", texts[1].activation_bytes)
+    work.working("upscaler", esrgan.activation_bytes)
+    return work
 
 
-def _training(config: RunConfig) -> Work:
-    from likeness.training.wan_lora import LORA_TARGETS
+def _caption(config: RunConfig, shots: list[Shot]) -> Work:
+    dataset = config.dataset
+    work = Work("dataset: caption", parameters={"captioner": roles.parameter_count("captioner")})
+    for shot in shots:
+        width, height = target_size(*shot_size(shot.aspect, dataset.edit.size, EDIT_MULTIPLE), dataset.upscale.size)
+        caption = roles.evaluation(
+            "captioner", width=width, height=height, prompt_tokens=100, new_tokens=dataset.caption.max_new_tokens
+        )
+        work.evaluations += 1
+        # Each token generated is an evaluation of the language model.
+        work.add(Count(caption.flops, 1, dataset.caption.max_new_tokens))
+        work.working("captioner", caption.activation_bytes)
+    return work
 
+
+def _training(config: RunConfig, images: int) -> Work:
     train = config.train
-    model = wan_flops.meta_transformer(train.base, train.rank, LORA_TARGETS)
-    forward, backward = wan_flops.count_evaluation(
-        model, wan_flops.latent_shape(train.base, 1, train.size, train.size), backward=True
-    )
-    passes = 2 if train.gradient_checkpointing else 1  # checkpointing runs the forward pass again in the backward
-    every = train.sample_every or train.checkpoint_every
-    samples = len(range(every, train.steps + 1, every)) * len(train.sample_prompts) * train.sample_steps
-    samples *= 2 if train.sample_guidance_scale > 1 else 1
-    flops = train.steps * (passes * forward + backward) + samples * forward
-    parameters = sum(p.numel() for p in model.parameters())
-    return ("training", train.steps + samples, float(flops), {"transformer": parameters})
+    step = roles.lora_training_step(train.base, train.size, train.rank, train.gradient_checkpointing)
+    experts = train.trained_experts
+    work = Work("training", parameters=dict.fromkeys(experts, step["parameters"]))
+    # The samples at the checkpoints chosen from (as likeness.training.spec.TrainJob.sampled_steps): each a
+    # `sample_steps` denoise at the training size, twice with CFG, the experts sharing the steps.
+    checkpoints = {*range(train.checkpoint_every, train.steps + 1, train.checkpoint_every), train.steps}
+    sampled = {*range(train.sample_interval, train.steps + 1, train.sample_interval), train.steps} & checkpoints
+    sample_images = len(sampled) * len(train.sample_prompts)
+    sample_passes = sample_images * train.sample_steps * (2 if train.sample_guidance_scale > 1 else 1)
+    # Before the steps: each image encoded once (at the largest resolution) and each caption, and the empty one.
+    shape = {"frames": 1, "width": train.size, "height": train.size}
+    family = "video-5b" if train.base == "wan22_5b" else "video"
+    encode = images * roles.evaluation_flops(f"{family}.vae_encode", **shape)
+    text = (images + 1) * roles.evaluation_flops("video.text_encoder")
+    decode = sample_images * roles.evaluation_flops(f"{family}.vae_decode", **shape)
+    work.evaluations = train.steps + sample_passes
+    # Offloaded, an expert comes in at each turn (`switch_boundary_every` steps), and streams in at every pass: the
+    # forward, the backward and, with gradient checkpointing, the forward again.
+    passes = 3 if train.gradient_checkpointing else 2
+    flops = train.steps * step["step"] + sample_passes * step["forward"] + encode + text + decode
+    turns = math.ceil(train.steps / train.switch_boundary_every) if len(experts) > 1 else 1
+    work.add(Count(flops, turns + sample_images, train.steps * passes + sample_passes))
+    for expert in experts:
+        work.working(expert, step["activation_bytes"])
+    work.state_bytes = len(experts) * step["lora_parameters"] * LORA_STATE_BYTES
+    return work
 
 
 def _rendering(config: RunConfig, profile: ModelProfile) -> Work:
@@ -144,29 +281,57 @@ def _rendering(config: RunConfig, profile: ModelProfile) -> Work:
     jobs = plan_renders(render, "character", None, profile.limits.render, beyond_limits=True)
     cfg = 2 if render.guidance_scale > 1 else 1
     # The A14B's two experts share the steps (one resident at a time under model offload); the TI2V-5B is one model.
-    # Both decode with the Wan 2.1 VAE's cost: the 5B's own VAE is not counted separately.
     five_b = "TI2V-5B" in profile.models["video"].source
-    transformer = "video-5b.transformer" if five_b else "video.transformer"
-    evaluations = flops = 0.0
+    family = "video-5b" if five_b else "video"
+    experts = ("transformer",) if five_b else ("high_noise", "low_noise")
+    work = Work("renders")
+    work.parameters = {
+        **dict.fromkeys(experts, roles.parameter_count(f"{family}.transformer")),
+        "text_encoder": roles.parameter_count("video.text_encoder"),
+        "vae": roles.parameter_count(f"{family}.vae_decode"),
+    }
+    text = roles.evaluation("video.text_encoder")
+    work.working("text_encoder", text.activation_bytes)
     for job in jobs:
         frames = job.config.video_frames if job.kind == "video" else 1
         shape = {"frames": frames, "width": job.config.size, "height": job.config.size}
-        evaluations += job.config.steps * cfg
-        flops += job.config.steps * cfg * roles.evaluation_flops(transformer, **shape)
-        flops += roles.evaluation_flops("video.vae_decode", **shape)
-        flops += math.ceil(frames / 4) * roles.evaluation_flops("identity")  # frames sampled for the score
-    experts = ("transformer",) if five_b else ("high_noise", "low_noise")
-    return ("renders", int(evaluations), flops, {expert: roles.parameter_count(transformer) for expert in experts})
+        transformer = roles.evaluation(f"{family}.transformer", **shape)
+        decode = roles.evaluation(f"{family}.vae_decode", **shape)
+        work.evaluations += job.config.steps * cfg
+        flops = (
+            job.config.steps * cfg * transformer.flops
+            + cfg * text.flops
+            + decode.flops
+            + math.ceil(frames / 4) * roles.evaluation_flops("identity")  # the frames sampled for the score
+        )
+        work.add(Count(flops, 1, job.config.steps * cfg))
+        for expert in experts:
+            work.working(expert, transformer.activation_bytes)
+        work.working("vae", decode.activation_bytes)
+    return work
 
 
-def _on_gpu(
-    stage: str, evaluations: int, flops: float, parts: dict[str, int], gpu: GpuType, price: Price
-) -> StageEstimate:
-    seconds = gpus.seconds(flops, gpu)
-    block = int(max(parts.values()) * SEQUENTIAL_SHARE)
-    mode = gpus.fit(gpu, parts, 0, BF16_BYTES, block)
-    peak = gpus.peak_memory(parts, 0, BF16_BYTES, mode or "sequential", block)
-    return StageEstimate(stage, evaluations, flops, seconds, peak, mode, seconds / 3600 * price.usd_per_hour)
+def _on_gpu(work: Work, gpu: GpuType, price: Price) -> StageEstimate:
+    block = int(max(work.parameters.values()) * SEQUENTIAL_SHARE)
+    mode = gpus.fit(gpu, work.parameters, work.activations, BF16_BYTES, block, work.state_bytes)
+    peak = gpus.peak_memory(
+        work.parameters, work.activations, BF16_BYTES, mode or "sequential", block, work.state_bytes
+    )
+
+    def seconds(count: Count) -> tuple[float, float]:
+        offload = 0.0
+        if mode == "model":
+            offload = gpus.transfer_seconds(count.calls * sum(work.parameters.values()) * BF16_BYTES, gpu)
+        elif mode in ("sequential", None):
+            offload = gpus.transfer_seconds(count.streams * max(work.parameters.values()) * BF16_BYTES, gpu)
+        return gpus.seconds(count.flops, gpu) + offload, offload
+
+    (expected, offload), (most, _) = seconds(work.expected), seconds(work.most)
+    dollars = price.usd_per_hour / 3600
+    return StageEstimate(
+        work.stage, round(work.evaluations), work.expected.flops, expected, peak, mode, expected * dollars,
+        work.most.flops, most, most * dollars, offload,
+    )  # fmt: skip
 
 
 def stage_costs(rows: list[StageEstimate], gpu: GpuType) -> tuple[StageCost, ...]:
@@ -181,6 +346,8 @@ def stage_costs(rows: list[StageEstimate], gpu: GpuType) -> tuple[StageCost, ...
             peak_gib=round(row.peak_bytes / 2**30, 1),
             memory_mode=row.memory_mode,
             usd=round(row.usd, 4),
+            most_seconds=round(row.most_seconds, 1),
+            most_usd=round(row.most_usd, 4),
         )
         for row in rows
     )

@@ -20,26 +20,39 @@ The parts (`role.part`, roles as production.yaml names them):
     upscaler                 4x-UltraSharp (ESRGAN RRDBNet) on one tile
     captioner                Qwen3-VL-8B: one caption (vision tower, prefill, then one decode step per further token)
     video.transformer        one expert of Wan 2.2 T2V-A14B (both have one config): one pass over a clip
+    video.text_encoder       UMT5-XXL's encoder on Wan's 512 tokens (the A14B's and the 5B's)
+    video.vae_encode         Wan 2.1's VAE (the A14B's) encoding a clip (a training image is a one-frame clip)
     video.vae_decode         Wan 2.1's VAE (the A14B's) decoding the clip
     video-5b.transformer     Wan 2.2 TI2V-5B (production-5b's video model): one pass over a clip
+    video-5b.vae_encode      Wan 2.2's VAE (the 5B's) encoding a clip
+    video-5b.vae_decode      Wan 2.2's VAE (the 5B's) decoding the clip
     identity                 dlib's ResNet face descriptor on one 150x150 face chip (dlib, not torch: a replica)
+
+Each evaluation is counted twice over: its FLOPs and the peak bytes of its activations (`likeness.estimate.counting`).
+Counts are kept for the process, and between processes in a file once `keep_counts_in(path)` names one.
 
 Shapes default to the production profile's (production-5b's for video-5b); any can be given:
 
     evaluation_flops("editor.transformer")                                   # 1024x1024 with one condition
     evaluation_flops("video.transformer", frames=81, width=1280, height=720)
+    evaluation("video.transformer").activation_bytes
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from likeness.estimate.counts import Measure
 from likeness.models import wan_flops
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from likeness.estimate.counts import CountFile
 
 # transformer/config.json of Qwen/Qwen-Image-Edit-2511 (its `pooled_projection_dim`, 768, is no argument of the
 # diffusers class and shapes nothing).
@@ -141,6 +154,19 @@ WAN21_VAE: dict[str, Any] = {
     "attn_scales": [], "base_dim": 96, "dim_mult": [1, 2, 4, 4], "dropout": 0.0, "num_res_blocks": 2,
     "temperal_downsample": [False, True, True], "z_dim": 16,
 }  # fmt: skip
+# text_encoder/config.json of Wan-AI/Wan2.2-T2V-A14B-Diffusers (google/umt5-xxl's encoder; the TI2V-5B has the same).
+UMT5_XXL: dict[str, Any] = {
+    "d_ff": 10240, "d_kv": 64, "d_model": 4096, "feed_forward_proj": "gated-gelu", "layer_norm_epsilon": 1e-6,
+    "num_heads": 64, "num_layers": 24, "relative_attention_max_distance": 128, "relative_attention_num_buckets": 32,
+    "tie_word_embeddings": False, "vocab_size": 256384,
+}  # fmt: skip
+# vae/config.json of Wan-AI/Wan2.2-TI2V-5B-Diffusers (Wan 2.2's own VAE: 16x spatially, 48 latent channels; its
+# `clip_output`, false, is no argument of this diffusers' class; latents_mean/std left out).
+WAN22_VAE: dict[str, Any] = {
+    "attn_scales": [], "base_dim": 160, "decoder_base_dim": 256, "dim_mult": [1, 2, 4, 4],
+    "dropout": 0.0, "in_channels": 12, "is_residual": True, "num_res_blocks": 2, "out_channels": 12, "patch_size": 2,
+    "scale_factor_spatial": 16, "scale_factor_temporal": 4, "temperal_downsample": [False, True, True], "z_dim": 48,
+}  # fmt: skip
 
 # dlib's dlib_face_recognition_resnet_model_v1 (`anet_type` in dlib's tools/python/src/face_recognition.cpp and
 # examples/dnn_face_recognition_ex.cpp): a 150x150 RGB chip, con 7x7/2 of 32 filters, max_pool 3x3/2, then residual
@@ -214,6 +240,18 @@ def _build_wan_vae() -> Any:
     return AutoencoderKLWan(**WAN21_VAE)
 
 
+def _build_umt5_xxl() -> Any:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(**UMT5_XXL))
+
+
+def _build_wan22_vae() -> Any:
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(**WAN22_VAE)
+
+
 def _build_dlib_resnet() -> Any:
     import torch
     from torch import nn
@@ -279,6 +317,8 @@ _BUILDERS: dict[str, Callable[[], Any]] = {
     "wan22_14b": lambda: wan_flops.meta_transformer("wan22_14b"),
     "wan21_vae": _build_wan_vae,
     "wan22_5b": lambda: wan_flops.meta_transformer("wan22_5b"),
+    "wan22_vae": _build_wan22_vae,
+    "umt5_xxl": _build_umt5_xxl,
     "dlib_resnet": _build_dlib_resnet,
 }
 
@@ -286,14 +326,15 @@ _BUILDERS: dict[str, Callable[[], Any]] = {
 # Counting ---------------------------------------------------------------------------------------------------------
 
 
-def count_flops(call: Callable[[], Any]) -> int:
-    """The FLOPs FlopCounterMode counts while `call()` runs, without autograd."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+def _measure(call: Callable[[], Any]) -> Measure:
+    from likeness.estimate.counting import measure
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        call()
-    return counter.get_total_flops()
+    return measure(call)
+
+
+def _in_turn(*measures: Measure) -> Measure:
+    """Calls made one after another: their FLOPs add, their activations do not overlap."""
+    return Measure(sum(m.flops for m in measures), max(m.activation_bytes for m in measures))
 
 
 def _grids_on_cpu() -> Any:
@@ -333,7 +374,7 @@ def _vision_grid(processor: dict[str, int], width: int, height: int) -> tuple[in
     return resized_height // processor["patch_size"], resized_width // processor["patch_size"]
 
 
-def _vision_flops(model: Any, processor: dict[str, int], grids: list[tuple[int, int]]) -> int:
+def _vision_flops(model: Any, processor: dict[str, int], grids: list[tuple[int, int]]) -> Measure:
     """One pass of a Qwen VL model's vision tower over images cut into `grids` of patches."""
     import torch
 
@@ -345,28 +386,29 @@ def _vision_flops(model: Any, processor: dict[str, int], grids: list[tuple[int, 
         with _grids_on_cpu():
             model.model.visual(pixels, grid_thw=grid_thw)
 
-    return count_flops(run)
+    return _measure(run)
 
 
 def _merged_tokens(processor: dict[str, int], grid: tuple[int, int]) -> int:
     return grid[0] * grid[1] // processor["merge_size"] ** 2
 
 
-def _language_model_flops(model: Any, tokens: int, logits: int) -> int:
+def _language_model_flops(model: Any, tokens: int, logits: int) -> Measure:
     """A Qwen VL language model's prefill of `tokens` embedded tokens, with logits for the last `logits` (0: all)."""
     import torch
 
     hidden = model.config.text_config.hidden_size
     positions = torch.zeros(3, 1, tokens, dtype=torch.long, device="meta")  # the M-RoPE positions change no FLOP
-    return count_flops(lambda: model(inputs_embeds=_empty(1, tokens, hidden), position_ids=positions,
+    return _measure(lambda: model(inputs_embeds=_empty(1, tokens, hidden), position_ids=positions,
                                      logits_to_keep=logits))  # fmt: skip
 
 
 def _square(area: int) -> tuple[int, int]:
-    """The (width, height) Qwen-Image-Edit resizes a square condition image of `area` pixels to."""
-    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
-
-    return calculate_dimensions(area, 1.0)
+    """The (width, height) Qwen-Image-Edit resizes a square condition image of `area` pixels to: its side rounded to
+    a multiple of 32, as the pipeline's `calculate_dimensions` does (the tests hold the two equal; importing the
+    pipeline to ask it takes seconds)."""
+    side = round(math.sqrt(area) / 32) * 32
+    return side, side
 
 
 def _edit_text_tokens(conditions: int, vl_condition_area: int, prompt_tokens: int) -> int:
@@ -378,7 +420,7 @@ def _edit_text_tokens(conditions: int, vl_condition_area: int, prompt_tokens: in
 def _editor_transformer(
     model: Any, width: int, height: int, conditions: int, condition_area: int, vl_condition_area: int,
     prompt_tokens: int,
-) -> int:  # fmt: skip
+) -> Measure:  # fmt: skip
     import torch
 
     # Square conditions: a condition's tokens follow its area, its aspect moves them only by the rounding.
@@ -387,35 +429,37 @@ def _editor_transformer(
     image_tokens = sum(h * w for _, h, w in img_shapes[0])
     text_tokens = _edit_text_tokens(conditions, vl_condition_area, prompt_tokens)
     config = model.config
-    return count_flops(lambda: model(
+    return _measure(lambda: model(
         hidden_states=_empty(1, image_tokens, config.in_channels),
         encoder_hidden_states=_empty(1, text_tokens, config.joint_attention_dim),
         timestep=torch.zeros(1, device="meta"), img_shapes=img_shapes, return_dict=False,
     ))  # fmt: skip
 
 
-def _editor_text_encoder(model: Any, conditions: int, vl_condition_area: int, prompt_tokens: int) -> int:
+def _editor_text_encoder(model: Any, conditions: int, vl_condition_area: int, prompt_tokens: int) -> Measure:
     grid = _vision_grid(QWEN_EDIT_PROCESSOR, *_square(vl_condition_area))
     tokens = EDIT_SYSTEM_TOKENS + _edit_text_tokens(conditions, vl_condition_area, prompt_tokens)
     # The pipeline calls the whole model for its hidden states, so the logits of every token are computed too.
-    return _vision_flops(model, QWEN_EDIT_PROCESSOR, [grid] * conditions) + _language_model_flops(model, tokens, 0)
+    return _in_turn(
+        _vision_flops(model, QWEN_EDIT_PROCESSOR, [grid] * conditions), _language_model_flops(model, tokens, 0)
+    )
 
 
-def _image_vae_encode(model: Any, width: int, height: int) -> int:
+def _image_vae_encode(model: Any, width: int, height: int) -> Measure:
     # Qwen-Image's VAE is a video VAE: a still is one frame.
-    return count_flops(lambda: model.encode(_empty(1, 3, 1, height, width)))
+    return _measure(lambda: model.encode(_empty(1, 3, 1, height, width)))
 
 
-def _image_vae_decode(model: Any, width: int, height: int) -> int:
-    return count_flops(lambda: model.decode(_empty(1, model.config.z_dim, 1, height // 8, width // 8)))
+def _image_vae_decode(model: Any, width: int, height: int) -> Measure:
+    return _measure(lambda: model.decode(_empty(1, model.config.z_dim, 1, height // 8, width // 8)))
 
 
-def _refiner_transformer(model: Any, width: int, height: int) -> int:
+def _refiner_transformer(model: Any, width: int, height: int) -> Measure:
     import torch
 
     image_tokens = (height // 16) * (width // 16)  # 8x VAE, 2x2 latent patches packed into 64 channels
     config = model.config
-    return count_flops(lambda: model(
+    return _measure(lambda: model(
         hidden_states=_empty(1, image_tokens, config.in_channels),
         encoder_hidden_states=_empty(1, T5_TOKENS, config.joint_attention_dim),
         pooled_projections=_empty(1, config.pooled_projection_dim),
@@ -425,27 +469,27 @@ def _refiner_transformer(model: Any, width: int, height: int) -> int:
     ))  # fmt: skip
 
 
-def _text_encoder(model: Any, tokens: int) -> int:
+def _text_encoder(model: Any, tokens: int) -> Measure:
     import torch
 
-    return count_flops(lambda: model(input_ids=torch.zeros(1, tokens, dtype=torch.long, device="meta")))
+    return _measure(lambda: model(input_ids=torch.zeros(1, tokens, dtype=torch.long, device="meta")))
 
 
-def _flux_vae_encode(model: Any, width: int, height: int) -> int:
-    return count_flops(lambda: model.encode(_empty(1, 3, height, width)))
+def _flux_vae_encode(model: Any, width: int, height: int) -> Measure:
+    return _measure(lambda: model.encode(_empty(1, 3, height, width)))
 
 
-def _flux_vae_decode(model: Any, width: int, height: int) -> int:
-    return count_flops(lambda: model.decode(_empty(1, model.config.latent_channels, height // 8, width // 8)))
+def _flux_vae_decode(model: Any, width: int, height: int) -> Measure:
+    return _measure(lambda: model.decode(_empty(1, model.config.latent_channels, height // 8, width // 8)))
 
 
-def _upscaler(model: Any, width: int, height: int) -> int:
-    return count_flops(lambda: model(_empty(1, 3, height, width)))
+def _upscaler(model: Any, width: int, height: int) -> Measure:
+    return _measure(lambda: model(_empty(1, 3, height, width)))
 
 
 @cache
-def _caption_steps(model: Any, width: int, height: int, prompt_tokens: int) -> tuple[int, int, int]:
-    """The captioner's (vision tower and prefill, first decode step, what each further step adds)."""
+def _caption_steps(model: Any, width: int, height: int, prompt_tokens: int) -> tuple[Measure, Measure, int]:
+    """The captioner's (vision tower and prefill, first decode step, the FLOPs each further step adds)."""
     grid = _vision_grid(QWEN3_VL_PROCESSOR, width, height)
     context = _merged_tokens(QWEN3_VL_PROCESSOR, grid) + 2 + prompt_tokens  # + the vision markers
     hidden = model.config.text_config.hidden_size
@@ -460,34 +504,44 @@ def _caption_steps(model: Any, width: int, height: int, prompt_tokens: int) -> t
                      use_cache=True, logits_to_keep=1).past_key_values  # fmt: skip
 
     caches: list[Any] = []
-    prefill += count_flops(lambda: caches.append(step(None, context)))
-    first = count_flops(lambda: caches.append(step(caches[-1], 1)))
-    second = count_flops(lambda: step(caches[-1], 1))
-    return prefill, first, second - first
+    prefill = _in_turn(prefill, _measure(lambda: caches.append(step(None, context))))
+    first = _measure(lambda: caches.append(step(caches[-1], 1)))
+    second = _measure(lambda: step(caches[-1], 1))
+    return prefill, first, second.flops - first.flops
 
 
-def _captioner(model: Any, width: int, height: int, prompt_tokens: int, new_tokens: int) -> int:
+def _captioner(model: Any, width: int, height: int, prompt_tokens: int, new_tokens: int) -> Measure:
     if new_tokens < 1:
         raise ValueError(f"a caption has at least one new token, got new_tokens={new_tokens}")
     prefill, first, growth = _caption_steps(model, width, height, prompt_tokens)
     # The prefill gives the first token; each later one is a decode step over one more cached token than the last.
+    # The cache a step reads grows by a token a step: the first step's activations are within a few % of the last's.
     steps = new_tokens - 1
-    return prefill + steps * first + growth * steps * (steps - 1) // 2
+    flops = prefill.flops + steps * first.flops + growth * steps * (steps - 1) // 2
+    return Measure(flops, max(prefill.activation_bytes, first.activation_bytes))
 
 
-def _wan_transformer(base: str) -> Callable[..., int]:
-    def count(model: Any, frames: int, width: int, height: int) -> int:
-        return wan_flops.count_evaluation(model, wan_flops.latent_shape(base, frames, height, width))[0]
+def _wan_transformer(base: str) -> Callable[..., Measure]:
+    def count(model: Any, frames: int, width: int, height: int) -> Measure:
+        inputs = wan_flops.evaluation_inputs(wan_flops.latent_shape(base, frames, height, width))
+        return _measure(lambda: model(**inputs, return_dict=False))
 
     return count
 
 
-def _wan_vae_decode(model: Any, frames: int, width: int, height: int) -> int:
-    return count_flops(lambda: model.decode(_empty(*wan_flops.latent_shape("wan22_14b", frames, height, width))))
+def _wan_vae_encode(model: Any, frames: int, width: int, height: int) -> Measure:
+    return _measure(lambda: model.encode(_empty(1, 3, frames, height, width)))
 
 
-def _identity(model: Any) -> int:
-    return count_flops(lambda: model(_empty(1, 3, DLIB_FACE_CHIP, DLIB_FACE_CHIP)))
+def _wan_vae_decode(base: str) -> Callable[..., Measure]:
+    def count(model: Any, frames: int, width: int, height: int) -> Measure:
+        return _measure(lambda: model.decode(_empty(*wan_flops.latent_shape(base, frames, height, width))))
+
+    return count
+
+
+def _identity(model: Any) -> Measure:
+    return _measure(lambda: model(_empty(1, 3, DLIB_FACE_CHIP, DLIB_FACE_CHIP)))
 
 
 # Parts ------------------------------------------------------------------------------------------------------------
@@ -533,8 +587,12 @@ _PARTS: dict[str, tuple[str, Callable[..., int], Callable[[Any], dict[str, int]]
         **_tile(p.upscale.size), "prompt_tokens": CAPTION_PROMPT_TOKENS, "new_tokens": p.caption.max_new_tokens,
     }, "production"),  # fmt: skip
     "video.transformer": ("wan22_14b", _wan_transformer("wan22_14b"), _clip, "production"),
-    "video.vae_decode": ("wan21_vae", _wan_vae_decode, _clip, "production"),
+    "video.text_encoder": ("umt5_xxl", _text_encoder, lambda p: {"tokens": wan_flops.TEXT_TOKENS}, "production"),
+    "video.vae_encode": ("wan21_vae", _wan_vae_encode, _clip, "production"),
+    "video.vae_decode": ("wan21_vae", _wan_vae_decode("wan22_14b"), _clip, "production"),
     "video-5b.transformer": ("wan22_5b", _wan_transformer("wan22_5b"), _clip, "production-5b"),
+    "video-5b.vae_encode": ("wan22_vae", _wan_vae_encode, _clip, "production-5b"),
+    "video-5b.vae_decode": ("wan22_vae", _wan_vae_decode("wan22_5b"), _clip, "production-5b"),
     "identity": ("dlib_resnet", _identity, lambda p: {}, "production"),
 }  # fmt: skip
 PARTS: tuple[str, ...] = tuple(_PARTS)
@@ -568,10 +626,14 @@ def _shared_model(module: str) -> nn.Module:
     return _build(module)
 
 
-@cache
 def parameter_count(role_part: str) -> int:
     """The number of parameters of `role_part`'s module (a VAE's whole, for its encode and its decode)."""
-    return sum(parameter.numel() for parameter in _shared_model(_part(role_part)[0]).parameters())
+    module = _part(role_part)[0]
+    return kept(f"parameters:{module}", lambda: {"parameters": _parameters(_shared_model(module))})["parameters"]
+
+
+def _parameters(model: nn.Module) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def production_shape(role_part: str) -> dict[str, int]:
@@ -587,16 +649,92 @@ def _production_shape(role_part: str) -> tuple[tuple[str, int], ...]:
     return tuple(shape(load_profile(profile)).items())
 
 
-def evaluation_flops(role_part: str, **shape: int) -> int:
-    """Forward FLOPs of one evaluation of `role_part` at `shape`, the production shape where not given."""
+def evaluation(role_part: str, **shape: int) -> Measure:
+    """FLOPs and peak activation bytes of one evaluation of `role_part` at `shape`, the production shape where not
+    given."""
     defaults = production_shape(role_part)
     unknown = sorted(shape.keys() - defaults.keys())
     if unknown:
         raise TypeError(f"{role_part} has no shape {', '.join(unknown)}; its shape: {', '.join(defaults)}")
-    return _evaluation_flops(role_part, tuple(sorted({**defaults, **shape}.items())))
+    shape = {**defaults, **shape}
+    key = f"{role_part}:" + ",".join(f"{name}={value}" for name, value in sorted(shape.items()))
+    module, count = _part(role_part)[:2]
+    return Measure(**kept(key, lambda: count(_shared_model(module), **shape)._asdict()))
 
 
-@cache
-def _evaluation_flops(role_part: str, shape: tuple[tuple[str, int], ...]) -> int:
-    module, count, _, _ = _part(role_part)
-    return count(_shared_model(module), **dict(shape))
+def evaluation_flops(role_part: str, **shape: int) -> int:
+    """Forward FLOPs of one evaluation of `role_part` at `shape`, the production shape where not given."""
+    return evaluation(role_part, **shape).flops
+
+
+def lora_training_step(base: str, size: int, rank: int, gradient_checkpointing: bool) -> dict[str, int]:
+    """One training step of a rank-`rank` LoRA on the Wan transformer `base` at `size`x`size` (one image, as the
+    seed trains): forward and backward FLOPs, the peak bytes of the step's own tensors (its gradients included), the
+    base's parameters and the LoRA's."""
+    key = f"lora_training_step:base={base},checkpointing={gradient_checkpointing:d},rank={rank},size={size}"
+    return kept(key, lambda: _lora_training_step(base, size, rank, gradient_checkpointing))
+
+
+def _lora_training_step(base: str, size: int, rank: int, gradient_checkpointing: bool) -> dict[str, int]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from likeness.estimate.counting import measure_with_grad
+    from likeness.training.wan_lora import LORA_TARGETS
+
+    model = wan_flops.meta_transformer(base, rank, LORA_TARGETS)
+    if gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    inputs = wan_flops.evaluation_inputs(wan_flops.latent_shape(base, 1, size, size))
+    forward: list[int] = []
+
+    def step() -> None:
+        with FlopCounterMode(display=False) as counter:
+            out = model(**inputs, return_dict=False)[0]
+        forward.append(counter.get_total_flops())
+        out.float().square().mean().backward()
+
+    with torch.enable_grad():
+        measured = measure_with_grad(step)
+    lora = sum(parameter.numel() for name, parameter in model.named_parameters() if "lora_" in name)
+    return {
+        "forward": forward[0],
+        # With gradient checkpointing the backward pass runs each block's forward again: counted here, not assumed.
+        "step": measured.flops,
+        "activation_bytes": measured.activation_bytes,  # the LoRA's gradients included
+        "parameters": _parameters(model) - lora,
+        "lora_parameters": lora,
+    }
+
+
+# Counts kept between processes ------------------------------------------------------------------------------------
+
+# What the counts depend on beside the libraries: a change to any of these files counts everything again.
+COUNTING_SOURCES = tuple(Path(__file__).parent / name for name in ("roles.py", "counting.py", "../models/wan_flops.py"))
+_KEPT: dict[str, dict[str, int]] = {}
+_count_file: CountFile | None = None
+
+
+def keep_counts_in(path: Path | None) -> None:
+    """Keep every count in the JSON file at `path` too, so a later process reads it instead of counting; None: in
+    this process only."""
+    global _count_file
+    if path is None:
+        _count_file = None
+        return
+    from likeness.estimate.counts import CountFile, fingerprint
+
+    _count_file = CountFile(path, fingerprint(COUNTING_SOURCES))
+
+
+def kept(key: str, count: Callable[[], dict[str, int]]) -> dict[str, int]:
+    """The count under `key`: from this process, from the count file, or counted now (and kept in both)."""
+    if key in _KEPT:
+        return _KEPT[key]
+    found = _count_file.get(key) if _count_file is not None else None
+    if found is None:
+        found = count()
+        if _count_file is not None:
+            _count_file.put(key, found)
+    _KEPT[key] = found
+    return found

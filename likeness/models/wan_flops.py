@@ -61,16 +61,23 @@ def latent_shape(base: str, frames: int, height: int, width: int) -> tuple[int, 
     return 1, WAN_CONFIGS[base]["in_channels"], (frames - 1) // 4 + 1, height // scale, width // scale
 
 
+def evaluation_inputs(shape: tuple[int, ...]) -> dict[str, Any]:
+    """A transformer evaluation's inputs on the meta device: a latent of `shape`, the timestep and UMT5's text."""
+    import torch
+
+    return {
+        "hidden_states": torch.empty(shape, device="meta", dtype=torch.bfloat16),
+        "timestep": torch.zeros(1, device="meta", dtype=torch.long),
+        "encoder_hidden_states": torch.empty(1, TEXT_TOKENS, 4096, device="meta", dtype=torch.bfloat16),
+    }
+
+
 def count_evaluation(model: Any, shape: tuple[int, ...], backward: bool = False) -> tuple[int, int]:
     """(forward, backward) FLOPs of one transformer evaluation on a latent of `shape`; backward 0 unless asked."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    hidden = torch.empty(shape, device="meta", dtype=torch.bfloat16)
-    text = torch.empty(1, TEXT_TOKENS, 4096, device="meta", dtype=torch.bfloat16)
-    timestep = torch.zeros(1, device="meta", dtype=torch.long)
     with FlopCounterMode(display=False) as forward:
-        out = model(hidden_states=hidden, timestep=timestep, encoder_hidden_states=text, return_dict=False)[0]
+        out = model(**evaluation_inputs(shape), return_dict=False)[0]
     if not backward:
         return forward.get_total_flops(), 0
     with FlopCounterMode(display=False) as backward_pass:

@@ -1,0 +1,117 @@
+"""Counting one call of a model on PyTorch's `meta` device: its FLOPs and the peak bytes of the tensors it makes.
+
+FLOPs come from `torch.utils.flop_counter.FlopCounterMode`: twice the multiply-adds of matrix products and
+convolutions, attention included. Activation bytes are the most the call's own tensors (not the weights, not what
+existed before it) take at once: every storage an operator allocates counts from its creation until its last
+reference goes. Attention counts as a fused kernel would run it on a GPU (flash or memory-efficient attention: its
+output, no attention matrix), though on the meta device PyTorch decomposes it into the matrix products the FLOPs
+count.
+
+    measured = measure(lambda: model(hidden_states=torch.empty(1, 4096, 64, device="meta")))
+    measured.flops, measured.activation_bytes
+
+Counting the real-size models takes seconds each: `likeness.estimate.counts.CountFile` keeps them between processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils import _pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from likeness.estimate.counts import Measure
+
+
+def measure(call: Callable[[], Any]) -> Measure:
+    """Run `call()` once without autograd and count its FLOPs and peak activation bytes."""
+    with torch.no_grad():
+        live = LiveBytes()
+        with FlopCounterMode(display=False) as counter, live, fused_attention(live):
+            call()
+    return Measure(counter.get_total_flops(), live.peak)
+
+
+def measure_with_grad(call: Callable[[], Any]) -> Measure:
+    """`measure` with autograd as the caller left it, so a backward pass in `call` counts, and the tensors the forward
+    pass saves for it. It runs `call()` twice: FlopCounterMode's module hooks keep tensors alive in a backward pass
+    that would otherwise be freed, so the FLOPs are counted in one run and the bytes in the other."""
+    with FlopCounterMode(display=False) as counter:
+        call()
+    live = LiveBytes()
+    with live, fused_attention(live):
+        call()
+    return Measure(counter.get_total_flops(), live.peak)
+
+
+def count_flops(call: Callable[[], Any]) -> int:
+    """The FLOPs FlopCounterMode counts while `call()` runs, without autograd."""
+    return measure(call).flops
+
+
+class LiveBytes(TorchDispatchMode):
+    """Tracks the storages operators allocate (outputs that alias no input) until they are freed: `peak` bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[int, StorageWeakRef]] = {}  # storage address -> (bytes, weak reference)
+        self.current = self.peak = 0
+        self.paused = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if not self.paused:
+            returns = func._schema.returns
+            outputs = [out] if len(returns) == 1 else list(out)
+            for schema, output in zip(returns, outputs, strict=True):
+                if schema.alias_info is None:
+                    self.track(output)
+        return out
+
+    def track(self, output: Any) -> None:
+        """Count the storages of the tensors in `output` not yet counted."""
+        for tensor in _pytree.tree_leaves(output):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            self._sweep()
+            if storage._cdata in self.live:
+                continue
+            self.live[storage._cdata] = (storage.nbytes(), StorageWeakRef(storage))
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+
+    def _sweep(self) -> None:
+        for address, (size, reference) in list(self.live.items()):
+            if reference.expired():
+                del self.live[address]
+                self.current -= size
+
+
+@contextmanager
+def fused_attention(live: LiveBytes) -> Iterator[None]:
+    """While inside, an attention call counts its output alone, as a fused GPU kernel allocates, not the tensors of
+    its decomposition. It replaces `torch.nn.functional.scaled_dot_product_attention` for the while (diffusers and
+    transformers look it up at each call): a function mode would miss the calls gradient checkpointing replays in
+    the backward pass, which runs without the caller's function modes."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counted_as_fused(*args: Any, **kwargs: Any) -> Any:
+        live.paused += 1
+        try:
+            out = sdpa(*args, **kwargs)
+        finally:
+            live.paused -= 1
+        live.track(out)
+        return out
+
+    torch.nn.functional.scaled_dot_product_attention = counted_as_fused
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
