@@ -1302,7 +1302,7 @@ def estimate(
     except (InvalidInput, RunPodError, ValueError) as exc:
         _fail(str(exc))
     title = f"{trigger}: {model_profile.name} profile on one {gpu} at ${price.usd_per_hour:.2f}/h ({price.source})"
-    wide = Console(width=max(Console().width, 140))  # the table's ten columns, unwrapped, also when piped
+    wide = Console(width=max(Console().width, 150))  # the table's ten columns, unwrapped, also when piped
     wide.print(estimate_table(rows, title))
     try:
         record = read_record(out or Path("likeness-out") / trigger) or {}

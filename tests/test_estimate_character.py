@@ -75,6 +75,9 @@ def test_curation_tries_and_the_guard_bound_the_most_a_stage_costs():
         assert rows[stage].most_flops == rows[stage].flops
     once = stages(merged(SMALL, {"dataset": {"curation": {"max_tries": 1}}}))["dataset: edit"]
     assert once.most_flops == pytest.approx(once.flops) and once.flops == pytest.approx(edit.flops)
+    # Without identity (--no-identity) nothing guards the face: one refine from the configured start step.
+    unguarded = stages(merged(SMALL, {"dataset": {"curation": {"identity": False}}}))["dataset: upscale + refine"]
+    assert unguarded.flops == unguarded.most_flops < refine.flops
 
 
 def test_activations_and_what_a_trainer_keeps_count_in_the_peak():

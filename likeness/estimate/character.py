@@ -128,7 +128,8 @@ def _edit(config: RunConfig, shots: list[Shot]) -> Work:
         # Each try: the denoising passes, the prompt (twice with CFG), the conditions encoded, the output decoded,
         # and the identity model on it (its descriptor, compared with the reference's).
         one_try = edit.steps * cfg * transformer.flops + cfg * text.flops + conditions * encode.flops + decode.flops
-        one_try += roles.evaluation_flops("identity")
+        if config.dataset.curation.identity:
+            one_try += roles.evaluation_flops("identity")
         work.evaluations += edit.steps * cfg
         tries = config.dataset.curation.max_tries
         one = Count(one_try, 1, edit.steps * cfg)
@@ -208,7 +209,9 @@ def _upscale(config: RunConfig, shots: list[Shot]) -> Work:
         width, height = shot_size(shot.aspect, edit.size, EDIT_MULTIPLE)
         esrgan_tiles = len(tile_grid(width, height, upscale.esrgan_tile, upscale.esrgan_overlap))
         fixed = esrgan_tiles * esrgan.flops + sum(text.flops for text in texts)
-        outcomes = guard_outcomes(upscale, target_size(width, height, upscale.size), face_share_of(shot))
+        # Without identity (--no-identity) there is no reference to guard the face against.
+        face_share = face_share_of(shot) if dataset.curation.identity else None
+        outcomes = guard_outcomes(upscale, target_size(width, height, upscale.size), face_share)
         # Each refined tile is a pipeline call of its own.
         counts = [
             Count(

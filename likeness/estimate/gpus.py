@@ -20,7 +20,7 @@ Assumptions, stated because nothing here measured them:
 - Offloaded weights cost copy time at the link's rate (PCIE4, PCIE5), not overlapped with compute: model offload
   moves each part in once per pipeline call, sequential offload streams the largest part at every evaluation.
   Cross-check, not used: the seed's "1.5 hours" for its 14B LoRA on an RTX 5090 in AI Toolkit's low-VRAM mode
-  against the estimate's sequential-offload training there (about 1.4 h).
+  against the estimate's sequential-offload training there (1.47 h).
 """
 
 from __future__ import annotations
