@@ -128,7 +128,7 @@ def test_the_condition_size_is_the_pipelines():
     from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_dimensions
 
     for area in (147_456, 1_048_576, 1_000_000, 3000):
-        assert roles._square(area) == calculate_dimensions(area, 1.0)
+        assert roles.condition_size(area) == calculate_dimensions(area, 1.0)
 
 
 def test_activations_are_counted_at_the_production_shapes():

@@ -61,15 +61,18 @@ class StageEstimate(NamedTuple):
 
 
 class Count(NamedTuple):
-    """What a stage does, expected or at most: FLOPs, pipeline calls (each moves every part in once under model
-    offload) and evaluations of its largest part (each streams it in under sequential offload)."""
+    """What a stage does, expected or at most: FLOPs, the weight bytes model offload moves in (each pipeline call
+    moves in the parts it runs) and evaluations of its largest part (each streams it in under sequential offload)."""
 
     flops: float = 0.0
-    calls: float = 0.0
+    moved_bytes: float = 0.0
     streams: float = 0.0
 
-    def __add__(self, other: tuple) -> Count:  # type: ignore[override]
+    def plus(self, other: Count) -> Count:
         return Count(*(a + b for a, b in zip(self, other, strict=True)))
+
+    def times(self, factor: float) -> Count:
+        return Count(*(factor * value for value in self))
 
 
 @dataclass
@@ -83,10 +86,11 @@ class Work:
     parameters: dict[str, int] = field(default_factory=dict)  # by part
     activations: dict[str, int] = field(default_factory=dict)  # peak bytes while the part works
     state_bytes: int = 0  # resident throughout: a trainer's LoRA and optimizer state
+    offload: MemoryMode | None = None  # the lightest memory mode the stage runs in; None: the profile's
 
     def add(self, expected: Count, most: Count | None = None) -> None:
-        self.expected += expected
-        self.most += expected if most is None else most
+        self.expected = self.expected.plus(expected)
+        self.most = self.most.plus(expected if most is None else most)
 
     def working(self, part: str, activation_bytes: int) -> None:
         self.activations[part] = max(self.activations.get(part, 0), activation_bytes)
@@ -106,7 +110,7 @@ def estimate_character(
     shots = catalogue.shots(config.dataset.variations, garments=0, poses=0)
     stages = [_edit(config, shots), _upscale(config, shots), _caption(config, shots), _training(config, len(shots))]
     stages.append(_rendering(config, profile))
-    return [_on_gpu(work, gpu, price) for work in stages]
+    return [_on_gpu(work, gpu, price, work.offload or profile.offload) for work in stages]
 
 
 def _edit(config: RunConfig, shots: list[Shot]) -> Work:
@@ -118,12 +122,17 @@ def _edit(config: RunConfig, shots: list[Shot]) -> Work:
     for shot in shots:
         width, height = shot_size(shot.aspect, edit.size, EDIT_MULTIPLE)
         conditions = 1 + (shot.needs is not None)
-        prompt = {"conditions": conditions, "vl_condition_area": edit.vl_condition_area, "prompt_tokens": 80}
+        prompt = {
+            "conditions": conditions,
+            "vl_condition_area": edit.vl_condition_area,
+            "prompt_tokens": roles.EDIT_PROMPT_TOKENS,
+        }
         transformer = roles.evaluation(
             "editor.transformer", width=width, height=height, condition_area=edit.condition_area, **prompt
         )
         text = roles.evaluation("editor.text_encoder", **prompt)
-        encode = roles.evaluation("editor.vae_encode")
+        condition_width, condition_height = roles.condition_size(edit.condition_area)
+        encode = roles.evaluation("editor.vae_encode", width=condition_width, height=condition_height)
         decode = roles.evaluation("editor.vae_decode", width=width, height=height)
         # Each try: the denoising passes, the prompt (twice with CFG), the conditions encoded, the output decoded,
         # and the identity model on it (its descriptor, compared with the reference's).
@@ -131,9 +140,8 @@ def _edit(config: RunConfig, shots: list[Shot]) -> Work:
         if config.dataset.curation.identity:
             one_try += roles.evaluation_flops("identity")
         work.evaluations += edit.steps * cfg
-        tries = config.dataset.curation.max_tries
-        one = Count(one_try, 1, edit.steps * cfg)
-        work.add(one, Count(*(tries * value for value in one)))
+        one = Count(one_try, sum(work.parameters.values()) * BF16_BYTES, edit.steps * cfg)
+        work.add(one, one.times(config.dataset.curation.max_tries))
         work.working("transformer", transformer.activation_bytes)
         work.working("text_encoder", text.activation_bytes)
         work.working("vae", max(encode.activation_bytes, decode.activation_bytes))
@@ -200,10 +208,12 @@ def _upscale(config: RunConfig, shots: list[Shot]) -> Work:
         "upscaler": "upscaler",
     }
     work.parameters = {part: roles.parameter_count(role_part) for part, role_part in parts.items()}
-    refiner = roles.evaluation("refiner.transformer")
-    tile_vae = [roles.evaluation("refiner.vae_encode"), roles.evaluation("refiner.vae_decode")]
+    # Every refine call is counted at a whole tile: the guard's region can be smaller.
+    tile = {"width": upscale.tile, "height": upscale.tile}
+    refiner = roles.evaluation("refiner.transformer", **tile)
+    tile_vae = [roles.evaluation("refiner.vae_encode", **tile), roles.evaluation("refiner.vae_decode", **tile)]
     texts = [roles.evaluation("refiner.text_encoder"), roles.evaluation("refiner.text_encoder_2")]
-    esrgan = roles.evaluation("upscaler")
+    esrgan = roles.evaluation("upscaler", width=upscale.esrgan_tile, height=upscale.esrgan_tile)
     identity = roles.evaluation_flops("identity")
     for shot in shots:
         width, height = shot_size(shot.aspect, edit.size, EDIT_MULTIPLE)
@@ -212,19 +222,23 @@ def _upscale(config: RunConfig, shots: list[Shot]) -> Work:
         # Without identity (--no-identity) there is no reference to guard the face against.
         face_share = face_share_of(shot) if dataset.curation.identity else None
         outcomes = guard_outcomes(upscale, target_size(width, height, upscale.size), face_share)
-        # Each refined tile is a pipeline call of its own.
+        # The prompt is encoded once an image; each refined tile is a pipeline call of its own (the transformer and
+        # the VAE).
+        prompt_bytes = (work.parameters["text_encoder"] + work.parameters["text_encoder_2"]) * BF16_BYTES
+        tile_bytes = (work.parameters["transformer"] + work.parameters["vae"]) * BF16_BYTES
         counts = [
             Count(
                 fixed
                 + refine.tile_steps * refiner.flops
                 + refine.tiles * sum(vae.flops for vae in tile_vae)
                 + refine.face_checks * identity,
-                1 + refine.tiles,
+                prompt_bytes + refine.tiles * tile_bytes,
                 refine.tile_steps,
             )
             for refine in outcomes
         ]
-        work.add(Count(*(sum(values) / len(counts) for values in zip(*counts, strict=True))), max(counts))
+        mean = Count(*(sum(values) / len(counts) for values in zip(*counts, strict=True)))
+        work.add(mean, max(counts))
         work.evaluations += sum(refine.tile_steps for refine in outcomes) / len(outcomes)
     work.working("transformer", refiner.activation_bytes)
     work.working("vae", max(vae.activation_bytes for vae in tile_vae))
@@ -240,11 +254,16 @@ def _caption(config: RunConfig, shots: list[Shot]) -> Work:
     for shot in shots:
         width, height = target_size(*shot_size(shot.aspect, dataset.edit.size, EDIT_MULTIPLE), dataset.upscale.size)
         caption = roles.evaluation(
-            "captioner", width=width, height=height, prompt_tokens=100, new_tokens=dataset.caption.max_new_tokens
+            "captioner",
+            width=width,
+            height=height,
+            prompt_tokens=roles.CAPTION_PROMPT_TOKENS,
+            new_tokens=dataset.caption.max_new_tokens,
         )
         work.evaluations += 1
-        # Each token generated is an evaluation of the language model.
-        work.add(Count(caption.flops, 1, dataset.caption.max_new_tokens))
+        # Each token generated is an evaluation of the language model; it stays on the GPU between captions (a
+        # transformers model, not an offloaded pipeline).
+        work.add(Count(caption.flops, 0, dataset.caption.max_new_tokens))
         work.working("captioner", caption.activation_bytes)
     return work
 
@@ -253,7 +272,15 @@ def _training(config: RunConfig, images: int) -> Work:
     train = config.train
     step = roles.lora_training_step(train.base, train.size, train.rank, train.gradient_checkpointing)
     experts = train.trained_experts
-    work = Work("training", parameters=dict.fromkeys(experts, step["parameters"]))
+    family = "video-5b" if train.base == "wan22_5b" else "video"
+    # The trainer holds its whole pipeline on the GPU (the text encoder and VAE too); AI Toolkit's low-VRAM mode
+    # offloads.
+    work = Work("training", offload="model" if train.low_vram else "none")
+    work.parameters = {
+        **dict.fromkeys(experts, step["parameters"]),
+        "text_encoder": roles.parameter_count("video.text_encoder"),
+        "vae": roles.parameter_count(f"{family}.vae_decode"),
+    }
     # The samples at the checkpoints chosen from (as likeness.training.spec.TrainJob.sampled_steps): each a
     # `sample_steps` denoise at the training size, twice with CFG, the experts sharing the steps.
     checkpoints = {*range(train.checkpoint_every, train.steps + 1, train.checkpoint_every), train.steps}
@@ -262,7 +289,6 @@ def _training(config: RunConfig, images: int) -> Work:
     sample_passes = sample_images * train.sample_steps * (2 if train.sample_guidance_scale > 1 else 1)
     # Before the steps: each image encoded once (at the largest resolution) and each caption, and the empty one.
     shape = {"frames": 1, "width": train.size, "height": train.size}
-    family = "video-5b" if train.base == "wan22_5b" else "video"
     encode = images * roles.evaluation_flops(f"{family}.vae_encode", **shape)
     text = (images + 1) * roles.evaluation_flops("video.text_encoder")
     decode = sample_images * roles.evaluation_flops(f"{family}.vae_decode", **shape)
@@ -272,7 +298,7 @@ def _training(config: RunConfig, images: int) -> Work:
     passes = 3 if train.gradient_checkpointing else 2
     flops = train.steps * step["step"] + sample_passes * step["forward"] + encode + text + decode
     turns = math.ceil(train.steps / train.switch_boundary_every) if len(experts) > 1 else 1
-    work.add(Count(flops, turns + sample_images, train.steps * passes + sample_passes))
+    work.add(Count(flops, turns * step["parameters"] * BF16_BYTES, train.steps * passes + sample_passes))
     for expert in experts:
         work.working(expert, step["activation_bytes"])
     work.state_bytes = len(experts) * step["lora_parameters"] * LORA_STATE_BYTES
@@ -307,16 +333,18 @@ def _rendering(config: RunConfig, profile: ModelProfile) -> Work:
             + decode.flops
             + math.ceil(frames / 4) * roles.evaluation_flops("identity")  # the frames sampled for the score
         )
-        work.add(Count(flops, 1, job.config.steps * cfg))
+        work.add(Count(flops, sum(work.parameters.values()) * BF16_BYTES, job.config.steps * cfg))
         for expert in experts:
             work.working(expert, transformer.activation_bytes)
         work.working("vae", decode.activation_bytes)
     return work
 
 
-def _on_gpu(work: Work, gpu: GpuType, price: Price) -> StageEstimate:
+def _on_gpu(work: Work, gpu: GpuType, price: Price, offload: MemoryMode) -> StageEstimate:
+    """The stage on `gpu` in the profile's `offload` mode, or the first lighter one that fits."""
     block = int(max(work.parameters.values()) * SEQUENTIAL_SHARE)
-    mode = gpus.fit(gpu, work.parameters, work.activations, BF16_BYTES, block, work.state_bytes)
+    modes = gpus.MEMORY_MODES[gpus.MEMORY_MODES.index(offload) :]
+    mode = gpus.fit(gpu, work.parameters, work.activations, BF16_BYTES, block, work.state_bytes, modes=modes)
     peak = gpus.peak_memory(
         work.parameters, work.activations, BF16_BYTES, mode or "sequential", block, work.state_bytes
     )
@@ -324,16 +352,16 @@ def _on_gpu(work: Work, gpu: GpuType, price: Price) -> StageEstimate:
     def seconds(count: Count) -> tuple[float, float]:
         offload = 0.0
         if mode == "model":
-            offload = gpus.transfer_seconds(count.calls * sum(work.parameters.values()) * BF16_BYTES, gpu)
+            offload = gpus.transfer_seconds(count.moved_bytes, gpu)
         elif mode in ("sequential", None):
             offload = gpus.transfer_seconds(count.streams * max(work.parameters.values()) * BF16_BYTES, gpu)
         return gpus.seconds(count.flops, gpu) + offload, offload
 
-    (expected, offload), (most, _) = seconds(work.expected), seconds(work.most)
+    (expected, offload_seconds), (most, _) = seconds(work.expected), seconds(work.most)
     dollars = price.usd_per_hour / 3600
     return StageEstimate(
         work.stage, round(work.evaluations), work.expected.flops, expected, peak, mode, expected * dollars,
-        work.most.flops, most, most * dollars, offload,
+        work.most.flops, most, most * dollars, offload_seconds,
     )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ Assumptions, stated because nothing here measured them:
 - Peaks are the vendors' dense figures (no 2:4 sparsity), with FP32 accumulation as PyTorch uses for bf16 matmuls.
 - Memory is what nvidia-smi reports as the card's total; prices are list prices (see PRICES_AS_OF).
 - Offloaded weights cost copy time at the link's rate (PCIE4, PCIE5), not overlapped with compute: model offload
-  moves each part in once per pipeline call, sequential offload streams the largest part at every evaluation.
+  moves in the parts each pipeline call runs, sequential offload streams the largest part in at every evaluation.
   Cross-check, not used: the seed's "1.5 hours" for its 14B LoRA on an RTX 5090 in AI Toolkit's low-VRAM mode
   against the estimate's sequential-offload training there (1.47 h).
 """
@@ -184,10 +184,11 @@ def fit(
     block_parameters: int,
     state_bytes: int = 0,
     margin: float = MEMORY_MARGIN,
+    modes: tuple[MemoryMode, ...] = MEMORY_MODES,
 ) -> MemoryMode | None:
-    """The first mode of MEMORY_MODES whose peak fits `gpu` with `margin` of its memory free; None if none does."""
+    """The first of `modes` whose peak fits `gpu` with `margin` of its memory free; None if none does."""
     limit = gpu.memory_gib * 2**30 * (1 - margin)
-    for mode in MEMORY_MODES:
+    for mode in modes:
         if peak_memory(parameters, activations, dtype_bytes, mode, block_parameters, state_bytes) <= limit:
             return mode
     return None

@@ -374,7 +374,7 @@ def _vision_grid(processor: dict[str, int], width: int, height: int) -> tuple[in
     return resized_height // processor["patch_size"], resized_width // processor["patch_size"]
 
 
-def _vision_flops(model: Any, processor: dict[str, int], grids: list[tuple[int, int]]) -> Measure:
+def _vision(model: Any, processor: dict[str, int], grids: list[tuple[int, int]]) -> Measure:
     """One pass of a Qwen VL model's vision tower over images cut into `grids` of patches."""
     import torch
 
@@ -393,17 +393,17 @@ def _merged_tokens(processor: dict[str, int], grid: tuple[int, int]) -> int:
     return grid[0] * grid[1] // processor["merge_size"] ** 2
 
 
-def _language_model_flops(model: Any, tokens: int, logits: int) -> Measure:
+def _language_model(model: Any, tokens: int, logits: int) -> Measure:
     """A Qwen VL language model's prefill of `tokens` embedded tokens, with logits for the last `logits` (0: all)."""
     import torch
 
     hidden = model.config.text_config.hidden_size
     positions = torch.zeros(3, 1, tokens, dtype=torch.long, device="meta")  # the M-RoPE positions change no FLOP
     return _measure(lambda: model(inputs_embeds=_empty(1, tokens, hidden), position_ids=positions,
-                                     logits_to_keep=logits))  # fmt: skip
+                                  logits_to_keep=logits))  # fmt: skip
 
 
-def _square(area: int) -> tuple[int, int]:
+def condition_size(area: int) -> tuple[int, int]:
     """The (width, height) Qwen-Image-Edit resizes a square condition image of `area` pixels to: its side rounded to
     a multiple of 32, as the pipeline's `calculate_dimensions` does (the tests hold the two equal; importing the
     pipeline to ask it takes seconds)."""
@@ -413,7 +413,7 @@ def _square(area: int) -> tuple[int, int]:
 
 def _edit_text_tokens(conditions: int, vl_condition_area: int, prompt_tokens: int) -> int:
     """The prompt tokens the editor's transformer sees: per condition its picture's image tokens, then the prompt."""
-    picture = _merged_tokens(QWEN_EDIT_PROCESSOR, _vision_grid(QWEN_EDIT_PROCESSOR, *_square(vl_condition_area)))
+    picture = _merged_tokens(QWEN_EDIT_PROCESSOR, _vision_grid(QWEN_EDIT_PROCESSOR, *condition_size(vl_condition_area)))
     return conditions * (picture + PICTURE_TOKENS) + prompt_tokens
 
 
@@ -424,7 +424,7 @@ def _editor_transformer(
     import torch
 
     # Square conditions: a condition's tokens follow its area, its aspect moves them only by the rounding.
-    sizes = [(height, width)] + [_square(condition_area)[::-1]] * conditions
+    sizes = [(height, width)] + [condition_size(condition_area)[::-1]] * conditions
     img_shapes = [[(1, h // 16, w // 16) for h, w in sizes]]  # 8x VAE, 2x2 patches
     image_tokens = sum(h * w for _, h, w in img_shapes[0])
     text_tokens = _edit_text_tokens(conditions, vl_condition_area, prompt_tokens)
@@ -437,12 +437,10 @@ def _editor_transformer(
 
 
 def _editor_text_encoder(model: Any, conditions: int, vl_condition_area: int, prompt_tokens: int) -> Measure:
-    grid = _vision_grid(QWEN_EDIT_PROCESSOR, *_square(vl_condition_area))
+    grid = _vision_grid(QWEN_EDIT_PROCESSOR, *condition_size(vl_condition_area))
     tokens = EDIT_SYSTEM_TOKENS + _edit_text_tokens(conditions, vl_condition_area, prompt_tokens)
     # The pipeline calls the whole model for its hidden states, so the logits of every token are computed too.
-    return _in_turn(
-        _vision_flops(model, QWEN_EDIT_PROCESSOR, [grid] * conditions), _language_model_flops(model, tokens, 0)
-    )
+    return _in_turn(_vision(model, QWEN_EDIT_PROCESSOR, [grid] * conditions), _language_model(model, tokens, 0))
 
 
 def _image_vae_encode(model: Any, width: int, height: int) -> Measure:
@@ -493,7 +491,7 @@ def _caption_steps(model: Any, width: int, height: int, prompt_tokens: int) -> t
     grid = _vision_grid(QWEN3_VL_PROCESSOR, width, height)
     context = _merged_tokens(QWEN3_VL_PROCESSOR, grid) + 2 + prompt_tokens  # + the vision markers
     hidden = model.config.text_config.hidden_size
-    prefill = _vision_flops(model, QWEN3_VL_PROCESSOR, [grid])
+    prefill = _vision(model, QWEN3_VL_PROCESSOR, [grid])
 
     def step(past: Any, tokens: int) -> Any:
         import torch
@@ -558,7 +556,7 @@ def _prompt_shape(profile: Any) -> dict[str, int]:
 
 
 def _condition_shape(profile: Any) -> dict[str, int]:
-    width, height = _square(profile.edit.condition_area)
+    width, height = condition_size(profile.edit.condition_area)
     return {"width": width, "height": height}
 
 
@@ -571,7 +569,7 @@ def _clip(profile: Any) -> dict[str, int]:
 
 
 # role.part -> (module, counter, production shape from a profile, that profile).
-_PARTS: dict[str, tuple[str, Callable[..., int], Callable[[Any], dict[str, int]], str]] = {
+_PARTS: dict[str, tuple[str, Callable[..., Measure], Callable[[Any], dict[str, int]], str]] = {
     "editor.transformer": ("qwen_image_transformer", _editor_transformer, _edit_shape, "production"),
     "editor.text_encoder": ("qwen25_vl", _editor_text_encoder, _prompt_shape, "production"),
     "editor.vae_encode": ("qwen_image_vae", _image_vae_encode, _condition_shape, "production"),
@@ -598,7 +596,7 @@ _PARTS: dict[str, tuple[str, Callable[..., int], Callable[[Any], dict[str, int]]
 PARTS: tuple[str, ...] = tuple(_PARTS)
 
 
-def _part(role_part: str) -> tuple[str, Callable[..., int], Callable[[Any], dict[str, int]], str]:
+def _part(role_part: str) -> tuple[str, Callable[..., Measure], Callable[[Any], dict[str, int]], str]:
     if role_part not in _PARTS:
         raise ValueError(f"unknown part {role_part!r}; known: {', '.join(PARTS)}")
     return _PARTS[role_part]
@@ -669,8 +667,8 @@ def evaluation_flops(role_part: str, **shape: int) -> int:
 
 def lora_training_step(base: str, size: int, rank: int, gradient_checkpointing: bool) -> dict[str, int]:
     """One training step of a rank-`rank` LoRA on the Wan transformer `base` at `size`x`size` (one image, as the
-    seed trains): forward and backward FLOPs, the peak bytes of the step's own tensors (its gradients included), the
-    base's parameters and the LoRA's."""
+    seed trains): the FLOPs of its forward pass and of the whole step (`step`), the peak bytes of the step's own
+    tensors (its gradients included), the base's parameters and the LoRA's."""
     key = f"lora_training_step:base={base},checkpointing={gradient_checkpointing:d},rank={rank},size={size}"
     return kept(key, lambda: _lora_training_step(base, size, rank, gradient_checkpointing))
 
