@@ -20,8 +20,8 @@ from likeness.models.profiles import load_profile
 from likeness.run.outputs import MANIFEST, RECORD_FORMAT
 from tests.prefect_server import api_post
 
-# The first test counts real-size models on the meta device (a minute or two on 2 cores); the rest, and the CLI's
-# process, read the counts from the module's count file.
+# The production shapes' counts come packaged (likeness/estimate/counts.json); the shapes these tests change are
+# counted on the meta device once, into the module's count file, which the CLI's process reads too.
 pytestmark = pytest.mark.slow
 
 PROFILE = load_profile("production")

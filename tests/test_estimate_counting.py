@@ -111,11 +111,24 @@ def test_a_kept_count_is_read_not_counted_again(tmp_path: Path, monkeypatch: pyt
     roles.keep_counts_in(path)
     try:
         monkeypatch.setattr(roles, "_KEPT", {})
-        counted = roles.evaluation("identity")
-        assert json.loads(path.read_text())["counts"]["identity:"] == counted._asdict()
+        counted = roles.evaluation("upscaler", width=64, height=64)  # a shape no packaged estimate has
+        assert json.loads(path.read_text())["counts"]["upscaler:height=64,width=64"] == counted._asdict()
         # A new process: nothing in memory, the file says; no model is built for it.
         monkeypatch.setattr(roles, "_KEPT", {})
         monkeypatch.setattr(roles, "_shared_model", lambda module: pytest.fail(f"{module} was built again"))
-        assert roles.evaluation("identity") == counted
+        assert roles.evaluation("upscaler", width=64, height=64) == counted
+        # The production shapes come with Likeness: a fresh machine reads them too.
+        assert roles.evaluation("video.transformer").flops > 0
+        assert "video.transformer:" not in path.read_text()
     finally:
         roles.keep_counts_in(None)
+
+
+def test_the_packaged_counts_are_of_this_code():
+    packaged = json.loads(roles.PACKAGED_COUNTS.read_text())
+    assert packaged["fingerprint"] == fingerprint(roles.COUNTING_SOURCES), (
+        "the counting code or its libraries changed: run bin/refresh-estimate-counts"
+    )
+    for part in ("editor.transformer", "refiner.transformer", "captioner", "video.transformer", "video-5b.transformer"):
+        shape = ",".join(f"{name}={value}" for name, value in sorted(roles.production_shape(part).items()))
+        assert f"{part}:{shape}" in packaged["counts"]

@@ -709,30 +709,34 @@ def _lora_training_step(base: str, size: int, rank: int, gradient_checkpointing:
 
 # What the counts depend on beside the libraries: a change to any of these files counts everything again.
 COUNTING_SOURCES = tuple(Path(__file__).parent / name for name in ("roles.py", "counting.py", "../models/wan_flops.py"))
+# The counts of the production and seed estimates, shipped: a fresh machine's first estimate reads them rather than
+# counting for a minute (bin/refresh-estimate-counts writes them again after a change to COUNTING_SOURCES).
+PACKAGED_COUNTS = Path(__file__).with_name("counts.json")
 _KEPT: dict[str, dict[str, int]] = {}
-_count_file: CountFile | None = None
+_count_files: tuple[CountFile, ...] = ()
 
 
 def keep_counts_in(path: Path | None) -> None:
-    """Keep every count in the JSON file at `path` too, so a later process reads it instead of counting; None: in
-    this process only."""
-    global _count_file
+    """Keep every count in the JSON file at `path` too, so a later process reads it instead of counting, and read
+    the packaged counts; None: count in this process only."""
+    global _count_files
     if path is None:
-        _count_file = None
+        _count_files = ()
         return
     from likeness.estimate.counts import CountFile, fingerprint
 
-    _count_file = CountFile(path, fingerprint(COUNTING_SOURCES))
+    current = fingerprint(COUNTING_SOURCES)
+    _count_files = (CountFile(path, current), CountFile(PACKAGED_COUNTS, current))
 
 
 def kept(key: str, count: Callable[[], dict[str, int]]) -> dict[str, int]:
-    """The count under `key`: from this process, from the count file, or counted now (and kept in both)."""
+    """The count under `key`: from this process, from a count file, or counted now (and kept in the first file)."""
     if key in _KEPT:
         return _KEPT[key]
-    found = _count_file.get(key) if _count_file is not None else None
+    found = next((kept for file in _count_files if (kept := file.get(key)) is not None), None)
     if found is None:
         found = count()
-        if _count_file is not None:
-            _count_file.put(key, found)
+        if _count_files:
+            _count_files[0].put(key, found)
     _KEPT[key] = found
     return found
