@@ -160,6 +160,11 @@ def test_the_estimate_command_prints_a_table_per_stage_and_the_last_runs_measure
     measured = done.stdout[done.stdout.index("measured beside its estimate") :]
     assert "dataset" in measured and "1.50" in measured  # 150 s against 40 + 60
     assert "training" in measured and "1.10" in measured
+    # A folder whose record cannot be read: the estimate stands, and the reason its seconds are missing is given.
+    (out / MANIFEST).write_text("{")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and "character" in done.stdout
+    assert "no measured seconds" in done.stderr and "cannot trust" in done.stderr
 
 
 def test_a_gpu_run_is_estimated_at_its_start_as_a_table_artifact(prefect_api, tmp_path):
