@@ -71,8 +71,11 @@ def test_an_unreadable_manifest_is_refused(folder):
 def test_a_batch_produces_the_good_rows_two_at_a_time_and_reports_the_broken_one(
     folder, models_dir, prefect_api, tmp_path
 ):
+    # One shot per character: what is claimed is the batch's scheduling and report, not a character's dataset.
+    one_shot = 'set: ["dataset.variations=[front]"]'
     (folder / "m.yaml").write_text(
-        "- {name: Ada, image: ada.jpg}\n- {name: Bob, image: missing.jpg}\n- {name: Cy, image: ada.jpg}\n"
+        f"- {{name: Ada, image: ada.jpg, {one_shot}}}\n- {{name: Bob, image: missing.jpg}}\n"
+        f"- {{name: Cy, image: ada.jpg, {one_shot}}}\n"
     )
     env = cli_env(tmp_path, models_dir, prefect_api)
     first = subprocess.run(

@@ -67,6 +67,7 @@ def api(models_dir, tmp_path):
         "LIKENESS_MODELS_DIR": str(models_dir),
         "LIKENESS_DATA_DIR": "likeness-data",
         "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
     }
     images = {
         f"likeness/worker:{__version__}": pod_env,
