@@ -67,6 +67,8 @@ def api(models_dir, tmp_path):
         "LIKENESS_MODELS_DIR": str(models_dir),
         "LIKENESS_DATA_DIR": "likeness-data",
         "HF_HUB_OFFLINE": "1",
+        # One intra-op thread for the pod's trainer: with torch's one per core, its threads spin against every
+        # other busy process on a small loaded machine (the lost-pod test took 40 s alone and 150 s beside two).
         "OMP_NUM_THREADS": "1",
     }
     images = {
