@@ -36,7 +36,7 @@ from pydantic import Field, model_validator
 from likeness.config import Frozen
 from likeness.inputs import InvalidInput
 from likeness.media.tiling import apply_tiled, tile_grid
-from likeness.run.interrupts import check_stop
+from likeness.stop import check_stop
 
 MB = 2**20
 # apply_tiled's float32 sum (12 B) and weights (4 B) per upscaled pixel, and at its end two float32 RGB

@@ -3,7 +3,8 @@
 The first signal raises `Interrupted` in the main thread, so the run unwinds: Prefect marks its
 runs crashed, temporary files are removed, the CLI says what was interrupted. Model work that a
 stage runs in a worker thread cannot receive a signal, so it polls `check_stop` between steps
-(`stop_between_steps` for diffusers pipelines) and ends with `StageStopped`. The CLI leaves
+(`stop_between_steps` for diffusers pipelines) and ends with `StageStopped`; the flag they read
+lives in `likeness.stop` (re-exported here), this module raises it on a signal. The CLI leaves
 through `exit_now`, so no thread can hold the interpreter's exit; if unwinding itself hangs (a
 server that no longer answers), the process exits anyway after `grace_s`, and a second signal
 exits at once.
@@ -17,26 +18,20 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+
+from likeness.stop import StageStopped, check_stop, clear_stop, request_stop, stop_between_steps
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_stopping = threading.Event()
 
-
-class StageStopped(RuntimeError):
-    """A stage ended between two steps because the run was interrupted."""
-
-
-def check_stop() -> None:
-    """Raise StageStopped once the run is interrupted; model loops in worker threads call it each step."""
-    if _stopping.is_set():
-        raise StageStopped("the run was interrupted")
-
-
-def stop_between_steps(pipe: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """A diffusers `callback_on_step_end` that ends an interrupted run's denoising loop at the next step."""
-    check_stop()
-    return callback_kwargs
+__all__ = [
+    "SIGNALS",
+    "Interrupted",
+    "StageStopped",
+    "check_stop",
+    "exit_now",
+    "interruptible",
+    "stop_between_steps",
+]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -80,7 +75,7 @@ def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float 
         if received:
             force(received[0])
         received.append(interrupt)
-        _stopping.set()
+        request_stop()
         timer = threading.Timer(grace_s, force, args=(interrupt,))
         timer.daemon = True
         timer.start()
@@ -95,4 +90,4 @@ def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float 
             signal.signal(signum, handler)
         for timer in timers:
             timer.cancel()
-        _stopping.clear()
+        clear_stop()
