@@ -30,7 +30,7 @@ from PIL import Image, ImageOps
 
 from likeness.config import Expert, render_template
 from likeness.training.data import TrainingImage, read_training_folder
-from likeness.training.files import atomic_file
+from likeness.files import atomic_file
 from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
 from likeness.training.wan_lora import (
     LORA_TARGETS,

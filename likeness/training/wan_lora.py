@@ -57,7 +57,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from likeness.training.files import atomic_file
+from likeness.files import atomic_file
 
 if TYPE_CHECKING:
     import torch
