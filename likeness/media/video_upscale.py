@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field, model_validator
 
-from likeness.config import Frozen
+from likeness.base import Frozen
 from likeness.inputs import InvalidInput
 from likeness.media.tiling import apply_tiled, tile_grid
 from likeness.stop import check_stop

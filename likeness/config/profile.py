@@ -1,0 +1,106 @@
+"""A model profile (`ModelProfile`): the model behind each role, with its LoRAs, the stage defaults that suit
+those models, and their limits."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from likeness.base import Frozen
+from likeness.config.dataset import CaptionConfig, DatasetDefaults, EditConfig, UpscaleConfig
+from likeness.config.limits import Limits
+from likeness.config.render import RenderConfig
+from likeness.config.training import Expert, TrainConfig
+
+Role = Literal["editor", "refiner", "upscaler", "captioner", "video", "animator"]
+# Every profile names these; the animator (image-to-video, for `render --animate`) is optional.
+ROLES: tuple[Role, ...] = ("editor", "refiner", "upscaler", "captioner", "video")
+
+
+class LoraSpec(Frozen):
+    """A LoRA file fused into a role's model at `scale` (e.g. a step-distillation LoRA); found like a model."""
+
+    source: str
+    file: str
+    revision: str | None = None
+    licence: str
+    # 1 is the strength the authors of a distillation LoRA publish; 0 would be no LoRA at all.
+    scale: float = Field(default=1.0, gt=0)
+
+
+class ModelSpec(Frozen):
+    """Where one role's weights come from: a hub repo id, a local folder, or `tiny:<role>`; optionally a LoRA
+    fused into them and the scheduler config values that go with it."""
+
+    source: str
+    file: str | None = None
+    revision: str | None = None
+    licence: str
+    lora: LoraSpec | None = None
+    # Replace values of the model's own scheduler config (a FlowMatchEulerDiscreteScheduler); null clears one.
+    scheduler: dict[str, bool | int | float | str | None] | None = None
+    # The video role's step-distillation LoRAs, loaded beside the character LoRA for renders only (never for
+    # training): `high_noise` into `transformer`, `low_noise` into Wan 2.2 A14B's `transformer_2`.
+    speed_loras: dict[Expert, LoraSpec] = {}
+    # The sigmas those LoRAs were distilled on; renders step exactly these, with Euler.
+    speed_sigmas: tuple[float, ...] = ()
+
+    @model_validator(mode="after")
+    def _sigmas_with_speed_loras(self) -> ModelSpec:
+        if bool(self.speed_loras) != bool(self.speed_sigmas):
+            raise ValueError("speed_loras and speed_sigmas go together: the LoRAs are distilled on those sigmas")
+        return self
+
+
+class ModelProfile(Frozen):
+    """The model behind each role, the stage defaults that suit them, and their limits. Data, not code paths."""
+
+    name: str
+    description: str
+    device: Literal["cpu", "cuda"]
+    dtype: Literal["float32", "bfloat16", "float16"]
+    # "model": diffusers model CPU offload, so only the component at work holds GPU memory (the
+    # production models together are far larger than one GPU); "sequential": layer by layer, for the
+    # smallest GPUs, at many times the time; "none": everything on `device`.
+    offload: Literal["none", "model", "sequential"] = "none"
+    # Decode (and encode) images and videos in overlapping tiles, and a batch one item at a time: VAE memory
+    # bounded at a small cost in time.
+    vae_tiling: bool = False
+    vae_slicing: bool = False
+    models: dict[Role, ModelSpec]
+    limits: Limits = Limits()
+    dataset: DatasetDefaults = DatasetDefaults()
+    edit: EditConfig
+    upscale: UpscaleConfig
+    caption: CaptionConfig
+    train: TrainConfig
+    render: RenderConfig
+
+    def output_identity(self) -> dict[str, Any]:
+        """What of the profile decides outputs: the models behind each role and the precision (not the
+        name, description or device)."""
+        # VAE tiling blends tiles where it decodes whole: a little different, so only where it is on.
+        tiling = {"vae_tiling": True} if self.vae_tiling else {}
+        return {"models": self.model_dump(mode="json")["models"], "dtype": self.dtype, **tiling}
+
+    @model_validator(mode="after")
+    def _every_role(self) -> ModelProfile:
+        missing = [role for role in ROLES if role not in self.models]
+        if missing:
+            raise ValueError(f"profile {self.name!r} names no model for: {', '.join(missing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> ModelProfile:
+        problems = [
+            *self.edit.limit_problems("edit", self.limits.edit),
+            *self.upscale.limit_problems("upscale", self.limits.upscale),
+            *self.caption.limit_problems("caption", self.limits.caption),
+            *self.train.limit_problems("train", self.limits.train),
+            *self.render.limit_problems("render", self.limits.render),
+        ]
+        if problems:
+            advice = "; a profile's defaults must be within its own limits"
+            raise ValueError("\n".join(f"profile {self.name!r}: {p.text}{advice if p.soft else ''}" for p in problems))
+        return self
