@@ -17,7 +17,7 @@ import argparse
 
 from likeness.models.profiles import load_profile
 from likeness.models.wan_flops import count_evaluation, latent_shape, meta_transformer
-from likeness.training.wan_lora import LORA_TARGETS
+from likeness.models.wan_lora import LORA_TARGETS
 
 H100_RENDER_SECONDS = 1041  # Wan 2.2 README: T2V-A14B, 1280x720, 81 frames, 40 steps, one H100
 

@@ -24,6 +24,7 @@ from PIL import Image
 from likeness import __version__
 from likeness.config import PodConfig
 from likeness.models.profiles import load_profile, model_path
+from likeness.models.wan_lora import is_complete_safetensors, read_lora_metadata
 from likeness.runpod.pods import RunPodClient, RunPodKeyRejected
 from likeness.runpod.sweep import sweep_pods
 from likeness.settings import get_settings
@@ -31,7 +32,6 @@ from likeness.storage.artifacts import put_bytes
 from likeness.storage.store import S3Store
 from likeness.training.remote import RemoteTraining, TrainingStopped
 from likeness.training.spec import TrainJob
-from likeness.training.wan_lora import is_complete_safetensors, read_lora_metadata
 from tests.fake_runpod import FakeGpu, fake_runpod
 
 pytestmark = pytest.mark.slow

@@ -35,7 +35,7 @@ from likeness.models.speed_loras import (
     write_tiny_speed_lora,
 )
 from likeness.models.tiny import build_tiny_models
-from likeness.training.wan_lora import LORA_TARGETS, lora_metadata, save_wan_lora, to_wan_layout
+from likeness.models.wan_lora import LORA_TARGETS, lora_metadata, save_wan_lora, to_wan_layout
 from tests.test_wan_lora import original_name
 
 RANK = 4

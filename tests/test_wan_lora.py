@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from likeness.models.profiles import load_profile
 from likeness.models.tiny import build_tiny_models
-from likeness.training.wan_lora import (
+from likeness.models.wan_lora import (
     LORA_TARGETS,
     from_wan_layout,
     is_complete_safetensors,
@@ -195,7 +195,7 @@ def test_the_metadata_reads_back_without_torch(peft_state, tmp_path):
     # As a pod agent without torch reads it.
     script = (
         "import json, sys; sys.modules.update(torch=None, safetensors=None, numpy=None); "
-        "from likeness.training.wan_lora import is_complete_safetensors, read_lora_metadata; "
+        "from likeness.models.wan_lora import is_complete_safetensors, read_lora_metadata; "
         "print(json.dumps([read_lora_metadata(sys.argv[1]), is_complete_safetensors(sys.argv[1])]))"
     )
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)

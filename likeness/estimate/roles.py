@@ -678,7 +678,7 @@ def _lora_training_step(base: str, size: int, rank: int, gradient_checkpointing:
     from torch.utils.flop_counter import FlopCounterMode
 
     from likeness.estimate.counting import measure_with_grad
-    from likeness.training.wan_lora import LORA_TARGETS
+    from likeness.models.wan_lora import LORA_TARGETS
 
     model = wan_flops.meta_transformer(base, rank, LORA_TARGETS)
     if gradient_checkpointing:

@@ -67,7 +67,7 @@ from typing import Any
 import torch
 
 from likeness.inputs import InvalidInput
-from likeness.training.wan_lora import LORA_TARGETS
+from likeness.models.wan_lora import LORA_TARGETS
 
 LIGHTX2V_REPO = "lightx2v/Wan2.2-Distill-Loras"
 # Expert -> file: `high_noise` goes into `transformer`, `low_noise` into `transformer_2`.

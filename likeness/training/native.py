@@ -29,10 +29,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from likeness.config import Expert, render_template
-from likeness.training.data import TrainingImage, read_training_folder
 from likeness.files import atomic_file
-from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
-from likeness.training.wan_lora import (
+from likeness.models.wan_lora import (
     LORA_TARGETS,
     from_wan_layout,
     is_complete_safetensors,
@@ -40,6 +38,8 @@ from likeness.training.wan_lora import (
     save_wan_lora,
     to_wan_layout,
 )
+from likeness.training.data import TrainingImage, read_training_folder
+from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
 
 if TYPE_CHECKING:
     import torch

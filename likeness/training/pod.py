@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from likeness.training.wan_lora import is_complete_safetensors
+from likeness.models.wan_lora import is_complete_safetensors
 
 # AI Toolkit's progress bar: a tqdm (ToolkitProgressBar) on stderr, desc = the job's name, total = steps, redrawn
 # in place with `\r` (one `\n` when it closes); `run.py --log FILE` tees stdout and stderr into FILE. `step` counts

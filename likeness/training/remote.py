@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from likeness import __version__
 from likeness.config import PodConfig
 from likeness.inputs import InvalidInput
+from likeness.models.wan_lora import is_complete_safetensors
 from likeness.records import TrainCost
 from likeness.runpod.pods import Pod, PodRequest, RunPodClient
 from likeness.settings import get_settings
@@ -38,7 +39,6 @@ from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes, put_fi
 from likeness.storage.store import ArtifactStore, S3Store, StoreError
 from likeness.training.aitoolkit import aitoolkit_checkpoint_names, aitoolkit_yaml
 from likeness.training.spec import OPTIMIZER_STATE, TrainJob
-from likeness.training.wan_lora import is_complete_safetensors
 from likeness.training.wheel import build_wheel
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ on `load_lora_weights`. AI Toolkit writes its Wan LoRAs in this layout too.
     from peft.utils import get_peft_model_state_dict
 
     from likeness.models.tiny import build_tiny_models
-    from likeness.training.wan_lora import (
+    from likeness.models.wan_lora import (
         LORA_TARGETS, is_complete_safetensors, lora_metadata, read_lora_metadata, save_wan_lora, to_wan_layout,
     )
 
