@@ -89,7 +89,7 @@ def test_a_folder_without_a_lora_or_of_another_character_is_refused(run, trained
 
 def test_the_prompter_in_the_settings_writes_the_variations_and_a_bad_one_falls_back(likeness_env, monkeypatch):
     from likeness import settings
-    from likeness.cli import _prompt_variations
+    from likeness.run.prepare_render import prompt_variations as _prompt_variations
     from likeness.render.prompts import CharacterPrompt, template_variations
     from tests.test_render_prompts import FakeLlm, completion
 
@@ -138,7 +138,7 @@ def test_a_lora_that_is_not_one_for_the_profiles_wan_is_refused_before_it_loads(
 
 def test_a_local_transformers_prompter_runs_seeded_and_nonsense_falls_back(likeness_env, monkeypatch, capsys):
     from likeness import settings
-    from likeness.cli import _prompt_variations
+    from likeness.run.prepare_render import prompt_variations as _prompt_variations
     from likeness.models.tiny import build_tiny_models
     from likeness.render.llm import LlmUnusable, variation_messages
     from likeness.render.local_llm import TransformersPrompter

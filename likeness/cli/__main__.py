@@ -1,0 +1,5 @@
+"""`python -m likeness.cli`: the same command line as `likeness`."""
+
+from likeness.cli import app
+
+app()
