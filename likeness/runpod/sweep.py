@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
+from likeness.runpod.jobs import POD_NAME_PREFIX, job_id_of, job_prefix
 from likeness.runpod.pods import PodStatus, RunPodClient
 from likeness.storage.store import ArtifactStore, StoreError
-from likeness.training.remote import POD_NAME_PREFIX, job_id_of, job_prefix
 
 log = logging.getLogger(__name__)
 

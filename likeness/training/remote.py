@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shlex
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -33,6 +31,7 @@ from likeness.config import PodConfig
 from likeness.inputs import InvalidInput
 from likeness.models.wan_lora import is_complete_safetensors
 from likeness.records import TrainCost
+from likeness.runpod.jobs import job_prefix, new_job_id, pod_name
 from likeness.runpod.pods import Pod, PodRequest, RunPodClient
 from likeness.settings import get_settings
 from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes, put_file
@@ -44,8 +43,6 @@ from likeness.training.wheel import build_wheel
 log = logging.getLogger(__name__)
 
 RemoteBackend = Literal["runpod-aitoolkit", "runpod-native"]
-JOBS_PREFIX = "runpod-jobs/"
-POD_NAME_PREFIX = "likeness-"
 # Our worker image (deployments/Dockerfile) and AI Toolkit's RunPod template image.
 DEFAULT_IMAGES = {"runpod-native": f"likeness/worker:{__version__}", "runpod-aitoolkit": "ostris/aitoolkit:latest"}
 # Installs the job's Likeness wheel over the image's dependencies, runs the agent, then idles until terminated
@@ -105,20 +102,6 @@ def check_remote_store() -> S3Store:
     return store
 
 
-def job_prefix(job_id: str) -> str:
-    return f"{JOBS_PREFIX}{job_id}/"
-
-
-def pod_name(job_id: str) -> str:
-    """Our pods' names carry the job id, so the sweeper finds each one's heartbeat."""
-    return f"{POD_NAME_PREFIX}{job_id}"
-
-
-def job_id_of(name: str) -> str | None:
-    match = re.fullmatch(rf"{POD_NAME_PREFIX}([0-9a-f]{{32}})", name)
-    return match[1] if match else None
-
-
 def job_file(job: TrainJob, backend: str, masks: bool) -> tuple[str, str]:
     """The file that tells a pod's trainer what to train: AI Toolkit's `config.yaml`, or our trainer's `job.json`."""
     if backend == "runpod-aitoolkit":
@@ -150,7 +133,7 @@ class RemoteTraining:
             store,
         )
         self.on_progress, self.check_stop, self.flow_run_id = on_progress, check_stop, flow_run_id
-        self.job_id = uuid.uuid4().hex
+        self.job_id = new_job_id()
         self.prefix = job_prefix(self.job_id)
         self.expires = timedelta(hours=pod.ttl_hours)
         self.published: dict[int, PublishedCheckpoint] = {}
