@@ -14,7 +14,8 @@ OUTAGE = textwrap.dedent(
     import logging, sys
     from pathlib import Path
     from likeness.run.runlog import route_logs
-    from likeness.storage.store import S3Store, StoreError
+    from likeness.storage.s3 import S3Store
+    from likeness.storage.store import StoreError
 
     lines = []
     route_logs(Path(sys.argv[1]), verbose=False, notify=lines.append)

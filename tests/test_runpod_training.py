@@ -29,7 +29,7 @@ from likeness.runpod.pods import RunPodClient, RunPodKeyRejected
 from likeness.runpod.sweep import sweep_pods
 from likeness.settings import get_settings
 from likeness.storage.artifacts import put_bytes
-from likeness.storage.store import S3Store
+from likeness.storage.s3 import S3Store
 from likeness.training.remote import RemoteTraining, TrainingStopped
 from likeness.training.spec import TrainJob
 from tests.fake_runpod import FakeGpu, fake_runpod

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from likeness.storage.store import S3Store
+from likeness.storage.s3 import S3Store
 from tests.conftest import cli_env
 from tests.prefect_server import api_post
 from tests.test_cli_e2e import likeness

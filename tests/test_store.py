@@ -13,18 +13,11 @@ from urllib.request import url2pathname
 
 import pytest
 
-import likeness.storage.store as store_module
-from likeness.storage.store import (
-    ArtifactStore,
-    InvalidKey,
-    LocalStore,
-    MissingObject,
-    ObjectInfo,
-    S3Store,
-    StoreError,
-    open_store,
-    validate_key,
-)
+import likeness.storage.local as store_module
+from likeness.storage.artifacts import open_store
+from likeness.storage.local import LocalStore
+from likeness.storage.s3 import S3Store
+from likeness.storage.store import ArtifactStore, InvalidKey, MissingObject, ObjectInfo, StoreError, validate_key
 from tests.s3server import S3ServerInfo  # the `s3_server` fixture comes from conftest.py
 
 BAD_KEYS = ["", "/abs", "a//b", "..", "a/../b", "./a", "a/.", "a\\b", "a\x00b", "a\nb", "a/", "x" * 1025]

@@ -17,15 +17,9 @@ import pytest
 from likeness.storage import artifacts
 from likeness.storage.artifacts import ArtifactRef, get_bytes, put_bytes, put_file
 from likeness.storage.caching import artifact_refs, stage_cache, stale_artifact
-from likeness.storage.store import (
-    ArtifactStore,
-    CorruptObject,
-    LocalStore,
-    MissingObject,
-    S3Store,
-    StoreError,
-    _Sidecar,
-)
+from likeness.storage.local import LocalStore, _Sidecar
+from likeness.storage.s3 import S3Store
+from likeness.storage.store import ArtifactStore, CorruptObject, MissingObject, StoreError
 from tests.test_store import _s3_store
 
 GOOD = b"the bytes a stage made" * 50

@@ -29,7 +29,8 @@ from likeness.run.pictures import (
     thumbnail_url,
 )
 from likeness.storage.artifacts import ArtifactRef, get_bytes, get_store, load_image, put_bytes, put_image
-from likeness.storage.store import LocalStore, S3Store
+from likeness.storage.local import LocalStore
+from likeness.storage.s3 import S3Store
 from tests.photos import astronaut, grace_hopper, no_face_photo
 from tests.prefect_server import api_post, prefect_server
 from tests.records import FIGURES, dataset_item

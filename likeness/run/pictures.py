@@ -38,7 +38,8 @@ from likeness.identity import IDENTITY_THRESHOLD
 from likeness.records import DatasetRef, LoraRef, Rejection, RenderItem
 from likeness.run.progress import prefect_artifact_key
 from likeness.storage.artifacts import ArtifactRef, get_bytes, get_store, load_image, put_bytes
-from likeness.storage.store import ArtifactStore, S3Store
+from likeness.storage.s3 import S3Store
+from likeness.storage.store import ArtifactStore
 
 log = logging.getLogger(__name__)
 

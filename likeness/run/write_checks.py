@@ -20,7 +20,8 @@ from likeness.media.imaging import contact_sheet_size
 from likeness.models.profiles import ProfileUnavailable, model_path
 from likeness.models.wan_flops import WAN_CONFIGS
 from likeness.settings import Settings
-from likeness.storage.store import ArtifactStore, LocalStore, StoreError
+from likeness.storage.local import LocalStore
+from likeness.storage.store import ArtifactStore, StoreError
 
 # Room left over for Prefect's records, logs and the odd file the estimate does not see.
 HEADROOM_BYTES = 64 * 1024 * 1024

@@ -1,4 +1,5 @@
-"""Small typed references to big bytes in the artifact store, and helpers to move images through it.
+"""Small typed references to big bytes in the artifact store, helpers to move images through it, and the
+opening of a store by its URI (`open_store`) or the settings.
 
 Objects are content-addressed (`sha256/<hex digest>/<filename>`), so two runs never write different
 bytes under one key and a reference stays valid for as long as the store keeps the object. A copy
@@ -13,12 +14,16 @@ import io
 import logging
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from likeness.settings import Settings, get_settings
-from likeness.storage.store import ArtifactStore, CorruptObject, MissingObject, open_store
+from likeness.storage.local import LocalStore
+from likeness.storage.s3 import S3Store
+from likeness.storage.store import ArtifactStore, CorruptObject, MissingObject, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +40,33 @@ class ArtifactRef(BaseModel):
     @property
     def filename(self) -> str:
         return self.key.rsplit("/", 1)[-1]
+
+
+def open_store(
+    uri: str, *, access_key: str | None = None, secret_key: str | None = None, endpoint: str | None = None
+) -> ArtifactStore:
+    """`file:///path` or a plain path: LocalStore; `s3://bucket[/prefix]`: S3Store on `endpoint`
+    (e.g. 'http://127.0.0.1:9000'; its scheme decides TLS) with the given keys."""
+    if "://" not in uri:
+        return LocalStore(Path(uri))
+    parts = urlsplit(uri)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise StoreError(f"file URI {uri!r} names a host; only local paths are supported")
+        return LocalStore(Path(url2pathname(parts.path)))
+    if parts.scheme == "s3":
+        if "@" in parts.netloc:
+            # Not echoing the URI: what precedes '@' is probably a secret.
+            raise StoreError("credentials inside an s3:// URI are not supported: pass access_key and secret_key")
+        if not parts.netloc:
+            raise StoreError(f"s3 URI {uri!r} names no bucket (expected s3://bucket/prefix)")
+        needed = {"endpoint": endpoint, "access_key": access_key, "secret_key": secret_key}
+        missing = [name for name, value in needed.items() if not value]
+        if missing:
+            raise StoreError(f"opening {uri} needs {', '.join(missing)}")
+        assert endpoint and access_key and secret_key  # narrowed by the check above
+        return S3Store(endpoint, access_key, secret_key, bucket=parts.netloc, prefix=parts.path)
+    raise StoreError(f"unsupported store URI {uri!r}: expected file://, s3:// or a path")
 
 
 def store_from_settings(settings: Settings) -> ArtifactStore:

@@ -16,8 +16,8 @@ from urllib.parse import urlsplit
 
 from likeness.inputs import MAX_REFERENCE_FILE_BYTES, InvalidInput
 from likeness.settings import get_settings
-from likeness.storage.artifacts import get_store
-from likeness.storage.store import MissingObject, StoreError, open_store
+from likeness.storage.artifacts import get_store, open_store
+from likeness.storage.store import MissingObject, StoreError
 
 FETCH_TIMEOUT_S = 60
 

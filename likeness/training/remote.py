@@ -35,7 +35,8 @@ from likeness.runpod.jobs import job_prefix, new_job_id, pod_name
 from likeness.runpod.pods import Pod, PodRequest, RunPodClient
 from likeness.settings import get_settings
 from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes, put_file
-from likeness.storage.store import ArtifactStore, S3Store, StoreError
+from likeness.storage.s3 import S3Store
+from likeness.storage.store import ArtifactStore, StoreError
 from likeness.training.aitoolkit import aitoolkit_checkpoint_names, aitoolkit_yaml
 from likeness.training.spec import OPTIMIZER_STATE, TrainJob
 from likeness.training.wheel import build_wheel
