@@ -36,6 +36,9 @@ Shapes default to the production profile's (production-5b's for video-5b); any c
     evaluation_flops("editor.transformer")                                   # 1024x1024 with one condition
     evaluation_flops("video.transformer", frames=81, width=1280, height=720)
     evaluation("video.transformer").activation_bytes
+
+This module is long because it is a table: one published configuration and one builder per part, read side by side;
+split, the parts would only be harder to compare.
 """
 
 from __future__ import annotations
