@@ -9,8 +9,9 @@ so one agent publishes either trainer's work and a restarted job resumes the sam
     <folder>/optimizer.pt                          optimizer, RNG and step of the newest checkpoint
     <folder>/samples/<name>__000000500_0.png       one image per sample prompt, fixed seeds
 
-Each dataset image is one frame. VAE latents and text embeddings are computed once, before the first step. The
-loss is rectified-flow velocity matching, as Wan was trained, weighted by the face masks when `masks` is on.
+Each dataset image is one frame. VAE latents and text embeddings are computed once, before the first step
+(`likeness.training.examples`). The loss is rectified-flow velocity matching, as Wan was trained, weighted by the
+face masks when `masks` is on.
 
     python -m likeness.training.native job.json --dataset likeness-out/ada/dataset --masks likeness-out/ada/masks \\
         --out training/ada
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from likeness.config import Expert, render_template
 from likeness.files import atomic_file
@@ -39,26 +40,17 @@ from likeness.models.wan_lora import (
     to_wan_layout,
 )
 from likeness.training.data import TrainingImage, read_training_folder
+from likeness.training.examples import Example, cache_examples
 from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
 
 if TYPE_CHECKING:
     import torch
 
 ADAPTER = "likeness_training"
-# AI Toolkit's UI default for `mask_min_value`: outside the face still trains, at a tenth of the weight.
-MASK_FLOOR = 0.1
 # AI Toolkit's progress bar, so the pod agent reads both trainers' logs alike (`likeness.training.pod`).
 PROGRESS_LINE = "{name}: {percent:3d}%|| {step}/{total} [lr: {lr:.1e} loss: {loss:.3e}]"
 
 StepListener = Callable[[int, int, float], None]
-
-
-class Example(NamedTuple):
-    """One cached training example: latents of an image at one resolution, its loss weights, its caption's index."""
-
-    latents: torch.Tensor
-    weights: torch.Tensor | None
-    caption: int
 
 
 class TrainedExpert(NamedTuple):
@@ -68,62 +60,6 @@ class TrainedExpert(NamedTuple):
     transformer: Any
     low: float
     high: float
-
-
-def _fit(image: Image.Image, long_side: int, multiple: int) -> Image.Image:
-    """The image at its own aspect, long side `long_side`, both sides multiples of `multiple` (centre-cropped)."""
-    width, height = image.size
-    scale = long_side / max(width, height)
-    size = (
-        max(multiple, round(width * scale / multiple) * multiple),
-        max(multiple, round(height * scale / multiple) * multiple),
-    )
-    return ImageOps.fit(image.convert("RGB"), size, Image.Resampling.LANCZOS)
-
-
-def _encode(pipe: Any, image: Image.Image) -> torch.Tensor:
-    """Normalised Wan VAE latents (1, C, 1, h, w) of the image as a one-frame video."""
-    import torch
-
-    vae = pipe.vae
-    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-    video = pixels[None, :, None].to(vae.device, vae.dtype)
-    latents = vae.encode(video).latent_dist.mode()
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1).to(latents)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1).to(latents)
-    return (latents - mean) / std
-
-
-def _mask_weights(mask: Path, size: tuple[int, int], latent_shape: torch.Size) -> torch.Tensor:
-    """The mask on the latent grid, mapped onto [MASK_FLOOR, 1] and divided by its mean (only ratios count)."""
-    import torch
-
-    grey = ImageOps.fit(Image.open(mask).convert("L"), size, Image.Resampling.BILINEAR)
-    grey = grey.resize((latent_shape[-1], latent_shape[-2]), Image.Resampling.BILINEAR)
-    weights = MASK_FLOOR + (1 - MASK_FLOOR) * torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)
-    return (weights / weights.mean()).view(1, 1, 1, *weights.shape)
-
-
-def cache_examples(
-    pipe: Any, images: list[TrainingImage], resolutions: tuple[int, ...], multiple: int, masks: bool
-) -> tuple[list[Example], list[torch.Tensor]]:
-    """Latents of every image at every resolution and the embedding of every caption (the last: the empty one)."""
-    import torch
-
-    examples = []
-    with torch.no_grad():
-        captions = [item.caption for item in images] + [""]
-        embeddings = [pipe.encode_prompt(c, do_classifier_free_guidance=False)[0] for c in captions]
-        for index, item in enumerate(images):
-            picture = Image.open(item.image)
-            for resolution in resolutions:
-                fitted = _fit(picture, resolution, multiple)
-                latents = _encode(pipe, fitted)
-                weights = None
-                if masks and item.mask is not None:
-                    weights = _mask_weights(item.mask, fitted.size, latents.shape).to(latents)
-                examples.append(Example(latents, weights, index))
-    return examples, embeddings
 
 
 def flow_matching_loss(
