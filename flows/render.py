@@ -7,7 +7,7 @@ from prefect import flow
 from likeness.config import ModelProfile, RenderConfig
 from likeness.records import LoraRef, RenderItem, Renders
 from likeness.render.jobs import plan_renders
-from likeness.render.prompts import PromptEntry
+from likeness.render.prompt_files import PromptEntry
 from likeness.run.progress import StageProgress
 from likeness.storage.artifacts import ArtifactRef
 from tasks.render import animate_still, render_media

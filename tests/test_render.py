@@ -17,7 +17,7 @@ from likeness.inputs import InvalidInput
 from likeness.media.imaging import decode_mp4, read_mp4_metadata
 from likeness.models.profiles import load_profile
 from likeness.render.jobs import plan_renders
-from likeness.render.prompts import PromptEntry
+from likeness.render.prompt_files import PromptEntry
 from likeness.storage.artifacts import get_bytes, put_file
 from tests.records import dataset_item, dataset_ref
 

@@ -23,17 +23,15 @@ from likeness.render.llm import (
     make_video_prompt,
     prompt_variations,
 )
+from likeness.render.prompt_files import PromptEntry, PromptsFileProblem, read_prompts_file
 from likeness.render.prompts import (
     CAMERA_MOVES,
     MOTIONS,
     SITUATIONS,
     CharacterPrompt,
-    PromptEntry,
-    PromptsFileProblem,
     PromptTemplateProblem,
     UnknownPlaceholder,
     check_template,
-    read_prompts_file,
     template_variations,
     video_prompt,
 )

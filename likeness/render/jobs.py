@@ -2,7 +2,7 @@
 loads.
 
 The run's `RenderConfig` gives the templates (`image_prompts`, `video_prompts`) and the defaults; a prompts file's
-entries (`likeness.render.prompts.PromptEntry`) replace them, each entry's options replacing the run's settings
+entries (`likeness.render.prompt_files.PromptEntry`) replace them, each entry's options replacing the run's settings
 for that render alone.
 
     jobs = plan_renders(config, "Ada", read_prompts_file(Path("prompts.yaml")))
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from likeness.config import InvalidSettings, RenderConfig, RenderLimits, render_template
 from likeness.inputs import InvalidInput
 from likeness.media.video_upscale import VideoMemoryBoundTooSmall, VideoUpscaleConfig, plan_upscale
-from likeness.render.prompts import PromptEntry
+from likeness.render.prompt_files import PromptEntry
 
 ESRGAN_SCALE = 4
 

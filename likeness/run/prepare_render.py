@@ -17,7 +17,8 @@ from PIL import Image
 from likeness.config import ModelProfile, ModelSpec, Role, RunConfig, render_template
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, parse_overrides, read_reference_image
 from likeness.models.profiles import load_profile, preflight
-from likeness.render.prompts import CharacterPrompt, PromptEntry
+from likeness.render.prompt_files import PromptEntry
+from likeness.render.prompts import CharacterPrompt
 from likeness.run.outputs import MANIFEST, REFERENCE, read_record
 from likeness.run.prepare import Say, say_on_stderr
 from likeness.run.write_checks import check_writable, stored_video_transformer_config
@@ -62,7 +63,7 @@ def render_inputs(
     say: Say = say_on_stderr,
 ) -> RenderInputs:
     """Check a render run's inputs before Prefect starts and before any model loads."""
-    from likeness.render.prompts import read_prompts_file
+    from likeness.render.prompt_files import read_prompts_file
 
     trigger = normalise_trigger(name)
     record = read_record(out)
