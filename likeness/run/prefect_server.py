@@ -12,6 +12,7 @@ the CLI when the run ends, and stops itself within a fraction of a second when t
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import subprocess
@@ -25,6 +26,7 @@ from types import TracebackType
 STARTUP_TIMEOUT_S = 90
 PARENT_POLL_S = 0.2
 STOP_GRACE_S = 1.0
+START_LOCK = "likeness-server-start.lock"
 
 
 class ServerStartError(RuntimeError):
@@ -46,9 +48,15 @@ class TemporaryPrefectServer:
         self.api_url = f"http://127.0.0.1:{self.port}/api"
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
+        self._start_lock: int | None = None
 
     def start(self) -> None:
-        """Launch the server; `wait_ready` blocks until it answers."""
+        """Launch the server; `wait_ready` blocks until it answers.
+
+        Servers that share a PREFECT_HOME share its database, and two that create its tables at once fail
+        ("table ... already exists"): one starts at a time, each holding a lock in that home until it answers.
+        """
+        self._lock_start()
         # As Prefect starts its own temporary server: no UI, and only the services a short run needs.
         env = {
             **os.environ,
@@ -77,10 +85,12 @@ class TemporaryPrefectServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
+                self._unlock_start()
                 raise ServerStartError(f"the temporary Prefect server exited with code {self._process.returncode}")
             try:
                 with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
                     if response.status == 200:
+                        self._unlock_start()
                         return self.api_url
             except OSError:
                 time.sleep(0.1)
@@ -89,6 +99,7 @@ class TemporaryPrefectServer:
 
     def stop(self) -> None:
         """Stop the server; killed if it takes over a second (SQLite has committed every answered request)."""
+        self._unlock_start()
         if self._process is None or self._process.poll() is not None:
             return
         # uvicorn's graceful shutdown waits for clients' idle keep-alive connections to close.
@@ -98,6 +109,17 @@ class TemporaryPrefectServer:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(timeout=5)
+
+    def _lock_start(self) -> None:
+        home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        self._start_lock = os.open(home / START_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._start_lock, fcntl.LOCK_EX)
+
+    def _unlock_start(self) -> None:
+        if self._start_lock is not None:
+            os.close(self._start_lock)  # closing releases the lock
+            self._start_lock = None
 
     def __enter__(self) -> str:
         self.start()

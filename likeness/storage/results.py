@@ -24,6 +24,8 @@ from likeness.storage.store import MissingObject
 
 RESULTS_PREFIX = "prefect-results"
 BLOCK_NAME = "likeness-results"
+# Each lost race means another process created what this one meant to; three would need new objects in between.
+REGISTER_TRIES = 5
 
 
 class ArtifactStoreResults(WritableFileSystem):
@@ -64,9 +66,18 @@ def save_results_block(server_default: bool = False) -> str:
     """Save the results block on the Prefect server (and make it the default of every run the server sees,
     wherever it runs, when `server_default`); returns its slug, the value of `PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK`."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectAlreadyExists
 
-    ArtifactStoreResults.register_type_and_schema()
-    block_id = ArtifactStoreResults().save(BLOCK_NAME, overwrite=True)
+    # The first runs on a server (or CLIs sharing one PREFECT_HOME) register at once: Prefect reads, finds
+    # nothing, creates, and all but one get 409 Conflict. Once one has created it, reading finds it.
+    for attempt in range(1, REGISTER_TRIES + 1):
+        try:
+            ArtifactStoreResults.register_type_and_schema()
+            block_id = ArtifactStoreResults().save(BLOCK_NAME, overwrite=True)
+            break
+        except ObjectAlreadyExists:
+            if attempt == REGISTER_TRIES:
+                raise
     if server_default:
         with get_client(sync_client=True) as client:
             client.update_server_default_result_storage(block_id)
