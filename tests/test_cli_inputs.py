@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from likeness.cli import app
+from likeness.cli.app import app
 from tests.photos import grace_hopper
 
 

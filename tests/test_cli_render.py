@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from likeness.cli import app
+from likeness.cli.app import app
 
 
 @pytest.fixture
@@ -89,8 +89,8 @@ def test_a_folder_without_a_lora_or_of_another_character_is_refused(run, trained
 
 def test_the_prompter_in_the_settings_writes_the_variations_and_a_bad_one_falls_back(likeness_env, monkeypatch):
     from likeness import settings
-    from likeness.run.prepare_render import prompt_variations as _prompt_variations
     from likeness.render.prompts import CharacterPrompt, template_variations
+    from likeness.run.prepare_render import prompt_variations as _prompt_variations
     from tests.test_render_prompts import FakeLlm, completion
 
     written = ["Ada, reading in a library, soft window light", "Ada, on a ferry at dawn, 85mm"]
@@ -138,11 +138,11 @@ def test_a_lora_that_is_not_one_for_the_profiles_wan_is_refused_before_it_loads(
 
 def test_a_local_transformers_prompter_runs_seeded_and_nonsense_falls_back(likeness_env, monkeypatch, capsys):
     from likeness import settings
-    from likeness.run.prepare_render import prompt_variations as _prompt_variations
     from likeness.models.tiny import build_tiny_models
     from likeness.render.llm import LlmUnusable, variation_messages
     from likeness.render.local_llm import TransformersPrompter
     from likeness.render.prompts import CharacterPrompt, template_variations, video_prompt
+    from likeness.run.prepare_render import prompt_variations as _prompt_variations
 
     folder = build_tiny_models(settings.get_settings().resolved_models_dir / "tiny", roles=["prompter"])["prompter"]
     prompter = TransformersPrompter(folder)

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from likeness.cli import app
+from likeness.cli.app import app
 from tests.test_cli_inputs import photo
 
 

@@ -7,7 +7,7 @@ import urllib.request
 
 from typer.testing import CliRunner
 
-from likeness.cli import app
+from likeness.cli.app import app
 from likeness.settings import get_settings
 from tests.fake_runpod import fake_runpod
 

@@ -1,27 +1,17 @@
 """The `likeness` command line: one module per command or group of commands, each parsing its options and
-calling into the library (`likeness.run.prepare*` holds what a run checks before any work)."""
+calling into the library (`likeness.run.prepare*` holds what a run checks before any work); `app.py` lists them.
+
+This module stays light: `main` takes Ctrl-C and SIGTERM before the commands and their libraries are imported.
+"""
 
 from __future__ import annotations
 
-import typer
+from likeness.run.interrupts import stop_on_signal_at_start_up
 
-from likeness.cli import batch, deploy, estimate, info, produce, render, train
 
-# Locals in tracebacks could show secrets from the settings.
-app = typer.Typer(
-    help="Likeness: consistent AI characters from one reference photo.",
-    no_args_is_help=True,
-    pretty_exceptions_show_locals=False,
-)
-app.command()(produce.produce)
-app.command()(produce.dataset)
-app.command()(train.train)
-app.command("render")(render.render_command)
-app.command()(batch.batch)
-app.command()(info.doctor)
-app.command("deploy")(deploy.deploy_command)
-app.command("run")(deploy.run_command)
-app.command()(deploy.pull)
-app.command()(estimate.estimate)
-app.command()(info.profiles)
-app.command("sample-photo")(info.sample_photo)
+def main() -> None:
+    """The `likeness` command: a signal ends it from its first instant, before any work starts."""
+    stop_on_signal_at_start_up()
+    from likeness.cli.app import app
+
+    app()

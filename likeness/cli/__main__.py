@@ -1,5 +1,5 @@
 """`python -m likeness.cli`: the same command line as `likeness`."""
 
-from likeness.cli import app
+from likeness.cli import main
 
-app()
+main()

@@ -7,7 +7,8 @@ stage runs in a worker thread cannot receive a signal, so it polls `check_stop` 
 lives in `likeness.stop` (re-exported here), this module raises it on a signal. The CLI leaves
 through `exit_now`, so no thread can hold the interpreter's exit; if unwinding itself hangs (a
 server that no longer answers), the process exits anyway after `grace_s`, and a second signal
-exits at once.
+exits at once. Before a run's own handling is in place (the CLI reading its inputs, importing its
+libraries), `stop_on_signal_at_start_up` ends the process at once: nothing has started to unwind.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "exit_now",
     "interruptible",
     "stop_between_steps",
+    "stop_on_signal_at_start_up",
 ]
 
 
@@ -56,6 +58,20 @@ def exit_now(code: int, before: Callable[[], None] | None = None) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def stop_on_signal_at_start_up() -> None:
+    """From now on SIGINT and SIGTERM end the process at once (128 + the signal), saying so on stderr.
+
+    A command calls it first thing; `interruptible` takes over while a run works and gives the signals back after.
+    """
+
+    def handle(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
+        exit_now(128 + signum, lambda: print(f"interrupted ({name}) before any work started", file=sys.stderr))
+
+    for signum in SIGNALS:
+        signal.signal(signum, handle)
 
 
 @contextmanager
