@@ -101,3 +101,14 @@ def test_every_config_field_and_parameter_changes_the_stage_cache_key(likeness_e
         assert key_of(task, {**parameters, parameter: changed(value)}) != base, f"{name}: {parameter}"
     other_models = TINY.model_copy(update={"dtype": "bfloat16"})
     assert key_of(task, {**parameters, "profile": other_models}) != base, f"{name}: profile"
+
+
+@pytest.mark.parametrize(("name", "task", "parameters", "field"), CASES, ids=[case[0] for case in CASES])
+def test_every_declared_config_field_is_in_the_stage_cache_key(likeness_env, name, task, parameters, field):
+    # The fields the model declares, not those its dump holds: a field left out of the dump is in neither.
+    parameters = {**parameters, "profile": TINY}
+    base = key_of(task, parameters)
+    config: BaseModel = parameters[field]
+    for setting in type(config).model_fields:
+        variant = config.model_copy(update={setting: changed(getattr(config, setting))})
+        assert key_of(task, {**parameters, field: variant}) != base, f"{name}: {setting} is not in the cache key"

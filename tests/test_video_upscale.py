@@ -222,3 +222,22 @@ def test_a_finished_upscale_replaces_an_older_file(tmp_path):
     figures = upscale_video(moving_gradient(3), FPS, resize_4x, SCALE, WHOLE, out)
     assert figures["frames"] == 3 and probe(out) == ("h264", "yuv420p", TARGET)
     assert list(tmp_path.iterdir()) == [out]
+
+
+def test_no_row_or_column_of_the_tiled_upscale_shows_a_seam(esrgan, tmp_path):
+    # A seam barely moves a whole frame's mean difference; it shows in the rows and columns where tiles meet. On
+    # 80 px frames, 40 px tiles that did not overlap would meet at 40 px, and the random ESRGAN's edges differ.
+    size = (80, 80)
+    whole_config = WHOLE.model_copy(update={"long_side": 4 * size[0]})
+    tiled_config = whole_config.model_copy(update={"tile": 40, "overlap": 8})
+    frames = {}
+    for name, config in (("whole", whole_config), ("tiled", tiled_config)):
+        path = tmp_path / f"{name}.mp4"
+        figures = upscale_video(moving_gradient(4, *size), FPS, esrgan, SCALE, config, path)
+        frames[name] = np.stack(list(read_frames(path))).astype(np.int16)
+    assert figures["tiles_per_frame"] > 1
+    difference = np.abs(frames["whole"] - frames["tiled"])
+    by_column, by_row = difference.mean(axis=(0, 1, 3)), difference.mean(axis=(0, 2, 3))
+    print(f"largest mean difference: a column {by_column.max():.2f}, a row {by_row.max():.2f}")
+    assert by_column.max() < 1.5, f"a seam at column {by_column.argmax()}: {by_column.max():.2f}"
+    assert by_row.max() < 1.5, f"a seam at row {by_row.argmax()}: {by_row.max():.2f}"

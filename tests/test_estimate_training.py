@@ -1,0 +1,44 @@
+"""The estimate's training row follows the training settings in FLOPs and seconds, not only in evaluations.
+
+Fast: the production shapes' counts are packaged (likeness/estimate/counts.json), and these settings change none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from likeness.config import RunConfig
+from likeness.dataset.catalogue import load_catalogue
+from likeness.estimate import roles
+from likeness.estimate.character import estimate_character
+from likeness.estimate.gpus import GPUS, price_per_hour
+from likeness.models.profiles import load_profile
+
+PROFILE = load_profile("production")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def packaged_counts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The counts read as the CLI reads them: this machine's file, then the packaged ones."""
+    roles.keep_counts_in(tmp_path_factory.mktemp("likeness-data") / "estimate-counts.json")
+    yield
+    roles.keep_counts_in(None)
+
+
+def training(train: dict) -> object:
+    config = RunConfig.from_profile(PROFILE, {"dataset": {"variations": ["front", "face"]}, "train": train})
+    rows = estimate_character(PROFILE, config, load_catalogue(), GPUS["H100"], price_per_hour(GPUS["H100"], None))
+    return next(row for row in rows if row.stage == "training")
+
+
+def test_every_step_adds_a_training_step_of_flops_and_twice_the_steps_costs_about_twice():
+    train = PROFILE.train
+    base, twice = training({"steps": train.steps}), training({"steps": 2 * train.steps})
+    step = roles.lora_training_step(train.base, train.size, train.rank, train.gradient_checkpointing)
+    # The steps added are each a forward, a recompute and a backward; the checkpoints' samples come on top.
+    assert twice.flops - base.flops >= train.steps * step["step"]
+    assert twice.evaluations > 1.9 * base.evaluations
+    assert 1.9 < twice.seconds / base.seconds < 2.1
+    assert twice.usd > 1.9 * base.usd
