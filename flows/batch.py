@@ -4,6 +4,9 @@ once, with a summary table.
 Run from its deployment, a batch starts one run of the `produce` deployment per character (each dispatching
 its stages to the GPU pool) and skips a character whose produce run with the very same parameters already
 completed; run by `likeness batch`, it runs `likeness produce` for each row on this machine.
+
+A row's paths stay inside its manifest's folder or prefix (`likeness.run.batch`): neither flow has a parameter to
+allow others, and a run from a deployment ignores `likeness batch --allow-outside`'s `outside_allowed`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from prefect.runtime import deployment, flow_run
 
 from flows.produce import PRODUCE_DEPLOYMENT
 from flows.stages import ProfileName
-from likeness.run.batch import BatchRow, ManifestProblem, produce_rows, read_manifest_at
+from likeness.run.batch import BatchRow, ManifestProblem, outside_is_allowed, produce_rows, read_manifest_at
 from likeness.run.progress import prefect_artifact_key
 from likeness.settings import get_settings
 from likeness.storage.artifacts import get_store
@@ -36,7 +39,8 @@ POLL_S = 2.0
 
 @flow(name="produce-batch", log_prints=True)
 def produce_batch(manifest: str, concurrency: int = 2, profile: ProfileName = "production") -> list[dict[str, Any]]:
-    """Produce each good row of the manifest, report the broken rows by number.
+    """Produce each good row of the manifest, report the broken rows by number (a path outside the manifest's
+    folder or prefix among them).
 
     Args:
         manifest: A .yaml or .csv manifest: a path the worker can read, an s3:// URL or a key in the store.
@@ -44,10 +48,11 @@ def produce_batch(manifest: str, concurrency: int = 2, profile: ProfileName = "p
         profile: The models of a row that names none (run from its deployment; `likeness batch` uses the
             `LIKENESS_PROFILE` setting).
     """
-    rows, problems = read_manifest_at(manifest)
+    from_deployment = deployment.get_id() is not None
+    rows, problems = read_manifest_at(manifest, allow_outside=outside_is_allowed() and not from_deployment)
     for number, problem in problems:
         print(f"row {number} skipped: {problem}")
-    if deployment.get_id() is not None:
+    if from_deployment:
         results = dispatch_rows(rows, concurrency, profile)
     else:
         logs = get_settings().data_dir / "logs" / f"batch-{time.strftime('%Y%m%dT%H%M%S')}-{Path(manifest).stem}"

@@ -24,7 +24,13 @@ from flows.dataset import build_dataset
 from flows.render import render
 from flows.train import train_lora
 from likeness.config import Backend, ModelProfile, Role, RunConfig, check_shot_count
-from likeness.dataset.catalogue import Catalogue, check_inputs_used, load_catalogue
+from likeness.dataset.catalogue import (
+    MAX_CATALOGUE_FILE_BYTES,
+    MAX_CATALOGUE_JSON_BYTES,
+    Catalogue,
+    check_inputs_used,
+    load_catalogue,
+)
 from likeness.inputs import InvalidInput, normalise_trigger
 from likeness.models.profiles import available_profiles, load_profile, preflight
 from likeness.records import CharacterResult
@@ -125,9 +131,9 @@ def catalogue_at(location: str | None) -> Catalogue:
     as the JSON copy the CLI stores (a `.json` name); each at a location as `read_location` takes it."""
     if location is None:
         return load_catalogue()
-    data = read_location(location, "catalogue")
     if location.endswith(".json"):
-        return Catalogue.model_validate_json(data)
+        return Catalogue.model_validate_json(read_location(location, "catalogue", max_bytes=MAX_CATALOGUE_JSON_BYTES))
+    data = read_location(location, "catalogue", max_bytes=MAX_CATALOGUE_FILE_BYTES)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(location).name
         path.write_bytes(data)

@@ -26,11 +26,87 @@ MAX_REFERENCE_FILE_BYTES = 512 * 2**20
 # Light neutral grey: transparent areas become plain background rather than black (a cut-out's hidden RGB).
 REFERENCE_BACKGROUND = (200, 200, 200)
 MAX_TRIGGER_LENGTH = 48
+# The most values (scalars, lists, mappings) a YAML file a person hands in may hold once its aliases are expanded:
+# a 1 MiB file written out holds at most about half a million, while ten nested aliases of ten make 10^10 from a
+# few hundred bytes, which would hang whatever walks them.
+MAX_YAML_VALUES = 1_000_000
 _TRIGGER = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 
 
 class InvalidInput(ValueError):
     """Input that Likeness refuses, with a message that names the problem."""
+
+
+class TooBig(InvalidInput):
+    """Input larger than Likeness reads of its kind, refused before it is parsed; `problem` is the message without
+    the input's label ("is 52.4 MiB; a catalogue may be at most 1 MiB")."""
+
+    def __init__(self, label: str, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"{label} {problem}" if label else problem)
+
+
+def too_many_bytes(label: str, size: int | None, limit: int, kind: str) -> TooBig:
+    """`label` is `size` bytes (None: more than `limit`, when it was read no further) and `kind` may have `limit`."""
+    if size is None:
+        said, allowed = f"more than {byte_size(limit)}", byte_size(limit)
+    elif byte_size(size) == byte_size(limit) or size < 2**10:
+        said, allowed = f"{size:,} bytes", f"{limit:,} bytes" + (f" ({byte_size(limit)})" if limit >= 2**10 else "")
+    else:
+        said, allowed = byte_size(size), byte_size(limit)
+    return TooBig(label, f"is {said}; {kind} may be at most {allowed}")
+
+
+def byte_size(size: int) -> str:
+    """A number of bytes as people read it: 812 bytes, 64 KiB, 52.4 MiB."""
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            value = round(size / scale, 1)
+            return f"{value:.0f} {unit}" if value.is_integer() else f"{value} {unit}"
+    return f"{size} bytes"
+
+
+def read_at_most(path: Path, limit: int, label: str, kind: str) -> bytes:
+    """The bytes of the file at `path`, or `TooBig` when it holds more than `limit`, said from its size before
+    anything is read; a file that grows meanwhile, or is not a regular file (a FIFO, /dev/zero), is read no further
+    than `limit`. OSError as `open` raises it."""
+    size = path.stat().st_size
+    if size > limit:
+        raise too_many_bytes(label, size, limit, kind)
+    with path.open("rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise too_many_bytes(label, None, limit, kind)
+    return data
+
+
+def compose_yaml(text: str, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> tuple[yaml.Node | None, Any]:
+    """The node tree of a one-document YAML text and the plain data it builds (a SafeLoader's: never Python objects),
+    or yaml.YAMLError; `TooBig` (without a label) before anything is built when aliases make it too big to walk."""
+    reader = loader(text)
+    try:
+        node = reader.get_single_node()
+        if node is None:
+            return None, None
+        _count_values(node)
+        return node, reader.construct_document(node)
+    finally:
+        reader.dispose()
+
+
+def _count_values(node: yaml.Node) -> None:
+    """Walk the tree as its data will be walked (an alias's node once per alias) and stop past the limit."""
+    stack, seen = [node], 0
+    while stack:
+        current = stack.pop()
+        seen += 1
+        if seen > MAX_YAML_VALUES:
+            most = f"{MAX_YAML_VALUES:,}"
+            raise TooBig("", f"holds more than {most} values with its aliases expanded; a file may hold at most {most}")
+        if isinstance(current, yaml.SequenceNode):
+            stack.extend(current.value)
+        elif isinstance(current, yaml.MappingNode):
+            stack.extend(part for pair in current.value for part in pair)
 
 
 def normalise_trigger(name: str) -> str:

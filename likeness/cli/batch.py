@@ -20,33 +20,48 @@ from likeness.storage.store import ArtifactStore
 def batch(
     manifest: Annotated[Path, typer.Argument(help="A .yaml or .csv manifest: name, image and optional columns.")],
     concurrency: Annotated[int, typer.Option(min=1, help="How many characters are produced at once.")] = 2,
+    allow_outside: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside",
+            help="Let rows name images and output folders outside the manifest's folder: absolute paths, '..', "
+            "symlinks that lead out. Without it such a row is skipped; a deployment's batch never allows them.",
+        ),
+    ] = False,
     verbose: Verbose = False,
 ) -> None:
     """Produce every character of a manifest, at most `concurrency` at once; broken rows are reported by number."""
-    from likeness.run.batch import ManifestProblem, read_manifest
+    from likeness.run.batch import OUTSIDE, ManifestProblem, read_manifest
 
     try:
-        rows, problems = read_manifest(manifest)
+        rows, problems = read_manifest(manifest, allow_outside=allow_outside)
     except ManifestProblem as exc:
         fail(str(exc))
     for number, problem in problems:
         say(f"skipped row {number}: {problem}")
+    if any(OUTSIDE in problem for _, problem in problems):
+        say("note: --allow-outside lets this batch use paths outside the manifest's folder")
     if not rows:
         fail(f"no row of {manifest} can run")
-    BatchRun(manifest, concurrency, get_store(), get_settings()).start(refresh=False, verbose=verbose)
+    BatchRun(manifest, concurrency, get_store(), get_settings(), allow_outside).start(refresh=False, verbose=verbose)
 
 
 class BatchRun(FlowRun):
     """One `likeness batch` run: the batch flow, against one Prefect server its `likeness produce` children share."""
 
-    def __init__(self, manifest: Path, concurrency: int, store: ArtifactStore, settings: Settings) -> None:
+    def __init__(
+        self, manifest: Path, concurrency: int, store: ArtifactStore, settings: Settings, allow_outside: bool = False
+    ) -> None:
         super().__init__(f"batch-{manifest.stem}", manifest.parent, {}, "", store, settings)
-        self.manifest, self.concurrency = manifest, concurrency
+        self.manifest, self.concurrency, self.allow_outside = manifest, concurrency, allow_outside
 
     def _flow_state(self) -> Any:
         from flows.batch import produce_batch
+        from likeness.run.batch import outside_allowed
 
-        return produce_batch(str(self.manifest), self.concurrency, return_state=True)
+        # The flow runs here, in this thread: it reads the manifest again, as this command allowed.
+        with outside_allowed(self.allow_outside):
+            return produce_batch(str(self.manifest), self.concurrency, return_state=True)
 
     def _export(self, result: list[dict[str, Any]], stats: dict[str, Any]) -> dict[str, Any]:
         return {"results": result}

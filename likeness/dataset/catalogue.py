@@ -35,6 +35,7 @@ from likeness.dataset.entries import (
     shot_clashes,
     shot_size,
 )
+from likeness.inputs import TooBig, compose_yaml, read_at_most
 
 __all__ = [
     "ASPECTS",
@@ -44,6 +45,9 @@ __all__ = [
     "Catalogue",
     "Entry",
     "InvalidCatalogue",
+    "MAX_CATALOGUE_ENTRIES",
+    "MAX_CATALOGUE_FILE_BYTES",
+    "MAX_CATALOGUE_JSON_BYTES",
     "Level",
     "Shot",
     "check_inputs_used",
@@ -52,6 +56,15 @@ __all__ = [
 ]
 
 DEFAULT_CATALOGUE = Path(__file__).parent / "catalogue" / "default.yaml"
+# What a person hands in with --catalogue (or a deployment's catalogue): refused before it is parsed when it is
+# bigger, and before its entries are checked when it has more; --beyond-limits does not lift them. The default is
+# 14 KB for 23 entries and a profile's soft limit is 60 shots (limits.dataset.variations), so 500 entries are far
+# more than a dataset uses. Parsing a file at the cap takes about a second; a 50 MB one took minutes.
+MAX_CATALOGUE_FILE_BYTES = 2**20
+MAX_CATALOGUE_ENTRIES = 500
+# The JSON copy of a whole catalogue that the CLI stores for a deployment's stages: every entry with its defaults
+# spelled out and its file's keep sentence in its prompt, about 1.6 times the YAML (the default's is 17 KB).
+MAX_CATALOGUE_JSON_BYTES = 16 * 2**20
 _TOP_LEVEL_KEYS = ("keep", "entries")
 # pydantic's words for Python types, in the words of the YAML a user writes.
 _YAML_WORDS = {
@@ -102,10 +115,13 @@ def _read_file(path: Path, inherited_keep: str) -> tuple[str, list[tuple[Entry, 
     """A file's `keep` sentence and its entries, each with a label naming the file and the entry."""
     name = f"catalogue {path}"
     try:
+        text = read_at_most(path, MAX_CATALOGUE_FILE_BYTES, name, "a catalogue").decode("utf-8")
         # A SafeLoader: builds plain data only, never Python objects.
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictKeysLoader)
+        _, data = compose_yaml(text, _StrictKeysLoader)
     except FileNotFoundError:
         raise InvalidCatalogue([f"{name}: no such file"]) from None
+    except TooBig as exc:
+        raise InvalidCatalogue([f"{name}: {exc.problem}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidCatalogue([f"{name}: cannot be read as UTF-8 text ({exc.__class__.__name__})"]) from None
     except yaml.YAMLError as exc:
@@ -128,6 +144,10 @@ def _read_file(path: Path, inherited_keep: str) -> tuple[str, list[tuple[Entry, 
     if not isinstance(raw_entries, list) or not raw_entries:
         problems.append(f"{name}: no entries: 'entries' must be a non-empty list, not {_kind(raw_entries)}")
         raw_entries = []
+    if len(raw_entries) > MAX_CATALOGUE_ENTRIES:
+        raise InvalidCatalogue(
+            [f"{name}: has {len(raw_entries)} entries; a catalogue may have at most {MAX_CATALOGUE_ENTRIES}"]
+        )
     entries: list[tuple[Entry, str]] = []
     first_index: dict[str, int] = {}
     for index, raw in enumerate(raw_entries, start=1):

@@ -16,13 +16,19 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from likeness.inputs import InvalidInput
+from likeness.inputs import InvalidInput, TooBig, compose_yaml, read_at_most
 from likeness.render.prompts import Text
 
 # config.SEED_RANGE, the range every generator takes; config is not imported, as it loads the dataset's models.
 SEED_RANGE = 2**32
-# Far more than any list of prompts: a larger file is a mistake, and it is refused before it is read.
-MAX_PROMPTS_FILE_BYTES = 4 * 2**20
+# What a person hands in with --prompts, refused before it is parsed (the file) or before any prompt is checked (the
+# count, the length): every prompt is a render of its own, so a longer list is several runs, not one; a prompt's
+# length is four times the 1024 characters Wan's text encoder reads (render.prompt_chars, a soft limit that
+# --beyond-limits passes), past which it is pasted text rather than a prompt. The file holds the most prompts at
+# about that soft length. A 100,000-line file ran for minutes before.
+MAX_PROMPTS = 1000
+MAX_PROMPT_CHARS = 4096
+MAX_PROMPTS_FILE_BYTES = 2**20
 TEXT_SUFFIXES = ("", ".txt")
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -71,12 +77,9 @@ def _read_text(path: Path) -> str:
     try:
         if path.is_dir():
             raise PromptsFileProblem(path, ["is a folder, not a file"])
-        size = path.stat().st_size
-        if size > MAX_PROMPTS_FILE_BYTES:
-            raise PromptsFileProblem(
-                path, [f"is {size} bytes, more than the {MAX_PROMPTS_FILE_BYTES} a list of prompts needs: is it text?"]
-            )
-        data = path.read_bytes()
+        data = read_at_most(path, MAX_PROMPTS_FILE_BYTES, "", "a prompts file")
+    except TooBig as exc:
+        raise PromptsFileProblem(path, [exc.problem]) from None
     except FileNotFoundError:
         raise PromptsFileProblem(path, ["no such file"]) from None
     except OSError as exc:
@@ -97,9 +100,12 @@ def _read_text(path: Path) -> str:
 def _text_entries(path: Path, text: str) -> list[PromptEntry]:
     entries, problems = [], []
     # Split on newlines only: str.splitlines also breaks at form feeds and other separators inside a line.
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
+    lines = [(number, line.strip()) for number, line in enumerate(text.split("\n"), start=1)]
+    lines = [(number, line) for number, line in lines if line and not line.startswith("#")]
+    _check_count(path, len(lines))
+    for number, line in lines:
+        if len(line) > MAX_PROMPT_CHARS:
+            problems.append(f"line {number}: {_too_long('the prompt', line)}")
             continue
         control = next((ch for ch in line if ch != "\t" and unicodedata.category(ch) == "Cc"), None)
         if control is not None:
@@ -115,20 +121,19 @@ def _text_entries(path: Path, text: str) -> list[PromptEntry]:
 
 def _yaml_entries(path: Path, text: str) -> list[PromptEntry]:
     # A SafeLoader builds plain data only; its node tree gives each entry's line.
-    loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()
-        data = None if node is None else loader.construct_document(node)
+        node, data = compose_yaml(text)
+    except TooBig as exc:
+        raise PromptsFileProblem(path, [exc.problem]) from None
     except yaml.YAMLError as exc:
         raise PromptsFileProblem(path, [f"not valid YAML ({_yaml_problem(exc)})"]) from None
-    finally:
-        loader.dispose()
     if data is None or data == []:
         raise PromptsFileProblem(path, ["holds no prompts"])
     if not isinstance(data, list) or not isinstance(node, yaml.SequenceNode):
         raise PromptsFileProblem(
             path, [f"must be a list of prompts (text, or mappings with a prompt and options), not {_kind(data)}"]
         )
+    _check_count(path, len(data))
     entries, problems = [], []
     for index, (raw, item) in enumerate(zip(data, node.value, strict=True), start=1):
         where = f"entry {index} (line {item.start_mark.line + 1})"
@@ -136,6 +141,14 @@ def _yaml_entries(path: Path, text: str) -> list[PromptEntry]:
             raw = {"prompt": raw}
         if not isinstance(raw, dict):
             problems.append(f"{where}: a prompt is text or a mapping with a prompt and options, not {_kind(raw)}")
+            continue
+        long = [
+            _too_long(option, raw[option])
+            for option in ("prompt", "negative_prompt")
+            if isinstance(raw.get(option), str) and len(raw[option].strip()) > MAX_PROMPT_CHARS
+        ]
+        if long:
+            problems += [f"{where}: {problem}" for problem in long]
             continue
         unknown = [key for key in raw if key not in PromptEntry.model_fields]
         if unknown:
@@ -150,6 +163,17 @@ def _yaml_entries(path: Path, text: str) -> list[PromptEntry]:
     if problems:
         raise PromptsFileProblem(path, problems)
     return entries
+
+
+def _check_count(path: Path, count: int) -> None:
+    if count > MAX_PROMPTS:
+        raise PromptsFileProblem(
+            path, [f"holds {count} prompts; a prompts file may hold at most {MAX_PROMPTS}: split it into several runs"]
+        )
+
+
+def _too_long(what: str, text: str) -> str:
+    return f"{what} is {len(text.strip())} characters; a prompt may be at most {MAX_PROMPT_CHARS}"
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

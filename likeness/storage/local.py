@@ -75,6 +75,10 @@ class LocalStore(ArtifactStore):
         with self._open(key) as src:
             return src.read()
 
+    def get_head(self, key: str, size: int) -> bytes:
+        with self._open(key) as src:
+            return src.read(size)
+
     def get_file(self, key: str, dest: Path) -> Path:
         with self._open(key) as src:
             return _atomic_copy(src, Path(dest))

@@ -99,6 +99,10 @@ class S3Store(ArtifactStore):
         with self._download(key) as response:
             return response.read()
 
+    def get_head(self, key: str, size: int) -> bytes:
+        with self._download(key) as response, self._errors("get", key):
+            return response.read(size)
+
     def get_file(self, key: str, dest: Path) -> Path:
         with self._download(key) as response:
             return _atomic_copy(response, Path(dest))

@@ -132,6 +132,11 @@ class ArtifactStore(ABC):
     def get_bytes(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def get_head(self, key: str, size: int) -> bytes:
+        """The object's first `size` bytes (all of them when it is shorter), streamed: no more is read, so a
+        caller that refuses objects over a limit asks for one byte more and never holds a huge one."""
+
+    @abstractmethod
     def get_file(self, key: str, dest: Path) -> Path:
         """Download to `dest` atomically: a reader of `dest` sees the old file or the whole new one."""
 
