@@ -68,6 +68,26 @@ def limit_file_size(limit: int):
     return apply
 
 
+def test_the_free_space_asked_for_is_within_twice_what_the_run_wrote(made, models_dir):
+    # First of the tests on `made`: the store holds that one run's objects only.
+    from likeness.config import RunConfig
+    from likeness.models.profiles import load_profile
+    from likeness.run.write_checks import TINY_TRANSFORMER, estimate_run_bytes, headroom
+
+    tmp, _, _ = made
+    profile = load_profile("tiny")
+    config = RunConfig.from_profile(profile, {"dataset": {"variations": ["front", "smile"]}})
+    shots = len(json.loads((tmp / "out" / MANIFEST).read_text())["dataset"]) // 2  # an image and a caption each
+    reference = len((tmp / "out" / "reference.png").read_bytes())
+    store, out = estimate_run_bytes(config, TINY_TRANSFORMER, shots, reference)
+    written_out = sum(len(data) for data in folder_bytes(tmp / "out").values())
+    written_store = sum(len(data) for data in folder_bytes(tmp / "likeness-data" / "store").values())
+    asked = store + out + headroom(store + out)
+    print(f"written {written_out + written_store} B, asked for {asked} B")
+    assert written_out <= out and written_store <= store
+    assert asked <= 2 * (written_out + written_store)
+
+
 def test_an_unchanged_rerun_is_up_to_date_without_starting_prefect(made, prefect_api):
     tmp, env, photo = made
     runs = flow_run_count(prefect_api)
@@ -99,6 +119,7 @@ def test_an_export_cut_off_by_a_write_error_says_so_in_one_line_and_the_next_run
     assert cut.returncode == 2, cut.stderr[-3000:]
     error = [line for line in cut.stderr.splitlines() if line.startswith("error:")]
     assert len(error) == 1 and "File too large (EFBIG)" in error[0] and str(out / DATASET_CONTACT_SHEET) in error[0]
+    assert f"(during the export into {out})" in error[0]
     assert "Traceback" not in cut.stderr
     assert not list(out.rglob(".*.likeness-part")), "a temporary file was left behind"
     record = json.loads((out / MANIFEST).read_text())

@@ -84,6 +84,7 @@ class FlowRun:
         self.log_path = log_file_path(settings.data_dir, trigger)
         self.server: TemporaryPrefectServer | None = None
         self.tracker: StageTracker | None = None
+        self.exporting = False
 
     def start(self, refresh: bool, verbose: bool) -> None:
         """Run to the end, or stop on Ctrl-C / SIGTERM saying what was interrupted."""
@@ -106,6 +107,8 @@ class FlowRun:
         )
 
     def _where(self) -> str:
+        if self.exporting:
+            return f"the export into {self.out}"
         return self.tracker.where() if self.tracker else "start-up"
 
     def _stop_server(self, drain_s: float = 5.0) -> None:
@@ -151,6 +154,7 @@ class FlowRun:
     def _attempt(self) -> dict[str, Any]:
         from likeness.models import pipelines
 
+        self.exporting = False
         started = time.perf_counter()
         result, flow_run_id = self._result()
         stats = {
@@ -158,10 +162,14 @@ class FlowRun:
             "seconds": round(time.perf_counter() - started, 2),
             "model_loads": dict(pipelines.load_counts),
         }
+        # A disk that fills up from here on fills up in the export, not in the flow's last stage.
+        self.exporting = True
         try:
-            return self._export(result, stats)
+            manifest = self._export(result, stats)
         except (OutputConflict, MissingObject) as exc:
             fail(str(exc))
+        self.exporting = False
+        return manifest
 
     def _result(self) -> tuple[Any, str]:
         """The flow's result and run id; a failure that is a file-system or store problem is raised as such."""

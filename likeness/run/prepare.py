@@ -120,7 +120,7 @@ def prepare_character(
     store = get_store()
     check_out_location(out, settings, store)
     transformer = video_transformer_config(model_profile, settings)
-    check_writable(out, store, estimate_run_bytes(config, transformer, len(shots)))
+    check_writable(out, store, estimate_run_bytes(config, transformer, len(shots), len(reference.png)))
     for note in [*reference.notes, *(n for pictures in second.values() for picture in pictures for n in picture.notes)]:
         say(f"note: {note}")
     if warning:

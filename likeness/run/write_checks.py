@@ -1,13 +1,16 @@
 """Checks that a run can write what it will write, made before any model loads.
 
 A full disk or a read-only folder found after an hour of GPU work costs the hour; found here it
-costs nothing. The sizes are upper bounds from the run's settings (uncompressed pixels, the LoRA's
-parameter count from the video model's config), so a run that passes has room to finish.
+costs nothing. The sizes are an estimate of what the run writes, from its settings: images as raw RGB
+(a PNG of a photo is smaller, of noise about as large), every shot kept at its first try, the LoRA's
+parameter count from the video model's config, and a tenth more for what the estimate does not see.
+Measured on tiny, it asks for 1.3x what a run wrote (bench/write_estimate.py prints both).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -23,8 +26,19 @@ from likeness.settings import Settings
 from likeness.storage.local import LocalStore
 from likeness.storage.store import ArtifactStore, StoreError
 
-# Room left over for Prefect's records, logs and the odd file the estimate does not see.
-HEADROOM_BYTES = 64 * 1024 * 1024
+# Room left over for Prefect's records, logs and the odd file the estimate does not see: a part of the run's
+# bytes, and at least a megabyte.
+HEADROOM_FRACTION = 0.1
+HEADROOM_MIN_BYTES = 1024 * 1024
+# Images as raw RGB; a face mask (black, a white face) compresses to a small part of a byte a pixel.
+RGB_BYTES = 3
+MASK_BYTES_PER_PIXEL = 1 / 64
+# H.264 at CRF 16 keeps well under a tenth of the raw frames.
+VIDEO_FRACTION = 0.1
+# A contact sheet's PNG: thumbnails of photos on white, about half its raw pixels.
+SHEET_BYTES_PER_PIXEL = 1.5
+# likeness.json, the dataset manifest, the identity-by-step plot: files whose size hardly follows the settings.
+RECORD_BYTES = 128 * 1024
 # When the video model's config is not on disk yet: Wan 2.2 TI2V-5B, the largest LoRA base the
 # profiles name, and for `tiny:` sources the transformer `likeness.models.tiny` builds.
 TINY_TRANSFORMER = {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 12}
@@ -82,21 +96,33 @@ def lora_checkpoint_bytes(config: RunConfig, transformer: dict[str, Any]) -> int
     return transformer["num_layers"] * per_block * 4
 
 
-def estimate_run_bytes(config: RunConfig, transformer: dict[str, Any], shots: int) -> tuple[int, int]:
-    """Upper bounds of what a run of `shots` dataset images writes: (to the artifact store, to the output folder)."""
+def estimate_run_bytes(
+    config: RunConfig, transformer: dict[str, Any], shots: int, reference_bytes: int
+) -> tuple[int, int]:
+    """What a run of `shots` dataset images is expected to write: (to the artifact store, to the output folder).
+
+    The output folder holds the reference, the dataset, masks and contact sheet, the LoRA's checkpoints, the
+    published LoRA and its samples, and the renders with their sheet; the store holds all of that and each edit
+    before its upscale. Each try curation refuses adds one edit and one cell of the sheet."""
     dataset, train, render = config.dataset, config.train, config.render
-    tries = shots * dataset.curation.max_tries
-    # A square image at the long side bounds every aspect; masks are one channel.
-    final_images = shots * dataset.upscale.size**2 * 4
-    edited_images = tries * dataset.edit.size**2 * 3
-    sheet_width, sheet_height = contact_sheet_size(tries + 1)  # the reference, kept images and refused tries
-    sheet = sheet_width * sheet_height * 3
-    checkpoints = train.checkpoint_count * lora_checkpoint_bytes(config, transformer)
-    renders = len(render.image_prompts) * render.size**2 * 3
-    # H.264 at CRF 16 keeps well under a tenth of the raw frames.
-    renders += len(render.video_prompts) * render.video_frames * render.size**2 * 3 // 10
-    out_bytes = final_images + sheet + checkpoints + renders
-    return out_bytes + edited_images, out_bytes
+    final_images = shots * dataset.upscale.size**2 * RGB_BYTES
+    masks = int(shots * dataset.upscale.size**2 * MASK_BYTES_PER_PIXEL)
+    sheet = int(math.prod(contact_sheet_size(shots + 1)) * SHEET_BYTES_PER_PIXEL)  # the reference and the kept images
+    experts = len(train.trained_experts)
+    lora = (train.checkpoint_count + 1) * experts * lora_checkpoint_bytes(config, transformer)
+    samples = train.checkpoint_count * len(train.sample_prompts) * train.size**2 * RGB_BYTES
+    stills, videos = len(render.image_prompts), len(render.video_prompts)
+    renders = stills * render.size**2 * RGB_BYTES
+    renders += int(videos * render.video_frames * render.size**2 * RGB_BYTES * VIDEO_FRACTION)
+    renders += int(math.prod(contact_sheet_size(stills + videos)) * SHEET_BYTES_PER_PIXEL)
+    out_bytes = reference_bytes + final_images + masks + sheet + lora + samples + renders + RECORD_BYTES
+    edits = shots * dataset.edit.size**2 * RGB_BYTES
+    return out_bytes + edits, out_bytes
+
+
+def headroom(size: int) -> int:
+    """What a filesystem must have free beyond `size`, the estimate of what the run writes there."""
+    return max(int(size * HEADROOM_FRACTION), HEADROOM_MIN_BYTES)
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -147,10 +173,10 @@ def check_writable(out: Path, store: ArtifactStore, needs: tuple[int, int]) -> N
         wanted[device] = (folder, already + store_bytes)
     for folder, size in wanted.values():
         free = shutil.disk_usage(folder).free
-        if free < size + HEADROOM_BYTES:
+        if free < size + headroom(size):
             raise WriteCheckFailed(
-                f"not enough free space on the filesystem of {folder}: this run writes up to "
-                f"{_human(size + HEADROOM_BYTES)} there and {_human(free)} is free"
+                f"not enough free space on the filesystem of {folder}: this run writes about "
+                f"{_human(size + headroom(size))} there and {_human(free)} is free"
             )
 
 
