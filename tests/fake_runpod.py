@@ -1,21 +1,31 @@
 """A fake RunPod API on 127.0.0.1 whose pods really run, for tests through the real `runpod` SDK.
 
 It answers the GraphQL that the SDK (1.12.0) sends for a pod's lifecycle: `gpuTypes`, `myself` (the user and its
-`pods`), `pod(input: {podId})`, `podFindAndDeployOnDemand` and `podTerminate`. Each query is parsed and checked
-against the fields the real schema has, and only the selected fields come back, so a misspelt field or a quote the
-SDK pasted in unescaped fails here as it would there.
+`pods`), `pod(input: {podId})`, `podFindAndDeployOnDemand`, `podStop` and `podTerminate`. Each query is parsed and
+checked against the fields the real schema has, and only the selected fields come back, so a misspelt field or a
+quote the SDK pasted in unescaped fails here as it would there.
 
 Auth: the key comes as `Authorization: Bearer KEY` (the SDK) or `?api_key=KEY` (older clients). A key that is not
 the account's gets HTTP 401, the one answer the SDK singles out (AuthenticationError). A read-only key may query, but
 its mutations answer the GraphQL error "Unauthorized", as users of read-only keys report. With no key at all,
 `myself` is null (as runpodctl users saw) and only `gpuTypes` can be read (a guess; the SDK never sends no key).
 
+The pod key: RunPod's docs say every pod comes with runpodctl and "a Pod-scoped API key" (runpodctl reads it from
+`RUNPOD_API_KEY`), and show a pod stopping or removing itself with `runpodctl stop pod $RUNPOD_POD_ID` /
+`runpodctl remove pod ...`; what else that key may do is not documented. Assumed here, the strictest reading: it may
+read its own pod (`pod`), stop it (`podStop`) and terminate it (`podTerminate`), and nothing else: any other field
+(`myself`, `gpuTypes`, creating a pod, another pod) answers the GraphQL error "Unauthorized" (HTTP 200), as a
+read-only key's mutations do. Once its pod is terminated the key acts on nothing. `terminations` records who ended
+each pod, and when it was asked (a record is added once the pod's processes and folder are gone).
+
 Pods: creating one starts `bash -c DOCKER_ARGS` (with no start command, an idle `sleep infinity`, as RunPod's base
 images end) in a new process group, in a fresh folder that stands for `/workspace` (so start commands should use
-relative paths), with the pod's env over the image's extra env, `RUNPOD_POD_ID`, and PATH with this venv's bin first;
-its output goes to `pod.log` in that folder. As on RunPod, a container whose command exits is started again (after
-RESTART_DELAY_S) for as long as the pod is meant to run. Terminating kills the process group (SIGTERM, SIGKILL after
-2 s) and deletes the pod and its folder, as RunPod deletes its disks (the log is kept for post-mortems, see `log()`).
+relative paths), with the pod's env over the image's extra env, what RunPod adds (`RUNPOD_POD_ID`, the pod's own key
+in `RUNPOD_API_KEY`; and `RUNPOD_API_BASE_URL`, this fake's URL, where a real pod would use the default API), and
+PATH with this venv's bin first; its output goes to `pod.log` in that folder. As on RunPod, a container whose command
+exits is started again (after RESTART_DELAY_S) for as long as the pod is meant to run. Terminating kills the process
+group (SIGTERM, SIGKILL after 2 s) and deletes the pod and its folder, as RunPod deletes its disks (the log is kept
+for post-mortems, see `log()`); stopping kills it the same way but keeps the pod, EXITED.
 
 `lose(pod_id)` is a machine lost: the pod's processes are SIGKILLed and the pod stays on the account, EXITED and
 without a runtime, until someone terminates it.
@@ -61,8 +71,25 @@ RESTART_DELAY_S = 1.0
 TERMINATE_GRACE_S = 2.0
 IDLE_COMMAND = "sleep infinity"
 
-Access = Literal["full", "read_only", "anonymous"]
+Access = Literal["full", "read_only", "anonymous", "pod"]
 _UNAUTHORIZED = {"errors": [{"message": "Unauthorized"}]}
+# What a pod's own key may do, and only to its own pod.
+POD_KEY_FIELDS = frozenset({"pod", "podStop", "podTerminate"})
+
+
+@dataclass(frozen=True)
+class _Caller:
+    access: Access
+    pod_id: str | None = None  # for a pod key: its pod
+
+
+@dataclass(frozen=True)
+class Termination:
+    """A pod terminated: by the account's key or by its own (`by` is "account" or "pod"), at `at` (epoch s)."""
+
+    pod_id: str
+    by: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -104,10 +131,12 @@ class FakePod:
     cost_per_hr: float
     env: dict[str, str]
     docker_args: str
-    status: str  # desiredStatus: RUNNING, or EXITED once lost
+    status: str  # desiredStatus: RUNNING, or EXITED once lost or stopped
     running: bool  # its container's command is running now
     restarts: int
     folder: Path
+    pod_key: str  # the pod-scoped key RunPod puts in the pod's RUNPOD_API_KEY
+    container_env: dict[str, str]  # the whole environment its container's command got
 
 
 @dataclass(eq=False)
@@ -126,7 +155,9 @@ class _Pod:
     folder: Path
     machine_id: str
     created_at: float
+    pod_key: str
     status: str = "RUNNING"
+    container_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     container_started: float = 0.0
     restarts: int = 0
@@ -156,7 +187,11 @@ class FakeRunPod:
         self.root = Path(tempfile.mkdtemp(prefix="fake-runpod-")) if root is None else Path(root)
         self.created: list[CreateRequest] = []  # every create a full key asked for, those refused for capacity too
         self.calls: list[str] = []  # each request's operation name, or its root fields when it has none
+        self.terminations: list[Termination] = []
+        # False: new pods get no key of their own (a pod that cannot end itself, left to the sweeper).
+        self.pod_keys = True
         self._pods: dict[str, _Pod] = {}
+        self._pod_keys: dict[str, str] = {}  # a pod's own key -> its pod's id (kept after the pod is gone)
         self._lock = threading.RLock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -250,54 +285,63 @@ class FakeRunPod:
         with self._lock:
             self.calls.append(call)
 
-    def _access(self, key: str | None) -> Access | None:
+    def _access(self, key: str | None) -> _Caller | None:
         if key is None:
-            return "anonymous"
+            return _Caller("anonymous")
         if key == self.api_key:
-            return "full"
-        return "read_only" if key in self.read_only_keys else None
+            return _Caller("full")
+        if key in self.read_only_keys:
+            return _Caller("read_only")
+        with self._lock:
+            pod_id = self._pod_keys.get(key)
+        return None if pod_id is None else _Caller("pod", pod_id)
 
-    def _execute(self, root_type: str, fields: list[_Field], access: Access) -> dict[str, Any]:
-        resolvers: dict[str, Callable[[dict[str, Any], Access], Any]] = {
+    def _execute(self, root_type: str, fields: list[_Field], caller: _Caller) -> dict[str, Any]:
+        resolvers: dict[str, Callable[[dict[str, Any], _Caller], Any]] = {
             "myself": self._myself,
             "gpuTypes": self._gpu_types,
             "pod": self._pod,
             "podFindAndDeployOnDemand": self._deploy,
+            "podStop": self._stop,
             "podTerminate": self._terminate,
         }
         data: dict[str, Any] = {}
         errors: list[dict[str, Any]] = []
         for f in fields:
             try:
-                if root_type == "Mutation" and access != "full":
+                if caller.access == "pod":
+                    # Its own pod, and only to read, stop or terminate it.
+                    if f.name not in POD_KEY_FIELDS or (f.args.get("input") or {}).get("podId") != caller.pod_id:
+                        raise GraphQLError("Unauthorized")
+                elif root_type == "Mutation" and caller.access != "full":
                     raise GraphQLError("Unauthorized")
-                value = resolvers[f.name](f.args, access)
+                value = resolvers[f.name](f.args, caller)
                 data[f.alias] = value if f.selections is None else _select(value, f.selections)
             except GraphQLError as error:
                 data[f.alias] = None
                 errors.append({"message": error.message, "path": [f.alias]})
         return {"data": data, "errors": errors} if errors else {"data": data}
 
-    def _myself(self, args: dict[str, Any], access: Access) -> dict[str, Any] | None:
-        if access == "anonymous":
+    def _myself(self, args: dict[str, Any], caller: _Caller) -> dict[str, Any] | None:
+        if caller.access == "anonymous":
             return None
         with self._lock:
             pods = [self._pod_view(pod) for pod in self._pods.values()]
         return {"id": "user_fake", "pubKey": "", "networkVolumes": [], "pods": pods}
 
-    def _gpu_types(self, args: dict[str, Any], access: Access) -> list[dict[str, Any]]:
+    def _gpu_types(self, args: dict[str, Any], caller: _Caller) -> list[dict[str, Any]]:
         wanted = (args.get("input") or {}).get("id")
         with self._lock:
             return [_gpu_view(gpu) for gpu in self._gpus.values() if wanted in (None, gpu.id)]
 
-    def _pod(self, args: dict[str, Any], access: Access) -> dict[str, Any] | None:
-        if access == "anonymous":
+    def _pod(self, args: dict[str, Any], caller: _Caller) -> dict[str, Any] | None:
+        if caller.access == "anonymous":
             raise GraphQLError("Unauthorized")
         with self._lock:
             pod = self._pods.get((args.get("input") or {}).get("podId"))
             return None if pod is None else self._pod_view(pod)
 
-    def _deploy(self, args: dict[str, Any], access: Access) -> dict[str, Any]:
+    def _deploy(self, args: dict[str, Any], caller: _Caller) -> dict[str, Any]:
         spec = args.get("input") or {}
         env = {item["key"]: item["value"] for item in spec.get("env") or []}
         gpu_type, cloud_type = spec.get("gpuTypeId", ""), spec.get("cloudType", "ALL")
@@ -323,8 +367,19 @@ class FakeRunPod:
                 raise GraphQLError(NO_CAPACITY)
             return self._pod_view(pod)
 
-    def _terminate(self, args: dict[str, Any], access: Access) -> None:
+    def _stop(self, args: dict[str, Any], caller: _Caller) -> dict[str, Any]:
+        """The pod's container ends; the pod stays on the account, EXITED (its disk still billed)."""
+        with self._lock:
+            pod = self._pods.get((args.get("input") or {}).get("podId"))
+            if pod is None:
+                raise GraphQLError(NO_SUCH_POD)
+            pod.status = "EXITED"
+        _end(pod, grace_s=TERMINATE_GRACE_S)
+        return self._pod_view(pod)
+
+    def _terminate(self, args: dict[str, Any], caller: _Caller) -> None:
         pod_id = (args.get("input") or {}).get("podId")
+        asked_at = time.time()
         with self._lock:
             pod = self._pods.pop(pod_id, None)
         if pod is None:
@@ -335,6 +390,8 @@ class FakeRunPod:
         with contextlib.suppress(FileNotFoundError):
             shutil.move(pod.folder / LOG_NAME, logs / f"{pod.id}.log")
         shutil.rmtree(pod.folder, ignore_errors=True)
+        with self._lock:  # once it is all gone, stamped with when it was asked for
+            self.terminations.append(Termination(pod.id, "pod" if caller.access == "pod" else "account", asked_at))
 
     def _launch(self, spec: dict[str, Any], gpu: FakeGpu, cost_per_hr: float, env: dict[str, str]) -> _Pod:
         pod_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(14))
@@ -355,8 +412,10 @@ class FakeRunPod:
             folder=folder,
             machine_id=secrets.token_hex(6),
             created_at=time.time(),
+            pod_key=f"rp-pod-{secrets.token_hex(12)}",
         )
         self._pods[pod_id] = pod
+        self._pod_keys[pod.pod_key] = pod_id
         self._run_container(pod)
         return pod
 
@@ -365,8 +424,11 @@ class FakeRunPod:
             **self._images.get(pod.image, {}),
             **pod.env,
             "RUNPOD_POD_ID": pod.id,
+            **({"RUNPOD_API_KEY": pod.pod_key} if self.pod_keys else {}),
+            URL_VARIABLE: self.url,
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
         }
+        pod.container_env = env
         with open(pod.folder / LOG_NAME, "ab") as log:
             pod.process = subprocess.Popen(
                 ["bash", "-c", pod.docker_args or IDLE_COMMAND],
@@ -467,8 +529,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        try:
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a pod that terminated itself is gone before its answer
 
     def log_message(self, *args: Any) -> None:
         pass  # tests read `.calls`; one stderr line per request is noise
@@ -488,7 +553,7 @@ class GraphQLError(Exception):
 # Only what the SDK's pod queries ask for: each type's fields, mapped to the object type they hold (None: a scalar).
 _SCHEMA: dict[str, dict[str, str | None]] = {
     "Query": {"myself": "User", "gpuTypes": "GpuType", "pod": "Pod"},
-    "Mutation": {"podFindAndDeployOnDemand": "Pod", "podTerminate": None},
+    "Mutation": {"podFindAndDeployOnDemand": "Pod", "podStop": "Pod", "podTerminate": None},
     "User": {"id": None, "pubKey": None, "networkVolumes": "NetworkVolume", "pods": "Pod"},
     "NetworkVolume": dict.fromkeys(["id", "name", "size", "dataCenterId"]),
     "GpuType": {
@@ -703,6 +768,8 @@ def _snapshot(pod: _Pod) -> FakePod:
         running=pod.running(),
         restarts=pod.restarts,
         folder=pod.folder,
+        pod_key=pod.pod_key,
+        container_env=dict(pod.container_env),
     )
 
 

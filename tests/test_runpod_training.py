@@ -8,12 +8,14 @@ Toolkit's place) and uploads checkpoints, samples and progress through presigned
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +27,8 @@ from likeness import __version__
 from likeness.config import PodConfig
 from likeness.models.profiles import load_profile, model_path
 from likeness.models.wan_lora import is_complete_safetensors, read_lora_metadata
-from likeness.runpod.pods import RunPodClient, RunPodKeyRejected
+from likeness.runpod.jobs import JOBS_PREFIX, job_prefix, new_job_id, pod_name
+from likeness.runpod.pods import PodRequest, RunPodClient, RunPodKeyRejected
 from likeness.runpod.sweep import sweep_pods
 from likeness.settings import get_settings
 from likeness.storage.artifacts import put_bytes
@@ -316,3 +319,91 @@ def test_a_cli_train_cancelled_through_the_prefect_api_terminates_its_pod(
     assert ended["state"]["type"] == "CANCELLED"
     assert api.alive() == [] and len(api.created) == 1
     assert KEY not in stderr
+
+
+SELF_ENDING_DRIVER = """
+import sys
+from likeness.config import PodConfig
+from likeness.runpod.pods import RunPodClient
+from likeness.storage.artifacts import get_store
+from tests.test_runpod_training import dataset, tiny_job, GPUS
+from likeness.training.remote import RemoteTraining
+store = get_store()
+pod = PodConfig(gpu_types=tuple(g.id for g in GPUS), poll_seconds=0.5, driver_timeout_s=float(sys.argv[3]))
+RemoteTraining(tiny_job(steps=3000, checkpoint_every=1500), "runpod-native", dataset(store), pod,
+               RunPodClient(sys.argv[1], sys.argv[2]), store).run()
+"""
+
+
+@pytest.mark.parametrize("ender", ["pod", "sweeper"])
+def test_a_killed_drivers_pod_ends_within_the_bound_by_itself_or_by_the_sweeper(s3_store, api, s3_server, ender):
+    """SIGKILL the driver while its pod trains. `pod`: no sweeper runs, the pod's watchdog ends it within
+    `driver_timeout_s` (5 s here). `sweeper`: the pod has no key to end itself with, and a sweeper runs every second
+    with the same 5 s bound, as the sweep-pods deployment does every 10 min with 900 s. Both print the seconds from
+    the kill to the pod's termination."""
+    bound = 5.0
+    client = RunPodClient(KEY, api.url)
+    # A pod an earlier job of this store left behind (its driver's heartbeat an hour old): swept before the new pod.
+    orphan_job = new_job_id()
+    orphan = client.start_pod(
+        PodRequest(name=pod_name(orphan_job), image="img", gpu_types=[GPUS[0].id], docker_args="sleep 600")
+    ).id
+    stale = {"pod_id": orphan, "time": time.time() - 3600, "done": False, "flow_run_id": None}
+    s3_store.put_bytes(f"{job_prefix(orphan_job)}heartbeat.json", json.dumps(stale).encode())
+    api.pod_keys = ender == "pod"
+    driver = subprocess.Popen(
+        [sys.executable, "-c", SELF_ENDING_DRIVER, KEY, api.url, str(bound)],
+        cwd=Path(__file__).parents[1],
+        env=dict(os.environ),
+    )
+    sweeping = threading.Event()
+    try:
+        deadline = time.monotonic() + 240
+        while not api.alive() or not trained_a_step(s3_store):
+            assert time.monotonic() < deadline and driver.poll() is None, "the driver started no training"
+            time.sleep(0.2)
+        (pod,) = [p for p in api.pods() if p.id != orphan]
+        assert [(t.pod_id, t.by) for t in api.terminations] == [(orphan, "account")]
+        assert api.calls.index("podTerminate") < len(api.calls) - 1 - api.calls[::-1].index("podFindAndDeployOnDemand")
+        # What the pod's processes got: RunPod's pod-scoped key, never the account's key or the store's secret.
+        assert pod.container_env.get("RUNPOD_API_KEY") == (pod.pod_key if ender == "pod" else None)
+        assert pod.pod_key != KEY
+        for value in pod.container_env.values():
+            assert KEY not in value and s3_server.secret_key not in value
+        if ender == "sweeper":
+
+            def sweep_every_second() -> None:
+                while not sweeping.wait(1.0):
+                    sweep_pods(client, s3_store, ttl_hours=6, stale_after_s=bound)
+
+            threading.Thread(target=sweep_every_second, daemon=True).start()
+        driver.send_signal(signal.SIGKILL)
+        killed = time.time()
+        driver.wait()
+        deadline = time.monotonic() + bound + 30
+        while pod.id not in [t.pod_id for t in api.terminations]:
+            assert time.monotonic() < deadline, f"pod {pod.id} outlived its driver:\n{api.log(pod.id)}"
+            time.sleep(0.1)
+        (ended,) = [t for t in api.terminations if t.pod_id == pod.id]
+        seconds = ended.at - killed
+        print(f"\n{ender}: pod {pod.id} terminated {seconds:.1f} s after its driver was killed (bound {bound:g} s)")
+        assert ended.by == ("pod" if ender == "pod" else "account")
+        assert seconds < bound + 5
+        if ender == "pod":
+            assert "its driver's heartbeat unchanged for" in api.log(pod.id)
+        else:
+            assert "this pod cannot end itself" in api.log(pod.id)
+        assert api.alive() == []
+    finally:
+        sweeping.set()
+        driver.kill()
+
+
+def trained_a_step(store: S3Store) -> bool:
+    """Whether the (one) job's pod reported a training step."""
+    for key in store.list(JOBS_PREFIX):
+        if key.endswith("/progress-0.json"):
+            with contextlib.suppress(Exception):
+                if json.loads(store.get_bytes(key))["step"] >= 1:
+                    return True
+    return False

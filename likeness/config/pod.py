@@ -23,8 +23,12 @@ class PodConfig(Frozen):
     # None: the backend's image (our worker image for runpod-native, ostris/aitoolkit for runpod-aitoolkit).
     image: str | None = None
     container_disk_gb: int = Field(default=100, gt=0)
-    # A pod older than this is terminated by the sweeper, whatever its job says.
+    # A pod older than this ends itself (and the sweeper terminates it), whatever its job says; its presigned URLs
+    # expire then too.
     ttl_hours: float = Field(default=6.0, gt=0)
+    # A pod ends itself when its driver's heartbeat has not changed for this long on the pod's own clock (the driver
+    # was killed, or its machine lost or asleep). The driver writes it every tenth of this (30 s at most).
+    driver_timeout_s: float = Field(default=300.0, ge=1)
     # A pod lost mid-training is replaced this many times, resuming from the last uploaded checkpoint.
     max_replacements: int = Field(default=2, ge=0)
     poll_seconds: float = Field(default=10.0, gt=0)

@@ -6,8 +6,10 @@ progress record. Every checkpoint the pod uploads is downloaded, checked (comple
 reported) and published into the content-addressed store as it arrives. The pod is terminated in every case:
 success, failure, a stop asked for (Ctrl-C, cancellation from the Prefect UI), an error in the driver. A pod lost
 mid-training is replaced and resumes from the last published checkpoint and its optimizer state. A driver that
-dies without unwinding (SIGKILL, a lost machine) leaves a heartbeat that stops; the sweeper (`sweep_pods`)
-terminates the pods of jobs whose heartbeat is stale or whose age passed the TTL.
+dies without unwinding (SIGKILL, the OOM killer, a closed laptop) leaves a heartbeat that stops changing: the pod's
+own watchdog (`likeness.training.pod.Watchdog`) ends the pod `pod.driver_timeout_s` later, and at `pod.ttl_hours`
+whatever happens; the sweeper (`sweep_pods`) terminates what is left. Before its first pod, a job sweeps the pods
+of this store's jobs that outlived their driver.
 
     result = RemoteTraining(job, "runpod-native", images, config.pod, client, store).run()
 """
@@ -18,8 +20,10 @@ import json
 import logging
 import shlex
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +36,8 @@ from likeness.inputs import InvalidInput
 from likeness.models.wan_lora import is_complete_safetensors
 from likeness.records import TrainCost
 from likeness.runpod.jobs import job_prefix, new_job_id, pod_name
-from likeness.runpod.pods import Pod, PodRequest, RunPodClient
+from likeness.runpod.pods import Pod, PodRequest, RunPodClient, RunPodError
+from likeness.runpod.sweep import ORPHAN_AFTER_S, sweep_pods
 from likeness.settings import get_settings
 from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes, put_file
 from likeness.storage.s3 import S3Store
@@ -56,6 +61,11 @@ BOOTSTRAP = (
     'PYTHONPATH="$W/code" LIKENESS_WORKSPACE="$W" python -m likeness.training.pod || true; '
     "exec sleep infinity"
 )
+
+
+def heartbeat_every_s(pod: PodConfig) -> float:
+    """How often the driver writes its heartbeat and the pod reads it: a tenth of the bound, 30 s at most."""
+    return min(pod.driver_timeout_s / 10, 30.0)
 
 
 class TrainingFailed(RuntimeError):
@@ -138,6 +148,7 @@ class RemoteTraining:
         self.prefix = job_prefix(self.job_id)
         self.expires = timedelta(hours=pod.ttl_hours)
         self.published: dict[int, PublishedCheckpoint] = {}
+        self._beats = 0
         # Each pod started and the seconds it ran: what the job cost.
         self.pod_times: list[tuple[Pod, float]] = []
         # The files each checkpoint is on the pod: AI Toolkit saves the last one without a step in its name.
@@ -188,6 +199,13 @@ class RemoteTraining:
             "training_folder": folder,
             "progress_every_s": min(self.pod.poll_seconds, 30.0),
             "files": files,
+            # What the pod's watchdog reads, and when it ends the pod (see likeness.training.pod.DriverWatch).
+            "watchdog": {
+                "heartbeat": self._url(self._heartbeat_key()),
+                "driver_timeout_s": self.pod.driver_timeout_s,
+                "check_every_s": heartbeat_every_s(self.pod),
+                "ttl_s": self.pod.ttl_hours * 3600,
+            },
             "uploads": {
                 "checkpoints": {name: self._url(f"{out}{name}", "PUT") for name in names},
                 "optimizer": {
@@ -204,6 +222,7 @@ class RemoteTraining:
 
     def run(self) -> RemoteResult:
         """Train to the last step on as many pods as it takes (one, unless a pod is lost)."""
+        self._sweep_orphans()
         with tempfile.TemporaryDirectory() as tmp:
             wheel = put_file(build_wheel(Path(tmp)), store=self.store)
         for attempt in range(self.pod.max_replacements + 1):
@@ -217,15 +236,27 @@ class RemoteTraining:
             f"(last checkpoint: step {max(self.published, default=0)}); see {self.prefix} in the store"
         )
 
-    def _attempt(self, attempt: int, wheel: ArtifactRef) -> bool:
-        """One pod's life; True when training finished on it, False when the pod was lost."""
-        manifest_ref = put_bytes(json.dumps(self.manifest(attempt)).encode(), f"manifest-{attempt}.json", self.store)
+    def _sweep_orphans(self) -> None:
+        """Terminate the pods of this store's jobs whose driver is gone (their watchdog may have failed them)."""
+        try:
+            sweep_pods(
+                self.client,
+                self.store,
+                self.pod.ttl_hours,
+                max(ORPHAN_AFTER_S, self.pod.driver_timeout_s),
+                only_this_store=True,
+            )
+        except (RunPodError, StoreError) as error:
+            log.warning("could not sweep pods left behind by earlier jobs (%s); going on", error)
+
+    def pod_request(self, manifest: ArtifactRef, wheel: ArtifactRef) -> PodRequest:
+        """The pod to ask for: its env holds two presigned GET URLs and the job id, never a key."""
         env = {
-            "LIKENESS_JOB_URL": self._url(manifest_ref.key),
+            "LIKENESS_JOB_URL": self._url(manifest.key),
             "LIKENESS_WHEEL_URL": self._url(wheel.key),
             "LIKENESS_JOB_ID": self.job_id,
         }
-        request = PodRequest(
+        return PodRequest(
             name=pod_name(self.job_id),
             image=self.pod.image or DEFAULT_IMAGES[self.backend],
             gpu_types=self.pod.gpu_types,
@@ -235,15 +266,28 @@ class RemoteTraining:
             env=env,
             docker_args=f"bash -c {shlex.quote(BOOTSTRAP.replace('{version}', __version__))}",
         )
-        pod = self.client.start_pod(request)
-        started = time.monotonic()
-        self._heartbeat(pod.id)
+
+    def _attempt(self, attempt: int, wheel: ArtifactRef) -> bool:
+        """One pod's life; True when training finished on it, False when the pod was lost."""
+        manifest_ref = put_bytes(json.dumps(self.manifest(attempt)).encode(), f"manifest-{attempt}.json", self.store)
+        request = self.pod_request(manifest_ref, wheel)
+        # Before the pod exists, so that its watchdog finds a heartbeat from its first read.
+        self._heartbeat(None)
         try:
-            return self._follow(pod.id, attempt)
+            pod = self.client.start_pod(request)
+        except BaseException:
+            with suppress(StoreError):  # the error that matters is the start's
+                self._heartbeat(None, done=True)
+            raise
+        started = time.monotonic()
+        try:
+            self._heartbeat(pod.id)
+            with self._beating(pod.id):
+                return self._follow(pod.id, attempt)
         finally:
             self.client.terminate(pod.id)
             self.pod_times.append((pod, time.monotonic() - started))
-            self._heartbeat(None)
+            self._heartbeat(None, done=True)
 
     def _follow(self, pod_id: str, attempt: int) -> bool:
         """Poll the pod's progress and publish its checkpoints until it finishes, fails or is lost."""
@@ -277,7 +321,6 @@ class RemoteTraining:
             if time.monotonic() - last_report > self.pod.silent_after_s:
                 log.warning("pod %s reported nothing for %.0f s: taking it as lost", pod_id, self.pod.silent_after_s)
                 return False
-            self._heartbeat(pod_id)
             time.sleep(self.pod.poll_seconds)
 
     def _progress(self, attempt: int) -> dict[str, Any] | None:
@@ -288,10 +331,46 @@ class RemoteTraining:
         except (StoreError, ValueError):
             return None
 
-    def _heartbeat(self, pod_id: str | None) -> None:
-        """What the sweeper reads: the driver is alive (or done) and which pod is its."""
-        record = {"pod_id": pod_id, "flow_run_id": self.flow_run_id, "time": time.time(), "done": pod_id is None}
-        self.store.put_bytes(f"{self.prefix}heartbeat.json", json.dumps(record).encode())
+    def _heartbeat_key(self) -> str:
+        return f"{self.prefix}heartbeat.json"
+
+    def _heartbeat(self, pod_id: str | None, done: bool = False) -> None:
+        """What the pod's watchdog and the sweeper read: the driver is alive (or done) and which pod is its.
+
+        Each write differs from the last (`beat` counts them): the pod judges the heartbeat by whether it changes,
+        on its own clock; the sweeper compares `time` with its clock.
+        """
+        self._beats += 1
+        record = {
+            "pod_id": pod_id,
+            "flow_run_id": self.flow_run_id,
+            "time": time.time(),
+            "beat": self._beats,
+            "done": done,
+        }
+        self.store.put_bytes(self._heartbeat_key(), json.dumps(record).encode())
+
+    @contextmanager
+    def _beating(self, pod_id: str) -> Iterator[None]:
+        """Write the heartbeat every `heartbeat_every_s` on a thread of its own while the block runs, however long
+        the follow loop spends publishing a checkpoint; a write that fails is retried at the next beat."""
+        stop = threading.Event()
+        every = heartbeat_every_s(self.pod)
+
+        def beat() -> None:
+            while not stop.wait(every):
+                try:
+                    self._heartbeat(pod_id)
+                except StoreError as error:
+                    log.warning("could not write the heartbeat of pod %s: %s", pod_id, error)
+
+        thread = threading.Thread(target=beat, name=f"likeness-heartbeat-{pod_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
 
     # Publishing ------------------------------------------------------------------------------------------------
 
