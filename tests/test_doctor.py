@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 
 from typer.testing import CliRunner
@@ -74,3 +75,43 @@ def test_pools_without_workers_a_wrong_key_and_a_dead_store_fail_it(likeness_env
             assert secret not in result.output
         right = doctor(monkeypatch, LIKENESS_RUNPOD_API_KEY="rp-right-key")
         assert rows(right.output)["RunPod key"] == "ok accepted by the RunPod API"
+
+
+def test_each_pod_of_ours_is_listed_with_its_age_and_its_jobs_heartbeat_age(likeness_env, monkeypatch):
+    import time
+
+    from likeness.runpod.jobs import job_prefix, new_job_id, pod_name
+    from likeness.runpod.pods import PodRequest, RunPodClient
+    from likeness.storage import artifacts
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with fake_runpod(api_key="rp-right-key") as api:
+        monkeypatch.setenv("RUNPOD_API_BASE_URL", api.url)
+        client = RunPodClient("rp-right-key")
+        jobs = {what: new_job_id() for what in ("alive", "orphan", "elsewhere")}
+        pods = {
+            what: client.start_pod(
+                PodRequest(name=pod_name(job), image="img", gpu_types=["NVIDIA H100 80GB HBM3"], docker_args="sleep 60")
+            ).id
+            for what, job in jobs.items()
+        }
+        client.start_pod(PodRequest(name="jupyter", image="img", gpu_types=["NVIDIA H100 80GB HBM3"]))
+        store = artifacts.get_store()
+        for what, age in (("alive", 5), ("orphan", 3600)):
+            beat = {"pod_id": pods[what], "time": time.time() - age, "done": False, "flow_run_id": None}
+            store.put_bytes(f"{job_prefix(jobs[what])}heartbeat.json", json.dumps(beat).encode())
+        result = doctor(monkeypatch, LIKENESS_RUNPOD_API_KEY="rp-right-key")
+        found = rows(result.output)
+        assert result.exit_code == 1, result.output  # a pod that should have ended is a finding
+        alive, orphan, elsewhere = (found[f"pod {pods[what]}"] for what in ("alive", "orphan", "elsewhere"))
+        assert alive.startswith(f"ok job {jobs['alive'][:8]}, up ") and re.search(r"heartbeat \d+ s ago", alive)
+        assert orphan.startswith("failed") and "heartbeat 60 min ago; should have ended" in orphan
+        assert re.search(r"heartbeat stopped 36\d\d s ago", orphan)
+        assert elsewhere.startswith("n/a") and "no heartbeat in file://" in elsewhere
+        assert len([name for name in found if name.startswith("pod ")]) == 3  # not the one that is not ours
+        assert "rp-right-key" not in result.output
+        for pod in api.pods():
+            client.terminate(pod.id)
+    monkeypatch.delenv("LIKENESS_RUNPOD_API_KEY")
+    without = doctor(monkeypatch)
+    assert rows(without.output)["RunPod pods"].startswith("n/a LIKENESS_RUNPOD_API_KEY is not set")

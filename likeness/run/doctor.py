@@ -1,8 +1,9 @@
 """`likeness doctor`: whether this machine can run Likeness, each part checked and reported, nothing secret shown.
 
 The GPU, the artifact store (a small object written, read back and removed), the Prefect API, the workers online
-in each work pool, and the RunPod key (one authenticated query). A check that does not apply here (no Prefect API
-set, no RunPod key) is reported as such, not as a failure.
+in each work pool, the RunPod key (one authenticated query), and each pod of ours on the RunPod account: its age and
+its job's heartbeat age in this store, failing when the pod should have ended (the sweeper would terminate it). A
+check that does not apply here (no Prefect API set, no RunPod key) is reported as such, not as a failure.
 
     for check in run_checks(get_settings(), get_store, pools=["likeness-cpu", "likeness-gpu"]):
         print(check.name, check.ok, check.detail)
@@ -11,6 +12,7 @@ set, no RunPod key) is reported as such, not as a failure.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -110,6 +112,59 @@ def check_runpod(settings: Settings) -> Check:
     return Check("RunPod key", True, "accepted by the RunPod API")
 
 
+def _duration(seconds: float) -> str:
+    seconds = max(seconds, 0)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def check_runpod_pods(settings: Settings, open_store: Callable[[], ArtifactStore]) -> list[Check]:
+    """A line per pod of ours on the RunPod account: how old it is, how old its job's heartbeat is in this store,
+    and whether it should still be running (failed when the sweeper would terminate it, with why)."""
+    from likeness.config import PodConfig
+    from likeness.runpod.jobs import job_id_of
+    from likeness.runpod.pods import KEY_VARIABLE, RunPodClient, RunPodError
+    from likeness.runpod.sweep import ORPHAN_AFTER_S, read_heartbeat, why_sweep
+
+    if settings.runpod_api_key is None:
+        return [Check("RunPod pods", None, f"{KEY_VARIABLE} is not set: no pods to look for")]
+    try:
+        pods = RunPodClient(settings.runpod_api_key).pods()
+    except RunPodError as exc:
+        return [Check("RunPod pods", False, f"could not list the account's pods: {exc}")]
+    if not pods:
+        return [Check("RunPod pods", True, "none of ours on the account")]
+    try:
+        store: ArtifactStore | None = open_store()
+    except Exception:  # the store check reports why
+        store = None
+    now = time.time()
+    checks = []
+    for pod in pods:
+        state = f"up {_duration(pod.uptime_s)}" if pod.is_running else f"{pod.desired_status}, not running"
+        job_id = job_id_of(pod.name)
+        head = f"job {job_id[:8]}, {state}" if job_id else f"{pod.name}, {state}"
+        if store is None or job_id is None:
+            why = "the store did not open" if store is None else "no job id in its name"
+            checks.append(Check(f"pod {pod.id}", None, f"{head}; its heartbeat is unknown ({why})"))
+            continue
+        beat = read_heartbeat(store, job_id)
+        if beat is None:
+            detail = f"{head}; no heartbeat in {store.uri}: another data folder's job, or one just starting"
+            checks.append(Check(f"pod {pod.id}", None, detail))
+            continue
+        heard = f"heartbeat {_duration(now - beat['time'])} ago"
+        reason = why_sweep(pod, store, PodConfig().ttl_hours, ORPHAN_AFTER_S, now=now, only_this_store=True)
+        if reason:
+            checks.append(Check(f"pod {pod.id}", False, f"{head}, {heard}; should have ended: {reason}"))
+        else:
+            checks.append(Check(f"pod {pod.id}", True, f"{head}, {heard}; its driver is alive, training"))
+    return checks
+
+
 def run_checks(settings: Settings, open_store: Callable[[], ArtifactStore], pools: Sequence[str]) -> list[Check]:
     """Every check, in the order a person sets things up."""
     api_url = os.environ.get("PREFECT_API_URL")
@@ -119,4 +174,5 @@ def run_checks(settings: Settings, open_store: Callable[[], ArtifactStore], pool
         check_prefect(api_url),
         *check_workers(api_url, pools),
         check_runpod(settings),
+        *check_runpod_pods(settings, open_store),
     ]
