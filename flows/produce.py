@@ -66,21 +66,23 @@ def produce_character(
     dispatched = deployment.get_id() is not None
     roles = () if dispatched else ROLES
     run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue, roles)
-    # A GPU run is priced before it starts: the table is in the UI while the stages run.
-    estimate = estimate_run(run.trigger, run.profile, run.config, run.catalogue) if run.profile.device == "cuda" else ()
-    if dispatched:
-        result = dispatch_stages(run, profile, backend, overrides or {}, beyond_limits)
-    else:
-        result = run_stages_here(run, backend)
-    result = result.model_copy(update={"estimate": estimate})
-    if estimate:
-        measure_run(run.trigger, estimate)
-    if result.lora is not None:
-        create_markdown_artifact(
-            key=prefect_artifact_key(f"{run.trigger}-summary"),
-            markdown=summary_markdown(run.trigger, profile, result, str(flow_run.get_id())),
-            description=f"{run.trigger}: what was produced",
-        )
+    with run.one_run_at_a_time("produce-character"):
+        # A GPU run is priced before it starts: the table is in the UI while the stages run.
+        on_gpu = run.profile.device == "cuda"
+        estimate = estimate_run(run.trigger, run.profile, run.config, run.catalogue) if on_gpu else ()
+        if dispatched:
+            result = dispatch_stages(run, profile, backend, overrides or {}, beyond_limits)
+        else:
+            result = run_stages_here(run, backend)
+        result = result.model_copy(update={"estimate": estimate})
+        if estimate:
+            measure_run(run.trigger, estimate)
+        if result.lora is not None:
+            create_markdown_artifact(
+                key=prefect_artifact_key(f"{run.trigger}-summary"),
+                markdown=summary_markdown(run.trigger, profile, result, str(flow_run.get_id())),
+                description=f"{run.trigger}: what was produced",
+            )
     return result
 
 

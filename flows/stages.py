@@ -14,10 +14,13 @@ from __future__ import annotations
 import inspect
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple, TypeVar
 
 from prefect import flow
+from prefect.runtime import flow_run
 from pydantic import Field, ValidationError
 
 from flows.dataset import build_dataset
@@ -35,8 +38,9 @@ from likeness.inputs import InvalidInput, normalise_trigger
 from likeness.models.profiles import available_profiles, load_profile, preflight
 from likeness.records import CharacterResult
 from likeness.run.deployed import completed_result
+from likeness.run.lease import held, lease_key
 from likeness.settings import get_settings
-from likeness.storage.artifacts import ArtifactRef
+from likeness.storage.artifacts import ArtifactRef, get_store
 from likeness.storage.locations import read_location
 from tasks.inputs import fetch_input_image
 
@@ -90,6 +94,23 @@ class DatasetInputs(NamedTuple):
             self.trigger, self.reference, self.config.dataset, self.profile, self.catalogue, self.garments, self.poses
         )
         return CharacterResult(dataset=dataset)
+
+    @contextmanager
+    def one_run_at_a_time(self, flow_name: str) -> Iterator[None]:
+        """While this flow makes this character from these inputs, another such run stops at once, naming it."""
+        work = {
+            "flow": flow_name,
+            "character": self.trigger,
+            "reference": self.reference.sha256,
+            "garments": [ref.sha256 for ref in self.garments],
+            "poses": [ref.sha256 for ref in self.poses],
+            "catalogue": self.catalogue.model_dump(mode="json"),
+            "profile": {"name": self.profile.name, **self.profile.output_identity()},
+            "config": self.config.model_dump(mode="json"),
+        }
+        holder = f"flow run {flow_run.get_name()} ({flow_run.get_id()})"
+        with held(get_store(), lease_key(work), holder, self.trigger):
+            yield
 
 
 def dataset_inputs(
@@ -165,7 +186,8 @@ def produce_dataset(
         {catalogue}
     """
     run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue, DATASET_ROLES)
-    return run.build_dataset()
+    with run.one_run_at_a_time("produce-dataset"):
+        return run.build_dataset()
 
 
 @flow(name="train-character", log_prints=True, persist_result=True, result_serializer="json")
