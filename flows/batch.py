@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import json
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,8 +28,15 @@ from prefect.runtime import deployment, flow_run
 
 from flows.produce import PRODUCE_DEPLOYMENT
 from flows.stages import ProfileName
-from likeness.run.batch import BatchRow, ManifestProblem, outside_is_allowed, produce_rows, read_manifest_at
-from likeness.run.progress import prefect_artifact_key
+from likeness.run.batch import (
+    BatchRow,
+    ManifestProblem,
+    batch_totals,
+    outside_is_allowed,
+    produce_rows,
+    read_manifest_at,
+)
+from likeness.run.progress import StageProgress, prefect_artifact_key
 from likeness.settings import get_settings
 from likeness.storage.artifacts import get_store
 
@@ -107,13 +115,23 @@ def dispatch_rows(rows: Sequence[BatchRow], concurrency: int, profile: str) -> l
     parameters already completed is answered by that run."""
     produced = completed_produce_runs()
     parent = flow_run.get_id()
+    bar = StageProgress("batch", len(rows), artifact_key=f"batch-{parent}")
+    counting = threading.Lock()
 
     def produce(row: BatchRow) -> dict[str, Any]:
+        result = produce_row(row)
+        print(f"row {row.row} {row.name}: {result['status']}")
+        with counting:
+            bar.advance(f"row {row.row} {row.name}")
+        return result
+
+    def produce_row(row: BatchRow) -> dict[str, Any]:
         parameters = row.produce_parameters(profile)
         line = {"row": row.row, "name": row.name, "status": "", "out": "", "log": ""}
         done = produced.get(_parameters_key(parameters))
         if done is not None:
             return {**line, "status": f"already produced (run {done.name})", "out": f"likeness pull {done.id}"}
+        print(f"row {row.row} {row.name}: started")
         child = run_deployment(
             PRODUCE_DEPLOYMENT,
             parameters=parameters,
@@ -129,7 +147,9 @@ def dispatch_rows(rows: Sequence[BatchRow], concurrency: int, profile: str) -> l
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         # Each thread runs in a copy of this run's context, so its produce runs show as this run's children.
         futures = [pool.submit(contextvars.copy_context().run, produce, row) for row in rows]
-        return [future.result() for future in futures]
+        results = [future.result() for future in futures]
+    print(batch_totals(results))
+    return results
 
 
 def completed_produce_runs() -> dict[str, Any]:

@@ -95,3 +95,56 @@ def test_a_batch_produces_the_good_rows_two_at_a_time_and_reports_the_broken_one
     # The same manifest again: both characters are answered from their folders.
     again = subprocess.run([LIKENESS, "batch", "m.yaml"], env=env, cwd=folder, capture_output=True, text=True)
     assert again.returncode == 1 and again.stdout.count("up to date") == 2, again.stdout
+
+
+@pytest.mark.slow
+def test_a_row_that_fails_in_produce_ends_only_that_row_and_every_row_is_said_as_it_goes(
+    folder, models_dir, prefect_api, tmp_path
+):
+    import numpy as np
+    from PIL import Image
+
+    # A photo that reads fine and shows no face: its row fails in `produce`, where a face is required.
+    Image.fromarray(np.tile(np.linspace(0, 255, 512, dtype=np.uint8), (512, 1))).save(folder / "wall.png")
+    one_shot = 'set: ["dataset.variations=[front]"]'
+    (folder / "m.yaml").write_text(f"- {{name: Wall, image: wall.png}}\n- {{name: Ada, image: ada.jpg, {one_shot}}}\n")
+    env = cli_env(tmp_path, models_dir, prefect_api)
+    done = subprocess.run(
+        [LIKENESS, "batch", "m.yaml", "--concurrency", "1"], env=env, cwd=folder, capture_output=True, text=True
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert json.loads((folder / "likeness-out" / "Ada" / "likeness.json").read_text())["complete"]
+    said = [" ".join(line.split()) for line in done.stderr.splitlines()]
+    started = [line for line in said if line.startswith(("row 1 Wall: started", "row 2 Ada: started"))]
+    assert len(started) == 2, said
+    assert any(line.startswith("row 1 Wall: error:") and "--no-identity" in line for line in said), said
+    assert "row 2 Ada: produced" in said
+    assert "batch: 2 rows, 1 produced, 1 failed" in said
+
+
+def test_the_totals_count_every_way_a_row_can_end():
+    from likeness.run.batch import batch_totals
+
+    statuses = ["produced", "up to date", "already produced (run calm-owl)", "skipped: no name", "error: no face"]
+    results = [{"status": status} for status in statuses]
+    assert batch_totals(results) == "batch: 5 rows, 1 produced, 2 up to date, 1 skipped, 1 failed"
+    assert batch_totals([]) == "batch: 0 rows, none run"
+
+
+def test_each_row_is_announced_as_it_starts_and_ends_and_the_totals_last(tmp_path, likeness_env):
+    from likeness.run import progress
+    from likeness.run.batch import BatchRow, produce_rows
+
+    said: list[str] = []
+    progress.add_announcer(said.append)
+    try:
+        row = BatchRow(row=1, name="Bob", image=str(tmp_path / "missing.jpg"), out=tmp_path / "bob")
+        (result,) = produce_rows([row], concurrency=1, logs=tmp_path / "logs")
+    finally:
+        progress.remove_announcer(said.append)
+    assert result["status"].startswith("error:") and "missing.jpg" in result["status"]
+    assert said == [
+        f"row 1 Bob: started (log {tmp_path / 'logs' / 'row-1-Bob.log'})",
+        f"row 1 Bob: {result['status']}",
+        "batch: 1 rows, 1 failed",
+    ]

@@ -178,10 +178,12 @@ class FlowRun:
         ) as bar:
             self.tracker = StageTracker(bar)
             progress.add_listener(self.tracker)
+            progress.add_announcer(say)
             try:
                 state = self._flow_state()
             finally:
                 progress.remove_listener(self.tracker)
+                progress.remove_announcer(say)
         if state.is_completed():
             return state.result(), str(state.state_details.flow_run_id)
         if state.is_cancelling() or state.is_cancelled():

@@ -26,6 +26,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from likeness.config import InvalidSettings
 from likeness.inputs import InvalidInput, TooBig, compose_yaml, normalise_trigger, parse_overrides, read_at_most
+from likeness.run.progress import announce
 from likeness.storage.locations import read_location
 
 COLUMNS = ("name", "image", "out", "profile", "garment", "pose", "set")
@@ -312,11 +314,13 @@ def _listed(value: Any, separator: str = ",") -> Sequence[Any]:
 
 def produce_rows(rows: Sequence[BatchRow], concurrency: int, logs: Path) -> list[dict[str, Any]]:
     """Run `likeness produce` for each row, at most `concurrency` at once, each logging to a file in `logs`; a
-    line per row: its number, name, status (produced, up to date, or the error it ended with), output folder."""
+    line per row: its number, name, status (produced, up to date, or the error it ended with), output folder.
+    Each row is announced as it starts and ends, and the totals at the end."""
     logs.mkdir(parents=True, exist_ok=True)
 
     def produce(row: BatchRow) -> dict[str, Any]:
         log = logs / f"row-{row.row}-{normalise_trigger(row.name)}.log"
+        announce(f"row {row.row} {row.name}: started (log {log})")
         with log.open("w") as handle:
             command = [sys.executable, "-m", "likeness.cli", *row.produce_args()]
             code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT).returncode
@@ -325,7 +329,28 @@ def produce_rows(rows: Sequence[BatchRow], concurrency: int, logs: Path) -> list
             status = "up to date" if any("is up to date" in line for line in said) else "produced"
         else:
             status = next((line for line in reversed(said) if line.startswith("error:")), f"ended with exit {code}")
+        announce(f"row {row.row} {row.name}: {status}")
         return {"row": row.row, "name": row.name, "status": status, "out": str(row.out), "log": str(log)}
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        return list(pool.map(produce, rows))
+        results = list(pool.map(produce, rows))
+    announce(batch_totals(results))
+    return results
+
+
+def batch_totals(results: Sequence[dict[str, Any]]) -> str:
+    """One line: how many rows ended how."""
+    counts = Counter(_outcome(result["status"]) for result in results)
+    said = ", ".join(f"{counts[outcome]} {outcome}" for outcome in OUTCOMES if counts[outcome])
+    return f"batch: {len(results)} rows, {said or 'none run'}"
+
+
+OUTCOMES = ("produced", "up to date", "skipped", "failed")
+
+
+def _outcome(status: str) -> str:
+    if status == "produced":
+        return "produced"
+    if status == "up to date" or status.startswith("already produced"):
+        return "up to date"
+    return "skipped" if status.startswith("skipped") else "failed"

@@ -10,6 +10,7 @@ from uuid import UUID
 
 Listener = Callable[[str, int, int, str], None]
 _listeners: list[Listener] = []
+_announcers: list[Callable[[str], None]] = []
 log = logging.getLogger(__name__)
 
 
@@ -20,6 +21,23 @@ def add_listener(listener: Listener) -> None:
 
 def remove_listener(listener: Listener) -> None:
     _listeners.remove(listener)
+
+
+def add_announcer(announcer: Callable[[str], None]) -> None:
+    """Call `announcer(line)` with every line `announce` is given in this process."""
+    _announcers.append(announcer)
+
+
+def remove_announcer(announcer: Callable[[str], None]) -> None:
+    _announcers.remove(announcer)
+
+
+def announce(line: str) -> None:
+    """A line for the person watching, as it happens (a batch's row started or ended): in the log, and on the
+    console of a CLI that runs the flow."""
+    log.info(line)
+    for announcer in list(_announcers):
+        announcer(line)
 
 
 class StageProgress:
