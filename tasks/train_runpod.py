@@ -1,8 +1,9 @@
 """Train on RunPod: the thin Prefect driver of `likeness.training.remote`, with AI Toolkit or our trainer on a pod.
 
 It runs on a CPU worker: the GPU is the pod's. The pod is terminated when training ends, fails, is stopped
-(Ctrl-C, cancellation from the Prefect UI, which this task polls for) or the driver errs; the `sweep-pods` flow
-terminates what a killed driver leaves behind.
+(Ctrl-C, cancellation from the Prefect UI, which this task polls for) or the driver errs; a pod whose driver is
+killed ends itself `pod.driver_timeout_s` later (its agent's watchdog), and the `sweep-pods` flow terminates
+whatever is left.
 
     lora = fit_lora_on_runpod.fn(dataset, profile.train, profile, "runpod-native", PodConfig())
 """

@@ -106,7 +106,8 @@ def print_training_config(inputs: TrainingInputs, device: str, sent: tuple[str, 
         return
     say(
         f"# pod: image {pod.image or DEFAULT_IMAGES[inputs.backend]}, {pod.cloud_type} cloud, "
-        f"{pod.container_disk_gb} GB disk, terminated after {pod.ttl_hours:g} h at the latest"
+        f"{pod.container_disk_gb} GB disk, terminated after {pod.ttl_hours:g} h at the latest "
+        f"({pod.driver_timeout_s:g} s after its driver's last heartbeat)"
     )
     if not get_settings().runpod_api_key:
         say("# GPU types in order of preference (set LIKENESS_RUNPOD_API_KEY to see their prices):")
