@@ -27,9 +27,10 @@ from likeness.models.profiles import load_profile
 from likeness.runpod.pods import PodRequest, RunPodClient, RunPodKeyRejected
 from likeness.storage.artifacts import ArtifactRef
 from likeness.storage.s3 import S3Store
-from likeness.training.pod import MISSING, DriverWatch, Watchdog, can_end_itself, end_this_pod, trainer_env
-from likeness.training.remote import RemoteTraining, heartbeat_every_s
+from likeness.training.heartbeat import heartbeat_every_s
+from likeness.training.remote import RemoteTraining
 from likeness.training.spec import TrainJob
+from likeness.training.watchdog import MISSING, DriverWatch, Watchdog, can_end_itself, end_this_pod, trainer_env
 from tests.fake_runpod import FakeGpu, FakeRunPod, fake_runpod
 
 KEY = f"rp-account-{secrets.token_hex(8)}"

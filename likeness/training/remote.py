@@ -7,7 +7,7 @@ reported) and published into the content-addressed store as it arrives. The pod 
 success, failure, a stop asked for (Ctrl-C, cancellation from the Prefect UI), an error in the driver. A pod lost
 mid-training is replaced and resumes from the last published checkpoint and its optimizer state. A driver that
 dies without unwinding (SIGKILL, the OOM killer, a closed laptop) leaves a heartbeat that stops changing: the pod's
-own watchdog (`likeness.training.pod.Watchdog`) ends the pod `pod.driver_timeout_s` later, and at `pod.ttl_hours`
+own watchdog (`likeness.training.watchdog.Watchdog`) ends the pod `pod.driver_timeout_s` later, and at `pod.ttl_hours`
 whatever happens; the sweeper (`sweep_pods`) terminates what is left. Before its first pod, a job sweeps the pods
 of this store's jobs that outlived their driver.
 
@@ -20,10 +20,9 @@ import json
 import logging
 import shlex
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +42,7 @@ from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes, put_fi
 from likeness.storage.s3 import S3Store
 from likeness.storage.store import ArtifactStore, StoreError
 from likeness.training.aitoolkit import aitoolkit_checkpoint_names, aitoolkit_yaml
+from likeness.training.heartbeat import DriverHeartbeat, heartbeat_every_s
 from likeness.training.spec import OPTIMIZER_STATE, TrainJob
 from likeness.training.wheel import build_wheel
 
@@ -61,11 +61,6 @@ BOOTSTRAP = (
     'PYTHONPATH="$W/code" LIKENESS_WORKSPACE="$W" python -m likeness.training.pod || true; '
     "exec sleep infinity"
 )
-
-
-def heartbeat_every_s(pod: PodConfig) -> float:
-    """How often the driver writes its heartbeat and the pod reads it: a tenth of the bound, 30 s at most."""
-    return min(pod.driver_timeout_s / 10, 30.0)
 
 
 class TrainingFailed(RuntimeError):
@@ -148,7 +143,7 @@ class RemoteTraining:
         self.prefix = job_prefix(self.job_id)
         self.expires = timedelta(hours=pod.ttl_hours)
         self.published: dict[int, PublishedCheckpoint] = {}
-        self._beats = 0
+        self.heartbeat = DriverHeartbeat(store, self.prefix, pod, flow_run_id)
         # Each pod started and the seconds it ran: what the job cost.
         self.pod_times: list[tuple[Pod, float]] = []
         # The files each checkpoint is on the pod: AI Toolkit saves the last one without a step in its name.
@@ -201,7 +196,7 @@ class RemoteTraining:
             "files": files,
             # What the pod's watchdog reads, and when it ends the pod (see likeness.training.pod.DriverWatch).
             "watchdog": {
-                "heartbeat": self._url(self._heartbeat_key()),
+                "heartbeat": self._url(self.heartbeat.key),
                 "driver_timeout_s": self.pod.driver_timeout_s,
                 "check_every_s": heartbeat_every_s(self.pod),
                 "ttl_s": self.pod.ttl_hours * 3600,
@@ -272,22 +267,22 @@ class RemoteTraining:
         manifest_ref = put_bytes(json.dumps(self.manifest(attempt)).encode(), f"manifest-{attempt}.json", self.store)
         request = self.pod_request(manifest_ref, wheel)
         # Before the pod exists, so that its watchdog finds a heartbeat from its first read.
-        self._heartbeat(None)
+        self.heartbeat.write(None)
         try:
             pod = self.client.start_pod(request)
         except BaseException:
             with suppress(StoreError):  # the error that matters is the start's
-                self._heartbeat(None, done=True)
+                self.heartbeat.write(None, done=True)
             raise
         started = time.monotonic()
         try:
-            self._heartbeat(pod.id)
-            with self._beating(pod.id):
+            self.heartbeat.write(pod.id)
+            with self.heartbeat.beating(pod.id):
                 return self._follow(pod.id, attempt)
         finally:
             self.client.terminate(pod.id)
             self.pod_times.append((pod, time.monotonic() - started))
-            self._heartbeat(None, done=True)
+            self.heartbeat.write(None, done=True)
 
     def _follow(self, pod_id: str, attempt: int) -> bool:
         """Poll the pod's progress and publish its checkpoints until it finishes, fails or is lost."""
@@ -330,47 +325,6 @@ class RemoteTraining:
             return json.loads(self.store.get_bytes(key))
         except (StoreError, ValueError):
             return None
-
-    def _heartbeat_key(self) -> str:
-        return f"{self.prefix}heartbeat.json"
-
-    def _heartbeat(self, pod_id: str | None, done: bool = False) -> None:
-        """What the pod's watchdog and the sweeper read: the driver is alive (or done) and which pod is its.
-
-        Each write differs from the last (`beat` counts them): the pod judges the heartbeat by whether it changes,
-        on its own clock; the sweeper compares `time` with its clock.
-        """
-        self._beats += 1
-        record = {
-            "pod_id": pod_id,
-            "flow_run_id": self.flow_run_id,
-            "time": time.time(),
-            "beat": self._beats,
-            "done": done,
-        }
-        self.store.put_bytes(self._heartbeat_key(), json.dumps(record).encode())
-
-    @contextmanager
-    def _beating(self, pod_id: str) -> Iterator[None]:
-        """Write the heartbeat every `heartbeat_every_s` on a thread of its own while the block runs, however long
-        the follow loop spends publishing a checkpoint; a write that fails is retried at the next beat."""
-        stop = threading.Event()
-        every = heartbeat_every_s(self.pod)
-
-        def beat() -> None:
-            while not stop.wait(every):
-                try:
-                    self._heartbeat(pod_id)
-                except StoreError as error:
-                    log.warning("could not write the heartbeat of pod %s: %s", pod_id, error)
-
-        thread = threading.Thread(target=beat, name=f"likeness-heartbeat-{pod_id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
 
     # Publishing ------------------------------------------------------------------------------------------------
 
