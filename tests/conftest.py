@@ -54,6 +54,10 @@ def cli_env(tmp_path: Path, models_dir: Path, api: str | None) -> dict[str, str]
     env["LIKENESS_DATA_DIR"] = str(tmp_path / "likeness-data")
     env["LIKENESS_MODELS_DIR"] = str(models_dir)
     env["HF_HUB_OFFLINE"] = "1"
+    # One intra-op thread (torch, MKL and OpenBLAS all read it): the tiny models' tensors are too small to gain from
+    # a second, and on a 2-core machine the threads of a CLI, its Prefect server, a batch's other row and pytest
+    # spin against each other (a one-shot produce took 53 s with torch's default of a thread per core, 38 s so).
+    env["OMP_NUM_THREADS"] = "1"
     if api:
         env["PREFECT_API_URL"] = api
     return env
