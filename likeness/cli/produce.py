@@ -43,22 +43,9 @@ def produce(
     backend: TrainBackend = "local",
 ) -> None:
     """Make the dataset, train the LoRA (here or on a RunPod pod) and render images and a video."""
+    options = (name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh, beyond_limits)
     with refusing():
-        prepared = prepare_character(
-            "produce",
-            name,
-            image,
-            garment,
-            pose,
-            catalogue,
-            no_identity,
-            profile,
-            out,
-            overrides,
-            refresh,
-            beyond_limits,
-            say,
-        )
+        prepared = prepare_character("produce", *options, say=say)
     if prepared is not None:
         with refusing():
             backend = checked_backend(backend)
@@ -80,22 +67,9 @@ def dataset(
     verbose: Verbose = False,
 ) -> None:
     """Make only the LoRA training dataset: curated images, captions, masks, manifest and contact sheet."""
+    options = (name, image, garment, pose, catalogue, no_identity, profile, out, overrides, refresh, beyond_limits)
     with refusing():
-        prepared = prepare_character(
-            "dataset",
-            name,
-            image,
-            garment,
-            pose,
-            catalogue,
-            no_identity,
-            profile,
-            out,
-            overrides,
-            refresh,
-            beyond_limits,
-            say,
-        )
+        prepared = prepare_character("dataset", *options, say=say)
     if prepared is not None:
         CharacterRun(prepared, beyond_limits).start(refresh, verbose)
 
