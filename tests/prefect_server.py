@@ -66,11 +66,6 @@ def prefect_server(home: Path, ui: bool = False) -> Iterator[str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, **quiet_prefect_env(home)}
-    # The server's database in memory. Prefect supports it (prefect/server/database/configurations.py keeps an
-    # in-memory SQLite on one pooled connection for the server's life; its migrations run on that engine): every
-    # request and service then takes turns on one connection, so none meets SQLITE_BUSY, which on a file the
-    # server answers with a 503 and the client retries 2 s later (5-10 times in one whole-catalogue run).
-    env["PREFECT_API_DATABASE_CONNECTION_URL"] = "sqlite+aiosqlite:///:memory:"
     if ui:
         env["PREFECT_UI_ENABLED"] = "true"
         env["PREFECT_UI_API_URL"] = f"{base}/api"
