@@ -30,6 +30,11 @@ IDENTITY_THRESHOLD = 0.6
 # Faces are searched on a copy with this long side, so a 4K render costs what a 1K one does and a small photo's
 # faces are big enough for the detector's 80 px window.
 DETECTION_SIDE = 1024
+# HOG's window is 80 px, so the upsampled second pass adds faces of 40-80 px of the detection copy. On an image that
+# copy enlarges (under 512 px), all of those are under SMALLEST_FACE_PX of the image's own pixels, too few to tell who
+# it is (dlib embeds 150 px chips): the pass, four times the first one's cost, is skipped there.
+DETECTOR_WINDOW_PX = 80
+SMALLEST_FACE_PX = 40
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 EMBEDDING_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # Detector scores measured here: real faces 1.0-1.8 upright, 0.25-0.6 when turned, sheared or blurred; a stray
@@ -88,7 +93,7 @@ class FaceIdentityModel:
         pixels, copy_pixels = np.asarray(rgb), np.asarray(rgb.resize(size, Image.Resampling.BILINEAR))
         with self._lock:
             # Upsampling doubles the side and costs four times the time: only for images where nothing was found.
-            for upsample in (0, 1):
+            for upsample in (0, 1) if DETECTOR_WINDOW_PX / scale >= SMALLEST_FACE_PX else (0,):
                 rects, scores, _ = self._detector.run(copy_pixels, upsample, 0.0)
                 if rects:
                     break

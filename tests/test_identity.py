@@ -156,3 +156,22 @@ def test_face_mask_without_a_face_weights_everything_equally() -> None:
     mask = face_mask((640, 360), None)
     assert mask.mode == "L" and mask.size == (640, 360)
     assert mask.getextrema() == (255, 255)
+
+
+@pytest.mark.parametrize(("side", "passes"), [(128, [0]), (511, [0]), (512, [0, 1]), (1600, [0, 1])])
+def test_the_upsampled_search_runs_only_where_it_can_find_a_face_big_enough_to_tell(side: int, passes: list[int]):
+    model = FaceIdentityModel()
+    detector, calls = model._detector, []
+
+    class Counted:
+        def run(self, pixels: np.ndarray, upsample: int, threshold: float):
+            calls.append(upsample)
+            return detector.run(pixels, upsample, threshold)
+
+    model._detector = Counted()
+    noise = np.random.default_rng(0).integers(0, 256, (side * 3 // 4, side, 3), dtype=np.uint8)
+    assert model.faces(Image.fromarray(noise)) == []
+    assert calls == passes
+    # A face the first pass finds ends the search there, whatever the size.
+    calls.clear()
+    assert model.faces(astronaut()) and calls == [0]
