@@ -112,3 +112,25 @@ def test_every_declared_config_field_is_in_the_stage_cache_key(likeness_env, nam
     for setting in type(config).model_fields:
         variant = config.model_copy(update={setting: changed(getattr(config, setting))})
         assert key_of(task, {**parameters, field: variant}) != base, f"{name}: {setting} is not in the cache key"
+
+
+def test_a_render_setting_changes_only_the_render_stage_key(likeness_env):
+    # The fast twin of the end-to-end claim that `--set render.seed=7` re-runs only rendering: every stage before
+    # it takes its settings from the run's config exactly as produce hands them over, and keeps its key.
+    from likeness.config import RunConfig
+
+    def stage_keys(run: RunConfig) -> dict[str, str]:
+        sections = {"edit": run.dataset.edit, "upscale": run.dataset.upscale, "caption": run.dataset.caption}
+        sections |= {"train": run.train, "render": run.render}
+        return {
+            name: key_of(task, {**parameters, field: sections[name], "profile": TINY})
+            for name, task, parameters, field in CASES
+        }
+
+    run = RunConfig.from_profile(TINY)
+    base = stage_keys(run)
+    for setting in type(run.render).model_fields:
+        render = run.render.model_copy(update={setting: changed(getattr(run.render, setting))})
+        keys = stage_keys(run.model_copy(update={"render": render}))
+        assert keys.pop("render") != base["render"], setting
+        assert keys == {name: key for name, key in base.items() if name != "render"}, setting

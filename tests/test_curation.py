@@ -258,3 +258,40 @@ def test_config_refuses_a_duplicate_distance_above_the_closeup_similarity() -> N
     with pytest.raises(ValidationError, match="duplicate_distance 13 must not exceed closeup_similarity 12"):
         CurationConfig(duplicate_distance=13, closeup_similarity=12)
     assert CurationConfig(duplicate_distance=12, closeup_similarity=12).duplicate_distance == 12
+
+
+def test_refused_shots_are_edited_again_with_new_seeds_until_the_tries_run_out(
+    likeness_env, prefect_api, face_photo, tmp_path
+) -> None:
+    # The fast twin of the end-to-end retry test: the real editor and face model, in this process.
+    from prefect import flow
+    from prefect.settings import PREFECT_API_URL, PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    from flows.dataset import edit_and_curate, shot_seed
+    from likeness.config import RunConfig
+    from likeness.dataset.catalogue import load_catalogue
+    from likeness.models.profiles import load_profile
+    from likeness.run.progress import StageProgress
+    from likeness.storage.artifacts import put_file
+
+    tiny = load_profile("tiny")
+    strict = {"variations": ["front", "back"], "curation": {"require_face": True, "max_tries": 3}}
+    config = RunConfig.from_profile(tiny, {"dataset": strict}).dataset
+    shots = load_catalogue().shots(config.variations)
+
+    @flow
+    def curate() -> tuple[dict, dict]:
+        progress = StageProgress("dataset", len(shots))
+        return edit_and_curate(put_file(face_photo), shots, {}, config, tiny, None, progress)
+
+    with temporary_settings({PREFECT_API_URL: prefect_api, PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path / "results"}):
+        chosen, tries = curate()
+
+    # The tiny editor's noise shows no face: the front view is refused three times, each try with a seed of its own;
+    # a back view needs no face and is kept at the first try.
+    assert list(chosen) == ["back"] and chosen["back"].attempt == 0 and tries["back"] == []
+    front = tries["front"]
+    assert [t.attempt for t in front] == [0, 1, 2]
+    assert [t.seed for t in front] == [shot_seed(config.seed, "front", attempt) for attempt in range(3)]
+    assert len({t.seed for t in front}) == 3 and len({t.image.key for t in front}) == 3
+    assert all(t.reasons == ("no face found",) for t in front)
