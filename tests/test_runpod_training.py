@@ -9,6 +9,7 @@ Toolkit's place) and uploads checkpoints, samples and progress through presigned
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -36,6 +37,7 @@ from likeness.storage.s3 import S3Store
 from likeness.training.remote import RemoteTraining, TrainingStopped
 from likeness.training.spec import TrainJob
 from tests.fake_runpod import FakeGpu, fake_runpod
+from tests.tcp_cut import CuttableRelay
 
 pytestmark = pytest.mark.slow
 
@@ -407,3 +409,40 @@ def trained_a_step(store: S3Store) -> bool:
                 if json.loads(store.get_bytes(key))["step"] >= 1:
                     return True
     return False
+
+
+def test_the_store_stopped_during_a_checkpoint_upload_and_back_after_30_s_publishes_it_once_whole(
+    s3_server, likeness_env, monkeypatch, api, tmp_path
+):
+    from likeness.storage import artifacts
+
+    # Everyone reaches S3 through a relay, cut at the pod's first checkpoint PUT: the upload is reset mid-request
+    # and every connection, the driver's too, is refused for 30 s.
+    with CuttableRelay(int(s3_server.endpoint.rsplit(":", 1)[1])) as relay:
+        monkeypatch.setenv("LIKENESS_STORE_URI", f"s3://outage-{os.getpid()}-{time.time_ns()}/jobs")
+        monkeypatch.setenv("LIKENESS_S3_ENDPOINT", f"http://127.0.0.1:{relay.port}")
+        monkeypatch.setenv("LIKENESS_S3_ACCESS_KEY", s3_server.access_key)
+        monkeypatch.setenv("LIKENESS_S3_SECRET_KEY", s3_server.secret_key)
+        get_settings.cache_clear()
+        artifacts.get_store.cache_clear()
+        store = artifacts.get_store()
+        relay.cut_when(lambda head: head.startswith(b"PUT ") and b"_000000003.safetensors" in head, outage_s=30)
+
+        run = training(tiny_job(), store, api)
+        result = run.run()
+
+        ((started, ended),) = relay.cuts
+        assert ended - started >= 30
+        # One pod (it waited the outage out), each checkpoint published once, and whole: the bytes the pod wrote.
+        assert result.cost.pods == 1
+        assert [c.step for c in result.checkpoints] == [3, 6]
+        for checkpoint in result.checkpoints:
+            (file,) = checkpoint.files
+            data = store.get_bytes(file.key)
+            assert hashlib.sha256(data).hexdigest() == file.sha256
+            assert store.get_bytes(f"{run.prefix}out/{file.filename}") == data
+            (tmp_path / file.filename).write_bytes(data)
+            assert is_complete_safetensors(tmp_path / file.filename)
+        published = [k for k in store.list("sha256/") if k.endswith("_000000003.safetensors")]
+        assert len(published) == 1
+    assert api.alive() == []

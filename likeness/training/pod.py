@@ -12,6 +12,9 @@ The trainer writes AI Toolkit's training folder (ours does too). A checkpoint is
 off mid-write, as AI Toolkit's are on Ctrl-C during a save, is never published; `optimizer.pt` goes up after the
 checkpoint it belongs to, so a replacement pod resumes from both.
 
+An outage of the store is waited out, up to the job's `upload_patience_s`: a checkpoint whose upload it cut off goes
+up again whole once the store answers, and the trainer never waits for it.
+
 A pod never bills past its job: beside the trainer runs its watchdog (`likeness.training.watchdog`), which ends
 the pod when its driver is gone, when the job is over, and at the pod's TTL.
 """
@@ -47,6 +50,8 @@ _LOSS = re.compile(r"\bloss: (?P<loss>[-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|nan|in
 CHECKPOINT_STEP = re.compile(r"_(\d{9})(?:_(?:high|low)_noise)?\.safetensors$")
 SAMPLE_PATTERN = re.compile(r"_(\d{9})_(\d+)\.(?:png|jpe?g|webp)$")
 LOG_TAIL = 40
+# Tries of an upload through a store outage wait 1, 2, 4, ... s, at most this long, until the job's patience is spent.
+UPLOAD_RETRY_CAP_S = 15.0
 
 
 def fetch(url: str, dest: Path) -> None:
@@ -56,22 +61,31 @@ def fetch(url: str, dest: Path) -> None:
         shutil.copyfileobj(response, out)
 
 
-def upload(url: str, path: Path | None = None, data: bytes | None = None) -> None:
-    """PUT a file or bytes to a presigned URL, retrying twice."""
+def upload(url: str, path: Path | None = None, data: bytes | None = None, patience_s: float = 60.0) -> None:
+    """PUT a file or bytes to a presigned URL, trying again through a store outage of up to `patience_s`.
+
+    S3 writes an object whole or not at all, so a PUT cut off mid-way leaves nothing, and one sent again after an
+    answer was lost writes the same bytes to the same key. A refusal (4xx: an expired or wrong URL) is final.
+    """
     size = path.stat().st_size if path is not None else len(data or b"")
-    for attempt in range(3):
+    deadline, wait = time.monotonic() + patience_s, 1.0
+    while True:
         body: Any = open(path, "rb") if path is not None else (data or b"")
         try:
             request = urllib.request.Request(url, data=body, method="PUT", headers={"Content-Length": str(size)})
             with urllib.request.urlopen(request, timeout=300):
                 return
-        except OSError:
-            if attempt == 2:
+        except urllib.error.HTTPError as error:
+            if error.code < 500 or time.monotonic() + wait > deadline:
                 raise
-            time.sleep(2**attempt)
+        except OSError:
+            if time.monotonic() + wait > deadline:
+                raise
         finally:
             if path is not None:
                 body.close()
+        time.sleep(wait)
+        wait = min(2 * wait, UPLOAD_RETRY_CAP_S)
 
 
 def sha256_of(path: Path) -> str:
@@ -109,6 +123,8 @@ class Agent:
         self.folder = workspace / manifest["training_folder"]
         self.uploads: dict[str, Any] = manifest["uploads"]
         self.uploaded: dict[str, str] = {}  # what went up -> its sha256
+        # A store outage shorter than this is waited out (the trainer goes on meanwhile); a longer one ends the job.
+        self.patience_s = float(manifest.get("upload_patience_s", 60.0))
         self.sizes: dict[Path, int] = {}
         self.step, self.total, self.loss = 0, manifest["total_steps"], None
         self.log = workspace / "train.log"
@@ -156,7 +172,7 @@ class Agent:
             reader.join(timeout=10)
         code = process.returncode
         self.publish("done" if code == 0 else "failed", exit_code=code)
-        upload(self.uploads["log"], path=self.log)
+        upload(self.uploads["log"], path=self.log, patience_s=self.patience_s)
         return code
 
     def _read(self, process: subprocess.Popen[str], log: Any) -> None:
@@ -186,7 +202,7 @@ class Agent:
                 "log_tail": list(self.tail) if status == "failed" else [],
                 "time": time.time(),
             }
-        upload(self.uploads["progress"], data=json.dumps(record).encode())
+        upload(self.uploads["progress"], data=json.dumps(record).encode(), patience_s=self.patience_s)
 
     def _size_held(self, path: Path, final: bool) -> bool:
         """The same size as at the last look (a trainer that exited writes no more)."""
@@ -208,7 +224,7 @@ class Agent:
     def _put(self, name: str, url: str, path: Path) -> bool:
         """Upload `path` and count it as up only if it did not change meanwhile (else the next look sends it)."""
         digest = sha256_of(path)
-        upload(url, path=path)
+        upload(url, path=path, patience_s=self.patience_s)
         if sha256_of(path) != digest:
             return False
         self.uploaded[name] = digest

@@ -193,6 +193,8 @@ class RemoteTraining:
             "total_steps": job.config.steps,
             "training_folder": folder,
             "progress_every_s": min(self.pod.poll_seconds, 30.0),
+            # The pod waits out a store outage for half the silence after which this driver takes it as lost.
+            "upload_patience_s": self.pod.silent_after_s / 2,
             "files": files,
             # What the pod's watchdog reads, and when it ends the pod (see likeness.training.pod.DriverWatch).
             "watchdog": {
@@ -296,8 +298,15 @@ class RemoteTraining:
                     raise TrainingStopped(f"training stopped ({stop}); pod {pod_id} terminated") from stop
             progress = self._progress(attempt)
             if progress and progress["time"] != seen_time:
-                seen_time, last_report = progress["time"], time.monotonic()
-                self._publish(progress["uploaded"], progress["loss"])
+                last_report = time.monotonic()
+                try:
+                    self._publish(progress["uploaded"], progress["loss"])
+                except StoreError as error:
+                    # The store stopped answering between the report and its files: publish at the next poll.
+                    log.warning("publishing pod %s's checkpoints waits for the store: %s", pod_id, error)
+                    time.sleep(self.pod.poll_seconds)
+                    continue
+                seen_time = progress["time"]
                 if self.on_progress:
                     self.on_progress(progress["step"], progress["total"], progress["loss"], progress["status"])
                 if progress["status"] == "done":
