@@ -18,6 +18,12 @@ import pytest
 from likeness.run.prefect_server import free_port
 
 STARTUP_TIMEOUT_S = 90
+# The server's database in memory. Prefect supports it (prefect/server/database/configurations.py keeps an in-memory
+# SQLite on one pooled connection for the server's life; its migrations run on that engine): every request and service
+# then takes turns on one connection, so none meets SQLITE_BUSY, which on a file the server answers with a 503 and the
+# client retries 2 s later (5-10 times in one whole-catalogue run). The tests of the databases a studio runs on
+# (tests/test_batch_scale.py) name theirs.
+IN_MEMORY = "sqlite+aiosqlite:///:memory:"
 
 
 def api_post(api: str, path: str, body: dict) -> list[dict]:
@@ -59,13 +65,15 @@ def quiet_prefect_env(home: Path) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(home: Path, ui: bool = False) -> Iterator[str]:
-    """Run `prefect server start` on a free loopback port; yields the API URL. With `ui`, it also serves the
-    UI (the v2 front end at /v2/, v1 at the root) and is ready when both answer."""
+def prefect_server(home: Path, ui: bool = False, database: str = IN_MEMORY) -> Iterator[str]:
+    """Run `prefect server start` on a free loopback port with its data in `database` (a SQLAlchemy URL); yields
+    the API URL. With `ui`, it also serves the UI (the v2 front end at /v2/, v1 at the root) and is ready when both
+    answer."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, **quiet_prefect_env(home)}
+    env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
     if ui:
         env["PREFECT_UI_ENABLED"] = "true"
         env["PREFECT_UI_API_URL"] = f"{base}/api"
