@@ -3,6 +3,7 @@ its own PREFECT_HOME and data folder), set up by `likeness deploy` and driven by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -103,6 +105,50 @@ class Machines:
 
     def flow_name(self, run: dict) -> str:
         return api_post(self.api, "/flows/filter", {"flows": {"id": {"any_": [run["flow_id"]]}}})[0]["name"]
+
+    def tasks_of(self, flow_run_id: str) -> list[dict]:
+        return api_post(self.api, "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}})
+
+    def task_states_under(self, flow_run_id: str) -> dict[str, set[str]]:
+        """Task name (without its suffix) -> the state names of its runs, over this run and every run under it."""
+        ids = [run["id"] for run in self.runs_under(flow_run_id)]
+        states: dict[str, set[str]] = {}
+        for task in api_post(self.api, "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": ids}}}):
+            states.setdefault(task["name"].rsplit("-", 1)[0], set()).add(task["state"]["name"])
+        return states
+
+    def wait_for_run(self, root_id: str, flow: str, state: str, timeout: float = 300) -> dict:
+        """The run of `flow` at or under `root_id` once it is in `state` (a state type)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for run in self.runs_under(root_id):
+                if run["state"]["type"] == state and self.flow_name(run) == flow:
+                    return run
+            time.sleep(1)
+        raise AssertionError(f"no {flow} run {state} under {root_id} within {timeout} s")
+
+    def wait_for_log(self, machine: str, text: str, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in (self.tmp / f"{machine}.log").read_text(errors="replace"):
+            assert time.monotonic() < deadline, f"no {text!r} in {machine}'s log within {timeout} s"
+            time.sleep(0.2)
+
+    def set_state(self, flow_run_id: str, state: str) -> None:
+        api_post(self.api, f"/flow_runs/{flow_run_id}/set_state", {"state": {"type": state}, "force": True})
+
+    def kill_worker(self, machine: str) -> None:
+        """SIGKILL a worker and every process it started, as when its machine is lost."""
+        process, _ = self.workers.pop(machine)
+        home = str(self.tmp / machine / "prefect-home").encode()
+        for entry in Path("/proc").iterdir():
+            try:
+                started_there = entry.name.isdigit() and home in (entry / "environ").read_bytes()
+            except OSError:
+                continue
+            if started_there:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 def s3_client(server) -> Minio:
@@ -254,6 +300,50 @@ def test_the_inbox_and_a_batch_skip_what_is_produced_and_report_broken_rows(stud
     assert rows[0]["status"].startswith("already produced") and rows[0]["out"].startswith("likeness pull ")
     assert rows[1]["status"].startswith("failed") and "drop/nobody.jpg" in rows[1]["status"]
     assert rows[2]["status"] == "skipped: no name"
+
+
+def test_a_gpu_worker_killed_mid_stage_leaves_a_rerun_that_redoes_only_that_stage(studio, s3_server):
+    for machine in [m for m in studio.workers if m.startswith("gpu-machine")]:
+        studio.stop_worker(machine)
+    if "cpu-machine" not in studio.workers:
+        studio.start_worker("cpu-machine", "likeness-cpu")
+    studio.start_worker("gpu-machine-3", "likeness-gpu", "--limit", "1")
+    # Long enough to be killed in: 600 steps of the tiny trainer (30 ms each), a checkpoint every 150.
+    kai = ["-p", "name=Kai", "-p", "reference=drop/Ada.jpg", *SMALL, "-p", "beyond_limits=true"]
+    kai += ["-p", "overrides.train.steps=600", "-p", "overrides.train.checkpoint_every=150"]
+    started = studio.likeness("run", "produce", *kai)
+    assert started.returncode == 0, started.stderr[-3000:]
+    first = started_run(started.stderr)
+    studio.wait_for_log("gpu-machine-3", "Kai:  33%|")  # past the first checkpoint
+    studio.kill_worker("gpu-machine-3")
+
+    # The person sees the stage hang, cancels the run and starts it again once a GPU machine is back.
+    studio.set_state(first, "CANCELLING")
+    studio.wait_for_run(first, "produce-character", "CANCELLED")
+    studio.start_worker("gpu-machine-4", "likeness-gpu", "--limit", "1")
+    rerun = studio.likeness("run", "produce", *kai, "--watch", "--out", str(studio.tmp / "out-kai"))
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    second = started_run(rerun.stderr)
+
+    runs = {studio.flow_name(run): run for run in studio.runs_under(second)}
+    assert studio.ran_on(runs["train-character"]["id"]) == ["gpu-machine-4"]
+    states = {flow: studio.task_states_under(runs[flow]["id"]) for flow in STAGE_FLOWS}
+    # Not cached by design: reading the photo, and the task run that stands for the build-dataset subflow.
+    dataset = {name: state for name, state in states["produce-dataset"].items()
+               if name not in ("fetch-input-image", "build-dataset")}  # fmt: skip
+    assert dataset and all(names == {"Cached"} for names in dataset.values()), dataset
+    assert states["train-character"]["fit-lora"] == {"Completed"}, states["train-character"]
+    assert states["render-character"]["render-media"] == {"Completed"}
+
+    # What the killed stage left and what the rerun made: each checkpoint once, under one content address.
+    names = [o.object_name for o in s3_client(s3_server).list_objects(BUCKET, prefix="studio/", recursive=True)]
+    checkpoints: dict[str, set[str]] = {}
+    for name in names:
+        if name.startswith("studio/sha256/") and name.rsplit("/", 1)[1].startswith("Kai_"):
+            checkpoints.setdefault(name.rsplit("/", 1)[1], set()).add(name.split("/")[2])
+    assert {"Kai_000000150.safetensors", "Kai_000000600.safetensors"} <= set(checkpoints)
+    assert all(len(digests) == 1 for digests in checkpoints.values()), checkpoints
+    assert not [name for name in names if name.endswith((".part", ".tmp")) or "/tmp" in name]
 
 
 def table(studio: Machines, key: str) -> list[dict]:
