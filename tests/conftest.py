@@ -61,3 +61,13 @@ def cli_env(tmp_path: Path, models_dir: Path, api: str | None) -> dict[str, str]
     if api:
         env["PREFECT_API_URL"] = api
     return env
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The load tests (`scale`, minutes each) run only when a `-m` expression names them: `bin/test -m scale`."""
+    if "scale" in (config.getoption("markexpr") or ""):
+        return
+    deselected = [item for item in items if item.get_closest_marker("scale")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("scale")]
