@@ -63,11 +63,31 @@ def cli_env(tmp_path: Path, models_dir: Path, api: str | None) -> dict[str, str]
     return env
 
 
+# The files that take longest (from `--durations`), longest first. xdist's `--dist loadfile` hands files to its
+# workers in collection order: started last, one of these would run alone at the end while the other worker idles.
+LONGEST_FILES = (
+    "test_operations_e2e.py",
+    "test_cli_e2e.py",
+    "test_cli_outputs.py",
+    "test_runpod_training.py",
+    "test_cli_interrupts.py",
+    "test_batch.py",
+    "test_ui_pictures.py",
+    "test_estimate_roles.py",
+    "test_startup_race.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The load tests (`scale`, minutes each) run only when a `-m` expression names them: `bin/test -m scale`."""
+    """Longest files first; the load tests (`scale`, minutes each) only when a `-m` expression names them."""
+    items.sort(key=lambda item: _rank(item.path.name))
     if "scale" in (config.getoption("markexpr") or ""):
         return
     deselected = [item for item in items if item.get_closest_marker("scale")]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
         items[:] = [item for item in items if not item.get_closest_marker("scale")]
+
+
+def _rank(file_name: str) -> int:
+    return LONGEST_FILES.index(file_name) if file_name in LONGEST_FILES else len(LONGEST_FILES)

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from likeness.run.prefect_server import free_port
+from tests.prefect_server import stop_process_group
 
 STARTUP_TIMEOUT_S = 30
 
@@ -67,11 +68,6 @@ def postgres_server() -> Iterator[str]:
         yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
     finally:
         # SIGINT is PostgreSQL's fast shutdown: it does not wait for the clients (a Prefect server) to leave.
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=15)
+        stop_process_group(process, first=signal.SIGINT)
         log.close()
         shutil.rmtree(folder, ignore_errors=True)

@@ -104,7 +104,7 @@ def prefect_server(home: Path, ui: bool = False, database: str = IN_MEMORY) -> I
             from prefect.logging.handlers import APILogWorker
 
             APILogWorker.drain_all(timeout=5)
-        _stop(process)
+        stop_process_group(process)
         log.close()
 
 
@@ -116,10 +116,11 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_process_group(process: subprocess.Popen, first: signal.Signals = signal.SIGTERM) -> None:
+    """Send `first` to the process group a server was started in; SIGKILL it if it has not ended 15 s later."""
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, first)
     try:
         process.wait(timeout=15)
     except subprocess.TimeoutExpired:
