@@ -78,4 +78,4 @@ def test_a_refused_url_is_not_tried_again(store):
     started = time.monotonic()
     with pytest.raises(urllib.error.HTTPError, match="403"):
         upload(f"http://127.0.0.1:{relay.port}/expired/log-0.txt", data=b"log", patience_s=30)
-    assert time.monotonic() - started < 1 and server.stored == {}
+    assert time.monotonic() - started < 5 and server.stored == {}  # no wait: the patience is 30 s
