@@ -64,7 +64,8 @@ def cli_env(tmp_path: Path, models_dir: Path, api: str | None) -> dict[str, str]
 
 
 # The files that take longest (from `--durations`), longest first. xdist's `--dist loadfile` hands files to its
-# workers in collection order: started last, one of these would run alone at the end while the other worker idles.
+# workers in collection order (with `--no-loadscope-reorder`; by default, most tests first): started last, one of these
+# would run alone at the end while the other worker idles.
 LONGEST_FILES = (
     "test_operations_e2e.py",
     "test_cli_e2e.py",
