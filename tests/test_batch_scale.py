@@ -3,13 +3,12 @@ database is SQLite (a file, as `prefect server start` keeps it) and on one whose
 
 What a team counts on: every row produced exactly once (no lost and no duplicated runs), every stage run on the
 GPU pool completed, and no worker or run ever met "database is locked"; on PostgreSQL, not the server either. Each
-database takes minutes on 2 cores, so these run apart from the suite: `bin/test -m scale` (`.ci/run` does).
+database takes minutes on 2 cores, so these run apart from the suite: `bin/test -m scale -n 0 -s` (`.ci/run` does).
 """
 
 from __future__ import annotations
 
 import io
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -20,7 +19,7 @@ import pytest
 from tests.conftest import cli_env
 from tests.postgres_server import postgres_server
 from tests.prefect_server import api_post, prefect_server
-from tests.test_operations_e2e import BIN, STAGE_FLOWS, Machines, s3_client, started_run, table
+from tests.test_operations_e2e import STAGE_FLOWS, Machines, s3_client, started_run, table
 
 pytestmark = pytest.mark.scale
 
@@ -78,15 +77,10 @@ def _database(name: str, tmp: Path) -> AbstractContextManager[str]:
 def test_a_batch_of_twenty_four_at_a_time_produces_each_character_once(studio_on):
     studio, server_home, database = studio_on
     started = time.monotonic()
-    batch = subprocess.run(
-        [str(BIN / "likeness"), "run", "batch", "-p", "manifest=batch/scale.yaml", "-p", f"concurrency={CONCURRENCY}"]
-        + ["--watch"],
-        env=studio.env("laptop"),
-        cwd=studio.tmp,
-        capture_output=True,
-        text=True,
+    batch = studio.likeness(
+        "run", "batch", "-p", "manifest=batch/scale.yaml", "-p", f"concurrency={CONCURRENCY}", "--watch",
         timeout=BATCH_TIMEOUT_S,
-    )
+    )  # fmt: skip
     seconds = time.monotonic() - started
     print(f"{database}: {ROWS} characters, {CONCURRENCY} at a time, in {seconds:.0f} s")
     assert batch.returncode == 0, batch.stderr[-4000:]

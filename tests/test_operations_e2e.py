@@ -49,14 +49,14 @@ class Machines:
             "LIKENESS_DATA_DIR": str(self.tmp / machine / "likeness-data"),
         }
 
-    def likeness(self, *args: str, machine: str = "laptop") -> subprocess.CompletedProcess[str]:
+    def likeness(self, *args: str, machine: str = "laptop", timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(BIN / "likeness"), *args],
             env=self.env(machine),
             cwd=self.tmp,
             capture_output=True,
             text=True,
-            timeout=600,
+            timeout=timeout,
         )
 
     def start_worker(self, machine: str, pool: str, *extra: str) -> None:
@@ -105,9 +105,6 @@ class Machines:
 
     def flow_name(self, run: dict) -> str:
         return api_post(self.api, "/flows/filter", {"flows": {"id": {"any_": [run["flow_id"]]}}})[0]["name"]
-
-    def tasks_of(self, flow_run_id: str) -> list[dict]:
-        return api_post(self.api, "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}})
 
     def task_states_under(self, flow_run_id: str) -> dict[str, set[str]]:
         """Task name (without its suffix) -> the state names of its runs, over this run and every run under it."""
