@@ -115,7 +115,7 @@ def dispatch_rows(rows: Sequence[BatchRow], concurrency: int, profile: str) -> l
     parameters already completed is answered by that run."""
     produced = completed_produce_runs()
     parent = flow_run.get_id()
-    bar = StageProgress("batch", len(rows), artifact_key=f"batch-{parent}")
+    bar = StageProgress("batch", len(rows), f"batch-{parent}", unit="characters")
     counting = threading.Lock()
 
     def produce(row: BatchRow) -> dict[str, Any]:

@@ -23,7 +23,8 @@ from likeness.dataset.catalogue import Catalogue, Shot, shot_size
 from likeness.dataset.curation import Figures, Kept, judge
 from likeness.models import pipelines
 from likeness.records import DatasetItem, DatasetRef, Rejection
-from likeness.run.progress import StageProgress
+from likeness.run.memory import memory_for_dataset
+from likeness.run.progress import StageProgress, announce
 from likeness.storage.artifacts import ArtifactRef
 from tasks.caption import caption_image
 from tasks.curation import make_mask, measure_image, measure_reference
@@ -73,8 +74,10 @@ def build_dataset(
     """Turn one reference photo (and optional garment and pose images) into a captioned, curated LoRA dataset."""
     garments, poses = list(garments or []), list(poses or [])
     shots = catalogue.shots(config.variations, garments=len(garments), poses=len(poses))
+    profile = memory_for_dataset(profile, config, shots, say=print)
     face = measure_reference(reference) if config.curation.identity else None
-    progress = StageProgress("dataset", 4 * len(shots), artifact_key=f"{trigger}-dataset")
+    # Four steps a shot: edited, upscaled, masked, captioned.
+    progress = StageProgress("dataset", 4 * len(shots), f"{trigger}-dataset", unit="shots", items=len(shots))
 
     chosen, tries = edit_and_curate(
         reference, shots, {"garment": garments, "pose": poses}, config, profile, face, progress
@@ -128,7 +131,7 @@ def build_dataset(
     tags = {tag for shot in kept_shots for tag in shot.tags}
     repeated = phrases_in_every_caption([item.caption for item in items], ignore=[trigger, *tags])
     if repeated:
-        print(f"every caption says {', '.join(map(repr, repeated))}: the LoRA will bake it in with the trigger word")
+        announce(f"every caption says {', '.join(map(repr, repeated))}: the LoRA will bake it in with the trigger word")
     return assemble_dataset(
         trigger, reference, items, dropped, config.curation.identity, repeated, profile.output_identity()
     )

@@ -18,7 +18,7 @@ from flows.stages import (
     described,
 )
 from flows.train import train_lora
-from likeness.config import ROLES, Backend
+from likeness.config import ROLES, Backend, check_stop_when_flat
 from likeness.records import CharacterResult
 from likeness.run.progress import prefect_artifact_key
 from tasks.estimate import estimate_run, measure_run
@@ -66,10 +66,14 @@ def produce_character(
     dispatched = deployment.get_id() is not None
     roles = () if dispatched else ROLES
     run = dataset_inputs(name, reference, profile, overrides, beyond_limits, garments, poses, catalogue, roles)
+    # Before the dataset is made, not once it is there to train on.
+    check_stop_when_flat(run.config.train, backend, run.config.dataset.curation.identity)
     with run.one_run_at_a_time("produce-character"):
         # A GPU run is priced before it starts: the table is in the UI while the stages run.
         on_gpu = run.profile.device == "cuda"
-        estimate = estimate_run(run.trigger, run.profile, run.config, run.catalogue) if on_gpu else ()
+        estimate = (
+            estimate_run(run.trigger, run.profile, run.config, run.catalogue, backend, dispatched) if on_gpu else ()
+        )
         if dispatched:
             result = dispatch_stages(run, profile, backend, overrides or {}, beyond_limits)
         else:

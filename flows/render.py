@@ -8,6 +8,7 @@ from likeness.config import ModelProfile, RenderConfig
 from likeness.records import LoraRef, RenderItem, Renders
 from likeness.render.jobs import plan_renders
 from likeness.render.prompt_files import PromptEntry
+from likeness.run.memory import memory_for_renders
 from likeness.run.progress import StageProgress
 from likeness.storage.artifacts import ArtifactRef
 from tasks.render import animate_still, render_media
@@ -30,7 +31,8 @@ def render(
     checkpoint, and bring the still `animate` to life with `animate_prompt`; score each against `reference`,
     upscale the videos when asked, and make a contact sheet."""
     jobs = plan_renders(config, lora.trigger, prompts, profile.limits.render, beyond_limits)
-    progress = StageProgress("render", len(jobs) + (animate is not None), artifact_key=f"{lora.trigger}-render")
+    profile = memory_for_renders(profile, config, jobs, animate is not None, say=print)
+    progress = StageProgress("render", len(jobs) + (animate is not None), f"{lora.trigger}-render", unit="renders")
 
     def reviewed(item: RenderItem, settings: RenderConfig) -> RenderItem:
         if reference is not None:

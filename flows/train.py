@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from likeness.config import Backend, ModelProfile, PodConfig, TrainConfig
+from likeness.config import Backend, ModelProfile, PodConfig, TrainConfig, check_stop_when_flat
 from likeness.records import LoraRef, TrainingSet
 from tasks.checkpoints import pick_checkpoint
 from tasks.train import fit_lora
@@ -21,8 +21,12 @@ def train_lora(
 ) -> LoraRef:
     """Train the character LoRA on the training set with checkpoints, then pick the one most like the reference;
     `pod.gpu_types` are the GPU types a `runpod-*` backend asks for, in order."""
+    check_stop_when_flat(config, backend, dataset.identity_checked and dataset.reference is not None)
     if backend == "local":
         fitted = fit_lora(dataset, config, profile)
     else:
         fitted = fit_lora_on_runpod(dataset, config, profile, backend, pod or PodConfig())
+    if fitted.stopped_early:
+        stop = fitted.stopped_early
+        print(f"{dataset.trigger}: training stopped early at step {stop.step}: {stop.reason}")
     return pick_checkpoint(fitted, dataset.reference, dataset.identity_checked)

@@ -17,6 +17,16 @@ import yaml
 from PIL import Image, ImageCms, ImageFile, UnidentifiedImageError
 
 MIN_REFERENCE_SIDE = 256
+# A garment or pose image is a condition of the editor, which sees it enlarged to its vision encoder's 384 px view
+# (28 px a token): below 128 px that is more than 3x, a blur of a few tokens where the garment's cut or the pose's
+# limbs should be. A face is not looked for in it, so it needs less than a reference photo.
+MIN_CONDITION_SIDE = 128
+# What each kind of input image is called where its size is refused, and the least short side it needs.
+MIN_SIDES = {
+    "reference image": ("a reference photo", MIN_REFERENCE_SIDE),
+    "garment image": ("a garment image", MIN_CONDITION_SIDE),
+    "pose image": ("a pose image", MIN_CONDITION_SIDE),
+}
 # The models work at about 1024 px; these caps leave room for 48-50 MP phone photos (8064x6048, 8160x6120) and
 # refuse, from the header alone, files whose decode would take gigabytes (a 12000 px PNG of 446 KB took 7.2 GB).
 MAX_REFERENCE_SIDE = 8192
@@ -159,18 +169,21 @@ _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 def read_reference_image(path: Path, kind: str = "reference image", min_side: int | None = None) -> ReferenceImage:
     """The image at path as people see it, or InvalidInput saying what is wrong with it; `kind` names it
-    in messages (the reference image, a garment image, a pose image); `min_side` replaces a reference photo's
-    minimum short side (a still to animate is resized to the render's size anyway)."""
+    in messages (the reference image, a garment image, a pose image) and gives its minimum short side (MIN_SIDES);
+    `min_side` replaces that (a still to animate is resized to the render's size anyway)."""
     if not path.exists():
         raise InvalidInput(f"{kind} not found: {path}")
     if not path.is_file():
         raise InvalidInput(f"{kind} is not a file: {path}")
     _check_file_size(path.stat().st_size, str(path))
-    return normalise_reference(path.read_bytes(), str(path), min_side)
+    return normalise_reference(path.read_bytes(), str(path), min_side, kind)
 
 
-def normalise_reference(data: bytes, label: str, min_side: int | None = None) -> ReferenceImage:
-    """Decode image bytes into an oriented 8-bit sRGB PNG; label names the image in messages and notes."""
+def normalise_reference(
+    data: bytes, label: str, min_side: int | None = None, kind: str = "reference image"
+) -> ReferenceImage:
+    """Decode image bytes into an oriented 8-bit sRGB PNG; label names the image in messages and notes, `kind` what
+    it is for (a key of MIN_SIDES: its least short side), unless `min_side` gives another."""
     _check_file_size(len(data), label)
     notes: list[str] = []
     # The bomb warning is replaced by the explicit check in _check_dimensions, which also holds when another thread
@@ -183,9 +196,10 @@ def normalise_reference(data: bytes, label: str, min_side: int | None = None) ->
                 _note_frames(image, label, notes)
                 image.seek(0)
                 image.load()
-                rgb = _to_rgb(_orient(image, label, notes, min_side or MIN_REFERENCE_SIDE), label, notes)
+                rgb = _to_rgb(_orient(image, label, notes, _least_side(kind, min_side)), label, notes)
         except UnidentifiedImageError:
-            raise InvalidInput(f"{label} is not an image Likeness can read (PNG, JPEG, WebP)") from None
+            readable = ", ".join("WebP" if name == "WEBP" else name for name in _decoders())
+            raise InvalidInput(f"{label} is not an image Likeness can read ({readable})") from None
         except Image.DecompressionBombError as exc:
             match = _BOMB_PIXELS.search(str(exc))
             raise _too_many_pixels(label, int(match.group(1)) if match else None) from None
@@ -254,7 +268,13 @@ def _note_frames(image: ImageFile.ImageFile, label: str, notes: list[str]) -> No
         notes.append(f"{label} is animated ({frames} frames): its first frame is used")
 
 
-def _orient(image: Image.Image, label: str, notes: list[str], min_side: int) -> Image.Image:
+def _least_side(kind: str, min_side: int | None) -> tuple[str, int]:
+    """What the image is called where its size is refused, and the least short side it needs."""
+    subject, least = MIN_SIDES.get(kind, MIN_SIDES["reference image"])
+    return (subject, least) if min_side is None else ("it", min_side)
+
+
+def _orient(image: Image.Image, label: str, notes: list[str], least: tuple[str, int]) -> Image.Image:
     """The image turned the way its EXIF orientation says a person sees it, then held to the minimum size."""
     orientation = image.getexif().get(0x0112, 1)
     if orientation in _ORIENTATION:
@@ -262,9 +282,9 @@ def _orient(image: Image.Image, label: str, notes: list[str], min_side: int) -> 
         image = image.transpose(method)
         notes.append(f"{label} is {done} by its EXIF orientation ({orientation})")
     width, height = image.size
+    subject, min_side = least
     if min(width, height) < min_side:
-        what = "a reference photo" if min_side == MIN_REFERENCE_SIDE else "it"
-        raise InvalidInput(f"{label} is {width}x{height} px; {what} needs at least {min_side} px on its short side")
+        raise InvalidInput(f"{label} is {width}x{height} px; {subject} needs at least {min_side} px on its short side")
     return image
 
 

@@ -150,6 +150,13 @@ class TrainCost(Record):
     pods: int
 
 
+class EarlyStop(Record):
+    """Where training stopped before its last step, a sampled checkpoint, and why (`train.stop_when_flat`)."""
+
+    step: int
+    reason: str
+
+
 class LoraRef(Record):
     """The checkpoints of one LoRA training run, oldest first, and the one chosen as the character's LoRA."""
 
@@ -163,6 +170,8 @@ class LoraRef(Record):
     # Identity distance by step, a PNG (None when identity was not checked).
     scores_plot: ArtifactRef | None = None
     cost: TrainCost | None = None
+    # The identity scores of the samples went flat: the last checkpoint is where training stopped.
+    stopped_early: EarlyStop | None = None
 
     @property
     def final(self) -> LoraCheckpoint:
@@ -172,6 +181,15 @@ class LoraRef(Record):
     def best(self) -> LoraCheckpoint:
         """The chosen checkpoint: the best-scoring one, else the last."""
         return next((c for c in self.checkpoints if c.step == self.best_step), self.final)
+
+
+class SpeedLoraUse(Record):
+    """A step-distillation LoRA a render ran with (lightx2v's), into which expert, at which strength."""
+
+    source: str
+    file: str
+    expert: str
+    scale: float
 
 
 class RenderItem(Record):
@@ -193,6 +211,7 @@ class RenderItem(Record):
     guidance_scale: float | None = None
     fps: int | None = None
     fx: str = "none"
+    speed_loras: tuple[SpeedLoraUse, ...] = ()
     # The video upscaled in chunks (`render.upscale_long_side`), beside the render.
     upscaled: ArtifactRef | None = None
     # Identity distance to the reference: the best-scoring frame, and the median over the frames scored.

@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 
-from likeness.config import ModelProfile, RunConfig
+from likeness.config import Backend, ModelProfile, RunConfig
 from likeness.dataset.catalogue import Catalogue
 from likeness.estimate.report import Measured, measured_against_estimate
 from likeness.inputs import InvalidInput
@@ -20,8 +20,16 @@ from likeness.settings import get_settings
 
 
 @task(name="estimate-character")
-def estimate_run(trigger: str, profile: ModelProfile, config: RunConfig, catalogue: Catalogue) -> tuple[StageCost, ...]:
-    """The run's stages estimated on the `estimate_gpu` setting's GPU, published as a table artifact."""
+def estimate_run(
+    trigger: str,
+    profile: ModelProfile,
+    config: RunConfig,
+    catalogue: Catalogue,
+    backend: Backend = "local",
+    dispatched: bool = False,
+) -> tuple[StageCost, ...]:
+    """The run's stages estimated on the `estimate_gpu` setting's GPU (each in a process of its own when
+    `dispatched` to deployments), published as a table artifact."""
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")  # the meta-device builds would talk
     from likeness.estimate import roles
     from likeness.estimate.character import estimate_character, stage_costs
@@ -33,7 +41,7 @@ def estimate_run(trigger: str, profile: ModelProfile, config: RunConfig, catalog
     gpu = GPUS[settings.estimate_gpu]
     price = price_per_hour(gpu, settings.runpod_api_key)
     roles.keep_counts_in(settings.estimate_counts_file)
-    costs = stage_costs(estimate_character(profile, config, catalogue, gpu, price), gpu)
+    costs = stage_costs(estimate_character(profile, config, catalogue, gpu, price, backend, dispatched), gpu)
     create_table_artifact(
         key=prefect_artifact_key(f"{trigger}-estimate"),
         table=[cost.model_dump() for cost in costs],

@@ -12,4 +12,5 @@ from likeness.storage.locations import read_location
 @task(name="fetch-input-image")
 def fetch_input_image(location: str, label: str, filename: str) -> ArtifactRef:
     """The image at `location` (a path, an s3:// or https:// URL, a store key) as an oriented 8-bit RGB PNG."""
-    return put_bytes(normalise_reference(read_location(location, label), f"{label} {location}").png, filename)
+    image = normalise_reference(read_location(location, label), f"{label} {location}", kind=label)
+    return put_bytes(image.png, filename)

@@ -31,13 +31,13 @@ from likeness.media.post_fx import apply_post_fx_to_frames, post_fx_preset
 from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.models.profiles import spec_path
 from likeness.models.speed_loras import lightx2v_scheduler_config
-from likeness.records import RenderItem
+from likeness.records import RenderItem, SpeedLoraUse
 from likeness.run.interrupts import stop_between_steps
 from likeness.settings import get_settings
 from likeness.stages import stage_task
 from likeness.storage.artifacts import ArtifactRef, get_bytes, load_image, put_bytes
 
-STAGE_VERSION = 2
+STAGE_VERSION = 3
 ADAPTER = "likeness_character"
 SPEED_ADAPTER = "likeness_speed"
 
@@ -56,6 +56,7 @@ def lineage(item: dict[str, Any]) -> dict[str, Any]:
     if item["low_noise_lora"] is not None:
         low = item["low_noise_lora"]
         loras.append({"file": low.filename, "sha256": low.sha256, "scale": item["lora_scale"], "expert": "low_noise"})
+    loras += [{**speed.model_dump(mode="json"), "kind": "speed"} for speed in item["speed_loras"]]
     fields = ("kind", "prompt", "negative_prompt", "seed", "frames", "steps", "size", "guidance_scale", "fps", "fx")
     return {**{name: item[name] for name in fields}, "model": item["model"], "loras": loras, "likeness": __version__}
 
@@ -174,8 +175,13 @@ def _stored(fields: dict[str, Any], frames: np.ndarray, config: RenderConfig, fi
 
 def _fields(
     kind: str, prompt: str, seed: int, frames: int, config: RenderConfig, lora: ArtifactRef,
-    low_noise: ArtifactRef | None, model: str,
+    low_noise: ArtifactRef | None, profile: ModelProfile, role: Literal["video", "animator"],
 ) -> dict[str, Any]:  # fmt: skip
+    spec = profile.models[role]
+    speed = tuple(
+        SpeedLoraUse(source=lora.source, file=lora.file, expert=expert, scale=config.speed_lora_scale)
+        for expert, lora in spec.speed_loras.items()
+    )
     return {
         "kind": kind,
         "prompt": prompt,
@@ -190,7 +196,8 @@ def _fields(
         "lora": lora,
         "low_noise_lora": low_noise,
         "lora_scale": config.lora_scale,
-        "model": model,
+        "model": spec.source,
+        "speed_loras": speed,
     }
 
 
@@ -207,7 +214,7 @@ def render_media(
     """Render one image or video with the LoRA at `config.lora_scale` (and an A14B LoRA's low-noise file)."""
     frames = 1 if kind == "image" else config.video_frames
     video = _generate("video", profile, lora, low_noise, config, seed, prompt=prompt, num_frames=frames)
-    fields = _fields(kind, prompt, seed, frames, config, lora, low_noise, profile.models["video"].source)
+    fields = _fields(kind, prompt, seed, frames, config, lora, low_noise, profile, "video")
     return _stored(fields, video, config, render_filename(kind, prompt, seed, lora, config))
 
 
@@ -225,7 +232,6 @@ def animate_still(
     image = square(load_image(still), config.size)
     call = {"prompt": prompt, "image": image, "num_frames": config.video_frames}
     video = _generate("animator", profile, lora, low_noise, config, seed, **call)
-    fields = _fields("video", prompt, seed, config.video_frames, config, lora, low_noise,
-                     profile.models["animator"].source)  # fmt: skip
+    fields = _fields("video", prompt, seed, config.video_frames, config, lora, low_noise, profile, "animator")
     digest = hashlib.sha256(f"{still.sha256}|{prompt}|{seed}|{lora.sha256}|{config.model_dump_json()}".encode())
     return _stored(fields, video, config, f"animated_s{seed}_{digest.hexdigest()[:10]}.mp4")

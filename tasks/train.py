@@ -12,14 +12,16 @@ import tempfile
 from pathlib import Path
 
 from likeness.config import ModelProfile, TrainConfig
+from likeness.identity import reference_face
 from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.models.profiles import device_for
-from likeness.records import LoraCheckpoint, LoraRef, TrainingSet
+from likeness.records import EarlyStop, LoraCheckpoint, LoraRef, TrainingSet
 from likeness.run.interrupts import check_stop
+from likeness.run.memory import memory_for_training
 from likeness.run.progress import StageProgress
 from likeness.settings import get_settings
 from likeness.stages import stage_task
-from likeness.storage.artifacts import get_store, put_file
+from likeness.storage.artifacts import ArtifactRef, get_store, load_image, put_file
 from likeness.training.data import read_training_folder, training_files
 from likeness.training.native import Trainer
 from likeness.training.spec import SAMPLES_FOLDER, TrainJob
@@ -27,9 +29,15 @@ from likeness.training.spec import SAMPLES_FOLDER, TrainJob
 STAGE_VERSION = 3
 
 
-def train_job(trigger: str, config: TrainConfig, profile: ModelProfile) -> TrainJob:
-    """The job that trains `trigger`'s LoRA on the profile's video model, on this machine's device."""
-    return TrainJob.for_profile(trigger, config, profile, device_for(profile, get_settings()))
+def train_job(
+    trigger: str, config: TrainConfig, profile: ModelProfile, reference: ArtifactRef | None = None
+) -> TrainJob:
+    """The job that trains `trigger`'s LoRA on the profile's video model, on this machine's device; with
+    `train.stop_when_flat`, the reference photo's face, which the trainer scores its samples against."""
+    face = None
+    if config.stop_when_flat and reference is not None:
+        face, _ = reference_face(load_image(reference), "the reference photo")
+    return TrainJob.for_profile(trigger, config, profile, device_for(profile, get_settings()), face)
 
 
 def write_training_folder(training: TrainingSet, folder: Path) -> tuple[Path, Path]:
@@ -59,9 +67,9 @@ def publish_checkpoint(job: TrainJob, folder: Path, step: int, loss: float | Non
 @stage_task("fit-lora", STAGE_VERSION, retries=1, retry_delay_seconds=30)
 def fit_lora(dataset: TrainingSet, config: TrainConfig, profile: ModelProfile) -> LoraRef:
     """Train the character LoRA here, saving a checkpoint every `checkpoint_every` steps."""
-    job = train_job(dataset.trigger, config, profile)
-    pipe = get_pipeline("video", profile)
-    progress = StageProgress("train", config.steps, artifact_key=f"{dataset.trigger}-train")
+    job = train_job(dataset.trigger, config, profile, dataset.reference)
+    pipe = get_pipeline("video", memory_for_training(profile, config, len(dataset.items), say=print))
+    progress = StageProgress("train", config.steps, f"{dataset.trigger}-train", unit="steps")
     losses: dict[int, float] = {}
 
     def on_step(step: int, total: int, loss: float) -> None:
@@ -74,10 +82,12 @@ def fit_lora(dataset: TrainingSet, config: TrainConfig, profile: ModelProfile) -
         trainer = Trainer(job, pipe, read_training_folder(images, masks if config.masks else None), folder)
         steps = trainer.train(on_step=on_step, check_stop=check_stop)
         checkpoints = tuple(publish_checkpoint(job, folder, step, losses.get(step)) for step in steps)
+    stopped = EarlyStop(step=trainer.stopped.step, reason=trainer.stopped.reason) if trainer.stopped else None
     return LoraRef(
         trigger=dataset.trigger,
         base_model=job.model.source,
         base=config.base,
         backend="local",
         checkpoints=checkpoints,
+        stopped_early=stopped,
     )

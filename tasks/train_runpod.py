@@ -55,7 +55,7 @@ class ProgressWithEta:
     """Pod progress (step, loss) as the stage's bar, with the time left at the pace so far."""
 
     def __init__(self, trigger: str, total: int) -> None:
-        self.bar = StageProgress("train", total, artifact_key=f"{trigger}-train")
+        self.bar = StageProgress("train", total, f"{trigger}-train", unit="steps")
         self.started: tuple[float, int] | None = None
 
     def __call__(self, step: int, total: int, loss: float | None, status: str) -> None:
@@ -79,6 +79,7 @@ def lora_from_remote(job: TrainJob, backend: RemoteBackend, training: RemoteTrai
         backend=backend,
         checkpoints=checkpoints,
         cost=result.cost,
+        stopped_early=result.stopped_early,
     )
 
 
@@ -87,7 +88,7 @@ def fit_lora_on_runpod(
     dataset: TrainingSet, config: TrainConfig, profile: ModelProfile, backend: RemoteBackend, pod: PodConfig
 ) -> LoraRef:
     """Train the character LoRA on a RunPod pod (AI Toolkit's image or our worker image)."""
-    job = train_job(dataset.trigger, config, profile)
+    job = train_job(dataset.trigger, config, profile, dataset.reference)
     store = check_remote_store()
     client = runpod_client()
     training = RemoteTraining(

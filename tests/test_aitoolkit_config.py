@@ -148,8 +148,9 @@ def test_masks_on_without_a_masks_folder_trains_unmasked():
         (make_job(), (DATASET, f"{DATASET}/masks", OUTPUT), "masks folder"),
         (make_job(), (DATASET, MASKS, f"{DATASET}/out"), "training folder"),
         (make_job(sample_prompts=("{trigger} at ${{HOME}}",)), (DATASET, MASKS, OUTPUT), "environment variable"),
+        (make_job(stop_when_flat={"min_step": 500, "patience": 2}), (DATASET, MASKS, OUTPUT), "stop_when_flat"),
     ],
-    ids=["tiny", "revision", "boundary", "masks-inside", "output-inside", "env-placeholder"],
+    ids=["tiny", "revision", "boundary", "masks-inside", "output-inside", "env-placeholder", "stop-when-flat"],
 )
 def test_what_ai_toolkit_cannot_do_is_refused(job, folders, message):
     with pytest.raises(AiToolkitCannotTrain, match=message):

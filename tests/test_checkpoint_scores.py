@@ -1,4 +1,5 @@
-"""Choosing a checkpoint by identity, on real photos with the real dlib model: scores, the choice, table and plot."""
+"""Choosing a checkpoint by identity, on real photos with the real dlib model: scores, the choice, table and plot;
+and the rule that stops training once the scores are flat."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import pytest
 from PIL import Image, ImageFilter, ImageOps
 from pydantic import ValidationError
 
+from likeness.config import StopWhenFlat
 from likeness.identity import IDENTITY_THRESHOLD, Face, FaceIdentityModel, get_identity_model, reference_face
 from likeness.training.checkpoints import (
     CheckpointScore,
     SampleScore,
+    StopDecision,
     best_checkpoint,
+    flat_since,
     score_checkpoint,
     score_plot_png,
     scores_table,
@@ -162,3 +166,60 @@ def test_the_plot_draws_checkpoints_without_a_face_and_many_steps() -> None:
     assert png_image(score_plot_png(many, 5000, "twenty checkpoints")).size == (800, 450)
     with pytest.raises(ValueError, match="best step"):
         score_plot_png([], 500, "none")
+
+
+def every_100_steps(*medians: float | None) -> list[CheckpointScore]:
+    """Sampled checkpoints at steps 100, 200, ... of these scores (None: no face)."""
+    return [checkpoint(100 * (index + 1), median) for index, median in enumerate(medians)]
+
+
+def stop_step(medians: tuple[float | None, ...], min_step: int = 100, patience: int = 2) -> int | None:
+    decision = flat_since(every_100_steps(*medians), StopWhenFlat(min_step=min_step, patience=patience))
+    return decision and decision.step
+
+
+@pytest.mark.parametrize(
+    ("medians", "step"),
+    [
+        # Better every time: never flat.
+        ((0.60, 0.50, 0.45, 0.40, 0.35), None),
+        # A plateau after step 200: the second sample that is no better stops it.
+        ((0.60, 0.45, 0.46, 0.45, 0.30), 400),
+        # Noise: a worse score, or one less than 0.01 below the best, is no better; a gain of more resets the count.
+        ((0.50, 0.495, 0.40, 0.395, 0.392, 0.30), 500),
+        ((0.50, 0.52, 0.45, 0.46, 0.445, 0.38), 500),
+        ((0.50, 0.52, 0.45, 0.46, 0.43, 0.38), None),
+        # A lost face is no better; a face found again that beats the best resets the count.
+        ((0.50, None, 0.40, None, 0.41), 500),
+        ((0.50, None, None), 300),
+        # Nothing scored at all: flat from the start.
+        ((None, None, None), 200),
+        # The first score is better than none.
+        ((None, 0.60, 0.55), None),
+    ],
+)
+def test_training_stops_after_patience_samples_without_a_better_score(medians, step) -> None:
+    assert stop_step(medians) == step
+
+
+def test_a_run_never_stops_before_the_minimum_step_and_then_counts_every_flat_sample() -> None:
+    flat = (0.40, 0.45, 0.45, 0.45, 0.45, 0.45)
+    assert stop_step(flat, min_step=100, patience=2) == 300
+    assert stop_step(flat, min_step=450, patience=2) == 500
+    # The samples before min_step count toward the patience: at min_step it is already spent.
+    assert stop_step(flat, min_step=600, patience=4) == 600
+    assert stop_step(flat, min_step=100, patience=6) is None
+
+
+def test_the_decision_says_where_and_why_and_ignores_the_order_given() -> None:
+    rule = StopWhenFlat(min_step=100, patience=2)
+    scores = every_100_steps(0.52, 0.41, 0.43, None)
+    assert flat_since(scores[::-1], rule) == StopDecision(
+        400, "no better identity than step 200's 0.410 in the 2 sampled checkpoints since (steps 300-400)"
+    )
+    assert flat_since(every_100_steps(None), StopWhenFlat(min_step=100, patience=1)) == StopDecision(
+        100,
+        "no identity score in the 1 sampled checkpoint so far (step 100): no face in more than half of each "
+        "one's samples",
+    )
+    assert flat_since([], rule) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,30 @@ def test_a_garment_or_pose_no_chosen_entry_uses_is_refused(run, tmp_path):
     message = " ".join(result.stderr.split())
     assert "1 garment image(s) given, but none of the chosen catalogue entries uses one" in message
     assert "(the default's is try-on) to dataset.variations" in message
+
+
+@pytest.mark.parametrize("command", ["produce", "dataset", "train", "render", "estimate"])
+def test_the_help_names_every_profile_and_reads_cleanly(run, command: str) -> None:
+    from likeness.models.profiles import available_profiles
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if "--profile" in line)
+    assert f"Model profile: {', '.join(available_profiles())}, or the path of a .yaml file." in line
+    assert "[default: ($LIKENESS_PROFILE, else tiny)]" in line
+    stray = [text for text in result.output.splitlines() if re.search(r" [.,](\s|$)", text)]
+    assert not stray, stray  # a space before a full stop or comma: markup that swallowed a word
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--no-identity"], "train.stop_when_flat stops on the identity score of the samples"),
+        (["--backend", "runpod-aitoolkit"], "train.stop_when_flat needs our trainer"),
+    ],
+)
+def test_stop_when_flat_is_refused_where_it_cannot_apply_before_anything_starts(run, tmp_path, args, message):
+    stop = ["--set", "train.stop_when_flat.min_step=3", "--set", "train.stop_when_flat.patience=1"]
+    result = run("produce", "Ada", "--image", str(photo(tmp_path)), *stop, *args)
+    assert result.exit_code == 2
+    assert message in " ".join(result.stderr.split())

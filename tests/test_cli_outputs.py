@@ -216,9 +216,10 @@ def test_a_write_error_during_a_stage_is_one_line_naming_the_path(made):
 def test_progress_shows_as_plain_lines_when_stderr_is_not_a_terminal(first_run):
     # The module's first run computed every stage with its stderr captured: it needs no run of its own.
     *_, result = first_run
-    # Four shots (front and three smiles), each edited, upscaled, masked and captioned.
-    for stage in ("dataset 0/16", "dataset 16/16", "train 0/6", "train 6/6", "render 2/2"):
+    # Four shots (front and three smiles), each edited, upscaled, masked and captioned: counted as shots.
+    for stage in ("dataset 0/4 shots", "dataset caption 4/4 shots", "train 0/6 steps", "train 6/6 steps"):
         assert stage in result.stderr
+    assert "render 2/2 renders" in result.stderr and "/16" not in result.stderr
 
 
 @pytest.fixture

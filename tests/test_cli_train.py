@@ -143,3 +143,20 @@ def test_print_config_writes_the_ai_toolkit_yaml_for_a_real_base(run, tmp_path):
     assert process["datasets"][0]["folder_path"] == "dataset" and process["datasets"][0]["mask_path"] == "masks"
     assert process["model"]["arch"] in {"wan21", "wan22_14b", "wan22_5b"}
     assert "image ostris/aitoolkit:latest" in result.stderr
+
+
+def test_stop_when_flat_is_refused_without_identity_scores_or_on_ai_toolkit_and_sends_the_face_otherwise(run, tmp_path):
+    folder = training_folder(tmp_path)
+    stop = ["--set", "train.stop_when_flat.min_step=3", "--set", "train.stop_when_flat.patience=1"]
+    image = ["--image", str(photo(tmp_path))]
+    for args in ([], [*image, "--no-identity"]):
+        result = run("Ada", "--dataset", str(folder), *stop, *args)
+        assert result.exit_code == 2 and "train.stop_when_flat stops on the identity score" in result.output
+    result = run("Ada", "--dataset", str(folder), *stop, *image, "--backend", "runpod-aitoolkit", "--print-config")
+    assert result.exit_code == 2 and "train.stop_when_flat needs our trainer" in result.output
+    # Our trainer on a pod gets the reference face in its job, to score its samples against.
+    result = run("Ada", "--dataset", str(folder), *stop, *image, "--backend", "runpod-native", "--print-config")
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["config"]["stop_when_flat"] == {"min_step": 3, "patience": 1}
+    assert len(job["reference"]["embedding"]) == 128

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from likeness.config import ROLES, InvalidSettings, RunConfig, check_shot_count
+from likeness.config import ROLES, InvalidSettings, RunConfig, StopWhenFlat, check_shot_count, check_stop_when_flat
+from likeness.inputs import parse_overrides
 from likeness.models.profiles import available_profiles, load_profile
 from likeness.settings import Settings
 from likeness.storage.caching import stage_key
@@ -63,6 +64,45 @@ def test_overrides_merge_into_the_profile_defaults():
 def test_unknown_override_fields_are_refused():
     with pytest.raises(InvalidSettings, match="render.colour: unknown setting"):
         RunConfig.from_profile(load_profile("tiny"), {"render": {"colour": "red"}})
+
+
+def test_stop_when_flat_is_set_field_by_field_and_refused_where_it_could_never_stop():
+    tiny = load_profile("tiny")  # 6 steps, a checkpoint and samples every 3
+
+    def refused(*assignments: str) -> tuple[str, ...]:
+        with pytest.raises(InvalidSettings) as caught:
+            RunConfig.from_profile(tiny, parse_overrides(list(assignments)))
+        return caught.value.problems
+
+    assert RunConfig.from_profile(tiny).train.stop_when_flat is None
+    config = RunConfig.from_profile(
+        tiny, parse_overrides(["train.stop_when_flat.min_step=3", "train.stop_when_flat.patience=1"])
+    )
+    assert config.train.stop_when_flat == StopWhenFlat(min_step=3, patience=1)
+    assert config.train.model_dump(mode="json")["stop_when_flat"] == {"min_step": 3, "patience": 1}
+    # Off, it is not in the dump, so cache keys and output folders from before the setting existed still match.
+    assert "stop_when_flat" not in RunConfig.from_profile(tiny).train.model_dump(mode="json")
+    assert refused("train.stop_when_flat.patience=2") == ("train.stop_when_flat.min_step: Field required",)
+    assert refused("train.stop_when_flat.min_step=0", "train.stop_when_flat.patience=0") == (
+        "train.stop_when_flat.min_step=0: Input should be greater than 0",
+        "train.stop_when_flat.patience=0: Input should be greater than or equal to 1",
+    )
+    # Step 6 is the last: stopping there would stop nothing.
+    assert refused("train.stop_when_flat.min_step=4", "train.stop_when_flat.patience=1") == (
+        "train: stop_when_flat.min_step (4) leaves no sample before the last step (samples every 3 of 6 steps): "
+        "training could never stop early",
+    )
+
+
+def test_stop_when_flat_is_refused_without_identity_scores_and_on_ai_toolkit():
+    config = load_profile("tiny").train.model_copy(update={"stop_when_flat": StopWhenFlat(min_step=3, patience=1)})
+    for backend in ("local", "runpod-native"):
+        check_stop_when_flat(config, backend, scored=True)
+        check_stop_when_flat(config.model_copy(update={"stop_when_flat": None}), backend, scored=False)
+    with pytest.raises(InvalidSettings, match=r"train.stop_when_flat stops on the identity score .*\(--no-identity"):
+        check_stop_when_flat(config, "local", scored=False)
+    with pytest.raises(InvalidSettings, match=r"train.stop_when_flat needs our trainer.*AI Toolkit cannot"):
+        check_stop_when_flat(config, "runpod-aitoolkit", scored=True)
 
 
 def test_start_step_becomes_img2img_strength():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from likeness.config import RunConfig
+from likeness.config import ModelProfile, RunConfig
 from likeness.dataset.catalogue import load_catalogue
 from likeness.estimate import roles
 from likeness.estimate.character import estimate_character
@@ -27,6 +27,7 @@ pytestmark = pytest.mark.slow
 PROFILE = load_profile("production")
 # Two shots keep the meta-device counts to a few shapes.
 SMALL = {"dataset": {"variations": ["front", "face"]}}
+STAGES = ["dataset: edit", "dataset: upscale + refine", "dataset: caption", "training", "renders"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,19 +55,68 @@ def merged(*trees: dict) -> dict:
 
 def test_every_stage_is_estimated_with_positive_figures():
     rows = stages()
-    assert list(rows) == ["dataset: edit", "dataset: upscale + refine", "dataset: caption", "training", "renders"]
-    for row in rows.values():
+    assert list(rows) == [*STAGES, "model loading"]
+    for stage in STAGES:
+        row = rows[stage]
         assert row.evaluations > 0 and row.flops > 0 and row.seconds > 0 and row.usd > 0
-        assert row.memory_mode in ("none", "model", "fp8", "sequential")
+        assert row.memory_mode in ("none", "model", "sequential")
     assert rows["dataset: edit"].evaluations == 2 * PROFILE.edit.steps
-    # The production profile runs its pipelines with model offload; the trainer holds its pipeline resident.
-    assert [row.memory_mode for row in rows.values()] == ["model", "model", "model", "none", "model"]
-    # Model offload moves each edit's parts in (the 20B transformer, Qwen2.5-VL, the VAE: 57.6 GB) over PCIe 5.
+    # `auto` on an H100: every stage's models fit resident, so nothing is moved in at each call.
+    assert [rows[stage].memory_mode for stage in STAGES] == ["none"] * 5
+    assert all(rows[stage].offload_seconds == 0 for stage in STAGES)
     edit = rows["dataset: edit"]
+    assert edit.seconds == pytest.approx(seconds(edit.flops, GPUS["H100"]))
+
+
+def test_a_role_held_by_model_offload_pays_its_copies_at_every_call():
+    # The editor named to model offload moves each edit's parts in (the 20B transformer, Qwen2.5-VL, the VAE: 57.6 GB)
+    # over PCIe 5, once a pipeline call; the rest stays on `auto`.
+    data = PROFILE.model_dump(mode="json")
+    data["models"]["editor"]["offload"] = "model"
+    profile = ModelProfile.model_validate(data)
+    config = RunConfig.from_profile(profile, SMALL, beyond_limits=True)
+    h100 = GPUS["H100"]
+    rows = {r.stage: r for r in estimate_character(profile, config, load_catalogue(), h100, price_per_hour(h100, None))}
+    edit = rows["dataset: edit"]
+    assert edit.memory_mode == "model" and rows["dataset: upscale + refine"].memory_mode == "none"
     moved = 2 * sum(roles.parameter_count(f"editor.{part}") for part in ("transformer", "text_encoder", "vae_decode"))
     assert edit.offload_seconds == pytest.approx(2 * moved / 50e9)  # two shots
     assert edit.seconds == pytest.approx(edit.offload_seconds + seconds(edit.flops, GPUS["H100"]))
     assert rows["training"].offload_seconds == 0 and rows["dataset: caption"].offload_seconds == 0
+
+
+def test_loading_is_read_once_a_stage_and_a_pod_pays_its_start():
+    h100 = GPUS["H100"]
+    price = price_per_hour(h100, None)
+    config = RunConfig.from_profile(PROFILE, SMALL, beyond_limits=True)
+
+    def rows(**kwargs) -> dict:
+        return {r.stage: r for r in estimate_character(PROFILE, config, load_catalogue(), h100, price, **kwargs)}
+
+    def weight_bytes(*role_parts: str) -> int:
+        return 2 * sum(roles.parameter_count(part) for part in role_parts)
+
+    editor = weight_bytes("editor.transformer", "editor.text_encoder", "editor.vae_decode")
+    refiner = weight_bytes(
+        "refiner.transformer", "refiner.text_encoder", "refiner.text_encoder_2", "refiner.vae_decode", "upscaler"
+    )
+    captioner = weight_bytes("captioner")
+    video = weight_bytes("video.transformer", "video.transformer", "video.text_encoder", "video.vae_decode")
+    # Resident models are read from disk (2 GB/s) and copied to the GPU once (50 GB/s); in one process renders find
+    # the video model local training loaded.
+    read = editor + refiner + captioner + video
+    here = rows()
+    assert here["model loading"].seconds == pytest.approx(read / 2e9 + read / 50e9)
+    assert here["model loading"].evaluations == 0 and "pod start" not in here
+    # Deployment runs start a process a stage: renders read it again.
+    assert rows(process_per_stage=True)["model loading"].seconds == pytest.approx((read + video) * (1 / 2e9 + 1 / 50e9))
+    # On a pod, training reads its base model there, after the pod boots (120 s) and downloads it (0.5 GB/s).
+    pod = rows(backend="runpod-native")
+    assert pod["model loading"].seconds == pytest.approx(
+        (read - video) * (1 / 2e9 + 1 / 50e9) + video / 2e9 + video / 50e9
+    )
+    assert pod["pod start"].seconds == pytest.approx(120 + video / 0.5e9 + video / 2e9)
+    assert pod["pod start"].usd == pytest.approx(pod["pod start"].seconds * price.usd_per_hour / 3600)
 
 
 def test_curation_tries_and_the_guard_bound_the_most_a_stage_costs():
@@ -89,10 +139,13 @@ def test_curation_tries_and_the_guard_bound_the_most_a_stage_costs():
 def test_activations_and_what_a_trainer_keeps_count_in_the_peak():
     rows = stages()
     renders = rows["renders"]
-    # Model offload: one A14B expert at a time, with its activations over the 81-frame clip (some GB).
-    expert = roles.evaluation("video.transformer")
-    assert renders.peak_bytes == 2 * roles.parameter_count("video.transformer") + expert.activation_bytes
-    assert 2e9 < expert.activation_bytes < 10e9
+    # Resident: both A14B experts, UMT5-XXL and the VAE, with the activations of the part at work that takes most:
+    # the VAE decoding the 81-frame clip, more than an expert's pass over it (some GB each).
+    expert, decode = roles.evaluation("video.transformer"), roles.evaluation("video.vae_decode")
+    weights = 2 * roles.parameter_count("video.transformer") + roles.parameter_count("video.text_encoder")
+    weights += roles.parameter_count("video.vae_decode")
+    assert renders.peak_bytes == 2 * weights + decode.activation_bytes
+    assert 2e9 < expert.activation_bytes < decode.activation_bytes < 10e9
     # The trainer: both experts, UMT5-XXL and the VAE resident, one step's tensors, the LoRAs' AdamW state.
     step = roles.lora_training_step("wan22_14b", PROFILE.train.size, PROFILE.train.rank, True)
     weights = 2 * step["parameters"] + roles.parameter_count("video.text_encoder")
@@ -123,7 +176,7 @@ def test_frames_and_the_catalogue_move_the_estimate():
 def test_a_smaller_gpu_takes_longer_and_pays_for_offload():
     h100, rtx = stages(gpu="H100"), stages(gpu="RTX 4090")
     assert rtx["training"].seconds > 3 * h100["training"].seconds
-    assert h100["dataset: edit"].memory_mode == "model" and rtx["dataset: edit"].memory_mode == "sequential"
+    assert h100["dataset: edit"].memory_mode == "none" and rtx["dataset: edit"].memory_mode == "sequential"
     # A 14B expert does not fit 24 GB: it streams in at every pass of every step (forward, recompute, backward).
     training = rtx["training"]
     assert training.memory_mode == "sequential"
@@ -181,7 +234,7 @@ def test_a_gpu_run_is_estimated_at_its_start_as_a_table_artifact(prefect_api, tm
 
     with temporary_settings({PREFECT_API_URL: prefect_api, PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path}):
         costs = priced()
-    assert [cost.stage for cost in costs][-2:] == ["training", "renders"]
+    assert [cost.stage for cost in costs][-3:] == ["training", "renders", "model loading"]
     assert all(cost.gpu == "H100" and cost.usd > 0 for cost in costs)
     (artifact,) = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["ada-estimate"]}}})
     rows = json.loads(artifact["data"])

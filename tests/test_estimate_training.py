@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from likeness.config import RunConfig
+from likeness.config import RunConfig, StopWhenFlat
 from likeness.dataset.catalogue import load_catalogue
 from likeness.estimate import roles
 from likeness.estimate.character import estimate_character
@@ -42,3 +42,24 @@ def test_every_step_adds_a_training_step_of_flops_and_twice_the_steps_costs_abou
     assert twice.evaluations > 1.9 * base.evaluations
     assert 1.9 < twice.seconds / base.seconds < 2.1
     assert twice.usd > 1.9 * base.usd
+
+
+def test_stopping_when_flat_is_expected_to_save_the_steps_past_the_plateau_and_at_most_saves_none():
+    from likeness.estimate.character import PLATEAU_SHARE, flat_stop
+
+    train = PROFILE.train.model_copy(update={"steps": 2000, "checkpoint_every": 250})
+    sampled = list(range(250, 2001, 250))
+    # Flat from 60% (1,200) on: 1,250 and 1,500 do not improve; with patience 2 the rule stops at 1,500.
+    assert PLATEAU_SHARE == 0.6
+    rule = {"min_step": 500, "patience": 2}
+
+    def stop(**changed: int) -> int:
+        return flat_stop(train.model_copy(update={"stop_when_flat": StopWhenFlat(**{**rule, **changed})}), sampled)
+
+    assert stop() == 1500 and stop(min_step=1750) == 1750 and stop(patience=4) == 2000
+    assert flat_stop(train, sampled) == 2000  # off: every step
+    full = training({"steps": 2000, "checkpoint_every": 250})
+    stops = training({"steps": 2000, "checkpoint_every": 250, "stop_when_flat": rule})
+    # Three quarters of the steps and of their samples; at most, the plateau never comes and every step runs.
+    assert 0.74 < stops.seconds / full.seconds < 0.76
+    assert stops.most_seconds == pytest.approx(full.most_seconds)

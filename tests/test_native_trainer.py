@@ -1,7 +1,9 @@
-"""Our trainer on the tiny models: both A14B experts, resume that gives the uninterrupted run's weights, bad folders."""
+"""Our trainer on the tiny models: both A14B experts, resume that gives the uninterrupted run's weights, bad folders,
+and stopping where the identity scores went flat."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +11,11 @@ import pytest
 from PIL import Image
 from safetensors.numpy import load_file
 
+from likeness.config import StopWhenFlat
+from likeness.identity import reference_face
 from likeness.models import pipelines
 from likeness.models.profiles import load_profile
+from likeness.models.wan_lora import read_lora_metadata
 from likeness.training.data import DatasetProblem, read_training_folder
 from likeness.training.native import Trainer
 from likeness.training.spec import TrainJob
@@ -46,6 +51,11 @@ def test_the_a14b_trains_both_experts_into_one_file_each(likeness_env, tmp_path)
         assert all(key.startswith("diffusion_model.blocks.") for key in tensors)
         # lora_B starts at zero: each expert took optimizer steps on its own timestep range.
         assert any(np.abs(v).max() > 0 for k, v in tensors.items() if "lora_B" in k), expert
+        # What LoRA managers list: a name per expert, the captions' tags and how many captions carry each.
+        meta = read_lora_metadata(tmp_path / "out" / f"Ada_000000004_{expert}.safetensors")
+        assert meta["ss_output_name"] == f"Ada_{expert}" and meta["ss_num_train_images"] == "3"
+        tags = {"Ada": 3, "shot 0": 1, "shot 1": 1, "shot 2": 1}
+        assert json.loads(meta["ss_tag_frequency"]) == {"1_Ada": tags}
     assert getattr(pipe.transformer_2, "peft_config", {}) == {}
 
 
@@ -118,3 +128,32 @@ def test_our_progress_line_reads_as_ai_toolkits_bar():
     line = PROGRESS_LINE.format(name="Ada", percent=50, step=3, total=6, lr=1e-3, loss=0.1234)
     assert parse_progress(line, "Ada") == (3, 6, 0.1234)
     assert parse_progress(line, "Bob") is None
+
+
+def test_a_run_that_stopped_where_the_scores_went_flat_stays_stopped_when_started_again(
+    likeness_env, tmp_path, face_photo, capsys
+):
+    from likeness.training.pod import parse_early_stop
+
+    images, masks = folder_of(tmp_path)
+    data = read_training_folder(images, masks)
+    pipe = pipelines.get_pipeline("video", load_profile("tiny"))
+    rule = StopWhenFlat(min_step=2, patience=1)
+    job = job_for("tiny", steps=6, checkpoint_every=2, stop_when_flat=rule)
+    with pytest.raises(ValueError, match="train.stop_when_flat needs the job's reference face"):
+        Trainer(job, pipe, data, tmp_path / "out")
+    face, _ = reference_face(Image.open(face_photo), "the reference")
+    job = job.model_copy(update={"reference": face})
+    trainer = Trainer(job, pipe, data, tmp_path / "out")
+    # The tiny model draws no face: step 2 has no score, none better than nothing, and min_step allows the stop.
+    assert trainer.train() == [2]
+    assert trainer.stopped is not None and trainer.stopped.step == 2
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == ["Ada_000000002.safetensors"]
+    # The line the pod agent reads, so that the driver records the stop.
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "stopped early" in line]
+    assert parse_early_stop(line, "Ada") == {"step": 2, "reason": trainer.stopped.reason}
+    assert parse_early_stop(line, "Bob") is None
+    # Started again on its folder (a replaced pod), it rescores the samples there and trains no further.
+    again = Trainer(job, pipe, data, tmp_path / "out")
+    assert again.train() == []
+    assert again.stopped == trainer.stopped

@@ -95,7 +95,9 @@ def test_folder_is_not_a_file(tmp_path):
 def test_not_an_image(tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("hello")
-    with pytest.raises(InvalidInput, match=r"notes.png is not an image Likeness can read \(PNG, JPEG, WebP\)"):
+    # Every format it decodes is named, in the order it tries them.
+    readable = r"\(PNG, JPEG, WebP, GIF, TIFF, BMP, AVIF\)$"
+    with pytest.raises(InvalidInput, match=r"notes.png is not an image Likeness can read " + readable):
         read_reference_image(path)
 
 
@@ -112,6 +114,21 @@ def test_too_small(tmp_path):
     Image.new("RGB", (120, 90), "tan").save(path)
     with pytest.raises(InvalidInput, match="small.png is 120x90 px; a reference photo needs at least 256 px"):
         read_reference_image(path)
+
+
+def test_garment_and_pose_images_need_what_the_editor_needs_of_a_condition_not_a_face(tmp_path):
+    garment = tmp_path / "shirt.png"
+    Image.new("RGB", (200, 260), "navy").save(garment)
+    assert read_reference_image(garment, "garment image").width == 200
+    small = tmp_path / "tiny-pose.png"
+    Image.new("RGB", (100, 160), "tan").save(small)
+    with pytest.raises(InvalidInput, match=r"tiny-pose.png is 100x160 px; a pose image needs at least 128 px on its"):
+        read_reference_image(small, "pose image")
+    # The same from the deployment's form, where the image comes as bytes from a store key or a URL.
+    with pytest.raises(InvalidInput, match=r"^garment image drop/g.png is 100x160 px; a garment image needs at least"):
+        normalise_reference(small.read_bytes(), "garment image drop/g.png", kind="garment image")
+    with pytest.raises(InvalidInput, match="a reference photo needs at least 256 px"):
+        read_reference_image(garment)
 
 
 def test_too_small_names_the_oriented_size():

@@ -193,6 +193,17 @@ def test_a14b_renders_in_4_euler_steps_with_the_lightx2v_loras_beside_the_charac
     both, no_speed, neither = render(), render(speed_lora_scale=0.0), render(speed_lora_scale=0.0, lora_scale=0.0)
     assert not np.array_equal(both, no_speed) and not np.array_equal(no_speed, neither)
     assert np.array_equal(render(), both)
+    # The record inside the file names the speed LoRAs and their strength beside the character's.
+    item = render_media.fn(lora.weights, "image", "Ada", a14b.render, 0, a14b, lora.low_noise)
+    with Image.open(io.BytesIO(get_bytes(item.output))) as image:
+        record, parameters = json.loads(image.text["likeness"]), image.text["parameters"]
+    speed = [entry for entry in record["loras"] if entry.get("kind") == "speed"]
+    spec = a14b.models["video"].speed_loras
+    assert [(entry["expert"], entry["file"], entry["scale"]) for entry in speed] == [
+        (expert, spec[expert].file, a14b.render.speed_lora_scale) for expert in ("high_noise", "low_noise")
+    ]
+    assert all(f"{spec[expert].file}:{a14b.render.speed_lora_scale}" in parameters for expert in spec)
+    assert [use.expert for use in item.speed_loras] == ["high_noise", "low_noise"]
 
 
 def test_a_still_comes_to_life_with_image_to_video_and_its_speed_loras(likeness_env, tmp_path):
@@ -210,7 +221,12 @@ def test_a_still_comes_to_life_with_image_to_video_and_its_speed_loras(likeness_
     path = tmp_path / item.output.filename
     path.write_bytes(get_bytes(item.output))
     assert decode_mp4(path).shape == (9, 64, 64, 3)
-    assert json.loads(read_mp4_metadata(path)["comment"])["model"] == "tiny:animator"
+    comment = json.loads(read_mp4_metadata(path)["comment"])
+    assert comment["model"] == "tiny:animator"
+    animator_speed = a14b.models["animator"].speed_loras
+    assert [entry["file"] for entry in comment["loras"] if entry.get("kind") == "speed"] == [
+        animator_speed[expert].file for expert in ("high_noise", "low_noise")
+    ]
     # Another still, another clip.
     other = put_image(Image.new("RGB", (64, 64), "navy"), "other.png")
     moved = animate_still.fn(other, lora.weights, "Ada waves", config, 2, a14b, lora.low_noise)

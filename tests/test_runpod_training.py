@@ -25,7 +25,8 @@ import pytest
 from PIL import Image
 
 from likeness import __version__
-from likeness.config import PodConfig
+from likeness.config import PodConfig, StopWhenFlat
+from likeness.identity import reference_face
 from likeness.models.profiles import load_profile, model_path
 from likeness.models.wan_lora import is_complete_safetensors, read_lora_metadata
 from likeness.runpod.jobs import JOBS_PREFIX, job_prefix, new_job_id, pod_name
@@ -180,6 +181,20 @@ def test_a_pod_lost_mid_training_is_replaced_and_resumes_from_the_last_checkpoin
     assert f"resuming from step {newest}" in log and "without optimizer state" not in log
     # The second pod trained from the step after the checkpoint, never the steps before it.
     assert f" {newest + 1}/300 " in log and f" {newest}/300 " not in log
+    assert api.alive() == []
+
+
+def test_our_trainer_on_a_pod_stops_where_the_identity_scores_went_flat_and_the_driver_says_so(
+    s3_store, api, face_photo
+):
+    face, _ = reference_face(Image.open(face_photo), "the reference")
+    rule = StopWhenFlat(min_step=4, patience=1)
+    job = tiny_job(steps=6, checkpoint_every=2, stop_when_flat=rule).model_copy(update={"reference": face})
+    result = training(job, s3_store, api).run()
+    # The tiny model draws no face: no sample scores, and min_step holds training to step 4.
+    assert [c.step for c in result.checkpoints] == [2, 4]
+    assert result.stopped_early is not None and result.stopped_early.step == 4
+    assert result.stopped_early.reason.startswith("no identity score in the 2 sampled checkpoints so far")
     assert api.alive() == []
 
 

@@ -124,6 +124,48 @@ def test_training_checkpoints_every_k_steps_and_leaves_the_pipeline_clean(datase
     assert ADAPTER not in getattr(transformer, "peft_config", {})
 
 
+def test_training_stops_where_the_identity_scores_went_flat_and_the_record_says_so(dataset, tmp_path, capsys):
+    from likeness.cli.flow_run import print_summary
+    from likeness.config import StopWhenFlat
+    from likeness.run.outputs import lora_entries
+    from likeness.run.pictures import checkpoints_markdown
+    from tasks.train import fit_lora
+
+    # Samples at steps 2, 4 and 6. The tiny model's samples are noise with no face in them, so no checkpoint scores
+    # and none is better: flat from step 2, but min_step holds training to step 4.
+    rule = StopWhenFlat(min_step=4, patience=1)
+    config = TINY.train.model_copy(update={"steps": 6, "checkpoint_every": 2, "stop_when_flat": rule})
+    lora = fit_lora.fn(dataset, config, TINY)
+    assert [c.step for c in lora.checkpoints] == [2, 4]
+    assert [len(c.samples) for c in lora.checkpoints] == [len(config.sample_prompts)] * 2
+    assert lora.stopped_early is not None and lora.stopped_early.step == 4
+    assert lora.stopped_early.reason == (
+        "no identity score in the 2 sampled checkpoints so far (steps 2-4): no face in more than half of each "
+        "one's samples"
+    )
+    # The record marks the checkpoint training stopped at, with why; the summary and the UI's page say it.
+    entries = lora_entries(lora)
+    assert [entry.get("stopped_early") for entry in entries] == [None, lora.stopped_early.reason]
+    last_run = {"model_loads": {}, "seconds": 1}
+    print_summary(
+        tmp_path, {"identity": {"trigger": "Ada"}, "dataset": [], "lora": entries, "renders": [], "last_run": last_run}
+    )
+    assert "stopped early" in capsys.readouterr().out
+    assert "Training stopped early at step 4: no identity score" in checkpoints_markdown(lora)
+
+
+def test_the_training_flow_refuses_stop_when_flat_where_it_cannot_apply_before_training(dataset):
+    from flows.train import train_lora
+    from likeness.config import InvalidSettings, StopWhenFlat
+
+    config = TINY.train.model_copy(update={"stop_when_flat": StopWhenFlat(min_step=3, patience=1)})
+    stylised = dataset.model_copy(update={"identity_checked": False})
+    with pytest.raises(InvalidSettings, match="train.stop_when_flat stops on the identity score"):
+        train_lora.fn(stylised, config, TINY)
+    with pytest.raises(InvalidSettings, match="train.stop_when_flat needs our trainer"):
+        train_lora.fn(dataset, config, TINY, "runpod-aitoolkit")
+
+
 def test_render_applies_the_lora_at_its_scale(dataset):
     from tasks.render import render_media
     from tasks.train import fit_lora

@@ -188,7 +188,10 @@ def test_from_wan_layout_inverts_to_wan_layout_and_resumes_peft(tiny, peft_state
 def test_the_metadata_reads_back_without_torch(peft_state, tmp_path):
     path = tmp_path / "Ada_Lovelace_000000500.safetensors"
     settings = {"learning_rate": 0.0001, "steps": 2000, "buckets": [512, 256]}
-    meta = lora_metadata("Ada_Lovelace", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "wan22_14b", RANK, 8, 500, settings)
+    captions = ["Ada_Lovelace, smiling, upper body", "Ada_Lovelace, full body, smiling", "Ada_Lovelace, profile"]
+    meta = lora_metadata(
+        "Ada_Lovelace", "Wan-AI/Wan2.2-T2V-A14B-Diffusers", "wan22_14b", RANK, 8, 500, settings, captions, "high_noise"
+    )
     save_wan_lora(path, to_wan_layout(peft_state, 8), meta)
     assert os.listdir(tmp_path) == [path.name]  # the temp file was renamed, nothing left beside it
 
@@ -201,13 +204,18 @@ def test_the_metadata_reads_back_without_torch(peft_state, tmp_path):
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
     read, complete = json.loads(done.stdout)
     assert complete and read == {"format": "pt", **meta} == read_lora_metadata(path)
-    assert (read["modelspec.trigger_phrase"], read["ss_output_name"], read["modelspec.title"]) == ("Ada_Lovelace",) * 3
+    # Each A14B expert's file has a name of its own, so that a LoRA manager lists the two apart.
+    assert read["modelspec.trigger_phrase"] == "Ada_Lovelace"
+    assert read["ss_output_name"] == read["modelspec.title"] == "Ada_Lovelace_high_noise"
+    assert (read["ss_network_module"], read["ss_num_train_images"]) == ("networks.lora", "3")
     assert (read["ss_network_dim"], read["ss_network_alpha"], read["ss_steps"]) == ("4", "8.0", "500")
     assert read["ss_sd_model_name"] == "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
     assert (read["ss_base_model_version"], read["modelspec.architecture"]) == ("wan_2.2_14b", "wan2.2-t2v-a14b/lora")
     assert json.loads(read["training_info"]) == {"step": 500}
     assert json.loads(read["likeness.settings"]) == settings
-    assert json.loads(read["ss_tag_frequency"]) == {"1_Ada_Lovelace": {"Ada_Lovelace": 1}}
+    # Every caption tag, counted once a caption, as kohya's trainer and AI Toolkit count them.
+    tags = {"Ada_Lovelace": 3, "smiling": 2, "full body": 1, "profile": 1, "upper body": 1}
+    assert json.loads(read["ss_tag_frequency"]) == {"1_Ada_Lovelace": tags}
 
     with pytest.raises(ValueError, match="unknown Wan architecture"):
         lora_metadata("Ada", "x", "wan23", RANK, RANK, 0, {})

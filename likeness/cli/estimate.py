@@ -11,12 +11,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from likeness.cli.console import console, fail
-from likeness.cli.options import CatalogueFile, Name, Overrides, Profile
+from likeness.cli.options import CatalogueFile, Name, Overrides, Profile, TrainBackend
 from likeness.config import RunConfig
 from likeness.dataset.catalogue import load_catalogue
 from likeness.inputs import InvalidInput, normalise_trigger, parse_overrides
 from likeness.models.profiles import load_profile
 from likeness.run.outputs import OutputConflict, read_record
+from likeness.run.prepare import checked_backend
 from likeness.settings import get_settings
 
 
@@ -24,6 +25,7 @@ def estimate(
     name: Name,
     profile: Profile = None,
     gpu: Annotated[str, typer.Option(help="The GPU type to price the run on.")] = "H100",
+    backend: TrainBackend = "local",
     overrides: Overrides = None,
     catalogue: CatalogueFile = None,
     out: Annotated[
@@ -43,12 +45,13 @@ def estimate(
         fail(f"--gpu {gpu!r} is not one of {', '.join(GPUS)}")
     try:
         trigger = normalise_trigger(name)
+        checked_backend(backend, quiet=True)  # a price needs no pod, so no key
         model_profile = load_profile(profile or settings.profile)
         config = RunConfig.from_profile(model_profile, parse_overrides(overrides or []))
         run_catalogue = load_catalogue(catalogue)
         price = price_per_hour(GPUS[gpu], settings.runpod_api_key)
         roles.keep_counts_in(settings.estimate_counts_file)
-        rows = estimate_character(model_profile, config, run_catalogue, GPUS[gpu], price)
+        rows = estimate_character(model_profile, config, run_catalogue, GPUS[gpu], price, backend)  # type: ignore[arg-type]
     except (InvalidInput, RunPodError, ValueError) as exc:
         fail(str(exc))
     title = f"{trigger}: {model_profile.name} profile on one {gpu} at ${price.usd_per_hour:.2f}/h ({price.source})"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from likeness.cli.console import console, fail, say
@@ -50,28 +50,26 @@ class StageTracker:
         self.progress = progress
         self.stage = "start-up"
         self.done = self.total = 0
+        self.text = ""
         self._bars: dict[str, Any] = {}
         self._printed: tuple[str, float] = ("", 0.0)
 
-    def __call__(self, stage: str, done: int, total: int, detail: str) -> None:
-        self.stage, self.done, self.total = stage, done, total
+    def __call__(self, stage: str, done: int, total: int, text: str) -> None:
+        self.stage, self.done, self.total, self.text = stage, done, total, text
         if console.is_terminal:
             if stage not in self._bars:
                 self._bars[stage] = self.progress.add_task(stage, total=total)
-            description = f"{stage} {detail}".strip()
-            self.progress.update(self._bars[stage], completed=done, total=total, description=description)
+            self.progress.update(self._bars[stage], completed=done, total=total, description=f"{stage} {text}")
             return
         # CI logs: a line when a stage starts or ends, and now and then in between.
         last_stage, last_time = self._printed
         now = time.monotonic()
         if stage != last_stage or done in (0, total) or now - last_time > self.PLAIN_EVERY_S:
-            say(f"{stage} {done}/{total} {detail}".rstrip())
+            say(f"{stage} {text}")
             self._printed = (stage, now)
 
     def where(self) -> str:
-        if self.total:
-            return f"{self.stage} ({self.done} of {self.total} done)"
-        return self.stage
+        return f"{self.stage} ({self.text})" if self.text else self.stage
 
 
 class FlowRun:
@@ -173,9 +171,7 @@ class FlowRun:
 
     def _result(self) -> tuple[Any, str]:
         """The flow's result and run id; a failure that is a file-system or store problem is raised as such."""
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-        ) as bar:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console) as bar:
             self.tracker = StageTracker(bar)
             progress.add_listener(self.tracker)
             progress.add_announcer(say)
@@ -231,13 +227,18 @@ def print_summary(out: Path, manifest: dict[str, Any]) -> None:
     table.add_column("what")
     table.add_column("files")
     if manifest["identity"].get("command") != "train":
-        table.add_row("dataset", str(len(manifest["dataset"])))
+        files = manifest["dataset"]
+        images = sum(not name.endswith(".txt") for name in files)
+        table.add_row("dataset", f"{images} images, {len(files) - images} captions")
     if manifest["lora"]:
         best = next((entry for entry in manifest["lora"] if entry.get("best")), manifest["lora"][-1])
         score = best.get("identity_distance")
         chosen = f"step {best['step']}" + (f", identity distance {score:.3f}" if score is not None else "")
         table.add_row("lora", f"{', '.join(best.get('published_as', best['files']))} ({chosen})")
         table.add_row("lora checkpoints", ", ".join(str(entry["step"]) for entry in manifest["lora"]))
+        stop = next((entry for entry in manifest["lora"] if "stopped_early" in entry), None)
+        if stop:
+            table.add_row("stopped early", f"at step {stop['step']}: {stop['stopped_early']}")
     if manifest["renders"]:
         table.add_row("renders", "\n".join(entry["file"] for entry in manifest["renders"]))
     if not manifest["identity"].get("pulled"):  # a pulled run's models were loaded by its workers

@@ -7,10 +7,13 @@ from typing import Annotated
 
 import typer
 
+from likeness.models.profiles import available_profiles
+
 Profile = Annotated[
     str | None,
     typer.Option(
-        help="Model profile: tiny, production, permissive, or a .yaml path [default: $LIKENESS_PROFILE or tiny]."
+        help=f"Model profile: {', '.join(available_profiles())}, or the path of a .yaml file.",
+        show_default="$LIKENESS_PROFILE, else tiny",
     ),
 ]
 Out = Annotated[Path | None, typer.Option(help="Output folder (default: likeness-out/<name>).")]

@@ -21,6 +21,7 @@ from likeness.cli.options import (
     TrainBackend,
     Verbose,
 )
+from likeness.config import check_stop_when_flat
 from likeness.records import CharacterResult
 from likeness.run.outputs import DATASET_CONTACT_SHEET, DATASET_MANIFEST, export_outputs
 from likeness.run.prepare import PreparedCharacter, checked_backend, prepare_character
@@ -48,6 +49,7 @@ def produce(
         prepared = prepare_character("produce", *options, say=say)
     if prepared is not None:
         with refusing():
+            check_stop_when_flat(prepared.config.train, backend, prepared.config.dataset.curation.identity)
             backend = checked_backend(backend)
         CharacterRun(prepared, beyond_limits, backend).start(refresh, verbose)
 

@@ -72,18 +72,7 @@ class RenderRun(FlowRun):
         self._made: list[dict[str, Any]] = []
 
     def _finish(self, manifest: dict[str, Any]) -> None:
-        table = Table(title=f"{self.trigger} -> {self.out}")
-        for column in ("render", "faces / frames", "identity (best)", "identity (median)"):
-            table.add_column(column)
-        for entry in self._made:
-            best, median = entry.get("identity_distance"), entry.get("identity_median")
-            table.add_row(
-                entry["file"],
-                f"{entry['faces_found']} / {entry['frames_scored']}" if entry["frames_scored"] else "not scored",
-                "" if best is None else f"{best:.3f}",
-                "" if median is None else f"{median:.3f}",
-            )
-        Console().print(table)
+        Console().print(render_scores_table(self._made, f"{self.trigger} -> {self.out}"))
 
     def _export(self, result: Renders, stats: dict[str, Any]) -> dict[str, Any]:
         record = export_render_outputs(result, self.trigger, self.out, self.store)
@@ -118,3 +107,20 @@ class RenderRun(FlowRun):
             inputs.animate_prompt,
             return_state=True,
         )
+
+
+def render_scores_table(entries: list[dict[str, Any]], title: str) -> Table:
+    """The renders a run made, each with its faces found and identity distances, file names whole."""
+    table = Table(title=title)
+    for column in ("render", "faces / frames", "identity (best)", "identity (median)"):
+        # A file name is folded onto a second line rather than cut: it is what people look for.
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        best, median = entry.get("identity_distance"), entry.get("identity_median")
+        table.add_row(
+            entry["file"],
+            f"{entry['faces_found']} / {entry['frames_scored']}" if entry["frames_scored"] else "not scored",
+            "" if best is None else f"{best:.3f}",
+            "" if median is None else f"{median:.3f}",
+        )
+    return table

@@ -37,10 +37,19 @@ from likeness.config.limits import (
     check_shot_count,
 )
 from likeness.config.pod import BACKENDS, Backend, GpuCloud, PodConfig
-from likeness.config.profile import ROLES, LoraSpec, ModelProfile, ModelSpec, Role
+from likeness.config.profile import ROLES, LoraSpec, ModelProfile, ModelSpec, Offload, Role
 from likeness.config.render import RenderConfig
 from likeness.config.run import RunConfig, merge_nested
-from likeness.config.training import BASE_NAMES, BASE_SIZE_MULTIPLE, EXPERTS, Expert, TrainConfig, WanBase
+from likeness.config.training import (
+    BASE_NAMES,
+    BASE_SIZE_MULTIPLE,
+    EXPERTS,
+    Expert,
+    StopWhenFlat,
+    TrainConfig,
+    WanBase,
+    check_stop_when_flat,
+)
 
 __all__ = [
     "Frozen",
@@ -77,6 +86,8 @@ __all__ = [
     "BASE_SIZE_MULTIPLE",
     "BASE_NAMES",
     "TrainConfig",
+    "StopWhenFlat",
+    "check_stop_when_flat",
     "RenderConfig",
     "GpuCloud",
     "Backend",
@@ -87,6 +98,7 @@ __all__ = [
     "LoraSpec",
     "ModelSpec",
     "ModelProfile",
+    "Offload",
     "RunConfig",
     "merge_nested",
 ]

@@ -14,6 +14,11 @@ from likeness.config.render import RenderConfig
 from likeness.config.training import Expert, TrainConfig
 
 Role = Literal["editor", "refiner", "upscaler", "captioner", "video", "animator"]
+# How a role's pipeline holds GPU memory. "none": every component resident, loaded once and kept through the stage;
+# "model": diffusers' model CPU offload, one component on the GPU at a time, moved in at every pipeline call;
+# "sequential": layer by layer, for the smallest GPUs, at many times the time; "auto": the first of those three
+# that fits the GPU the stage runs on, by the estimate's counts of weights and activations (likeness.run.memory).
+Offload = Literal["auto", "none", "model", "sequential"]
 # Every profile names these; the animator (image-to-video, for `render --animate`) is optional.
 ROLES: tuple[Role, ...] = ("editor", "refiner", "upscaler", "captioner", "video")
 
@@ -45,6 +50,8 @@ class ModelSpec(Frozen):
     speed_loras: dict[Expert, LoraSpec] = {}
     # The sigmas those LoRAs were distilled on; renders step exactly these, with Euler.
     speed_sigmas: tuple[float, ...] = ()
+    # This role's memory mode; None: the profile's `offload`.
+    offload: Offload | None = None
 
     @model_validator(mode="after")
     def _sigmas_with_speed_loras(self) -> ModelSpec:
@@ -60,10 +67,8 @@ class ModelProfile(Frozen):
     description: str
     device: Literal["cpu", "cuda"]
     dtype: Literal["float32", "bfloat16", "float16"]
-    # "model": diffusers model CPU offload, so only the component at work holds GPU memory (the
-    # production models together are far larger than one GPU); "sequential": layer by layer, for the
-    # smallest GPUs, at many times the time; "none": everything on `device`.
-    offload: Literal["none", "model", "sequential"] = "none"
+    # Every role's memory mode (Offload) unless the role names its own. On the CPU nothing is offloaded.
+    offload: Offload = "auto"
     # Decode (and encode) images and videos in overlapping tiles, and a batch one item at a time: VAE memory
     # bounded at a small cost in time.
     vae_tiling: bool = False
@@ -82,7 +87,21 @@ class ModelProfile(Frozen):
         name, description or device)."""
         # VAE tiling blends tiles where it decodes whole: a little different, so only where it is on.
         tiling = {"vae_tiling": True} if self.vae_tiling else {}
-        return {"models": self.model_dump(mode="json")["models"], "dtype": self.dtype, **tiling}
+        # A memory mode moves weights, not numbers: the same outputs under every one.
+        models = self.model_dump(mode="json", exclude={"models": {role: {"offload"} for role in self.models}})
+        return {"models": models["models"], "dtype": self.dtype, **tiling}
+
+    def memory_mode(self, role: Role) -> Offload:
+        """The memory mode `role` runs in: its own, else the profile's."""
+        return self.models[role].offload or self.offload
+
+    def with_memory_modes(self, modes: dict[Role, Offload]) -> ModelProfile:
+        """This profile with `modes` as the memory modes of those roles (a stage's choices for its GPU)."""
+        models = {
+            role: spec.model_copy(update={"offload": modes[role]}) if role in modes else spec
+            for role, spec in self.models.items()
+        }
+        return self.model_copy(update={"models": models})
 
     @model_validator(mode="after")
     def _every_role(self) -> ModelProfile:

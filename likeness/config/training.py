@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from likeness.config.base import PromptTemplate, Seed
+from likeness.base import Frozen
+from likeness.config.base import InvalidSettings, PromptTemplate, Seed
 from likeness.config.limits import Multiple, Problem, Stage
 
 WanBase = Literal["wan21_14b", "wan22_14b", "wan22_5b"]
@@ -21,6 +22,14 @@ BASE_NAMES: dict[str, str] = {
     "wan22_14b": "Wan 2.2 T2V-A14B",
     "wan22_5b": "Wan 2.2 TI2V-5B",
 }
+
+
+class StopWhenFlat(Frozen):
+    """Stop training once the identity score of the samples has not improved for `patience` sampled checkpoints."""
+
+    # Never stop before this step: early samples may not show the character yet.
+    min_step: int = Field(gt=0)
+    patience: int = Field(ge=1)
 
 
 class TrainConfig(Stage):
@@ -61,6 +70,8 @@ class TrainConfig(Stage):
     low_vram: bool = False
     quantize: bool = False
     seed: Seed = 0
+    # None: train every step; else stop once the samples' identity scores are flat (needs a reference face).
+    stop_when_flat: StopWhenFlat | None = None
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -85,6 +96,14 @@ class TrainConfig(Stage):
         """The experts a LoRA is trained on: both named ones for the A14B, the one transformer otherwise."""
         return self.experts if self.base == "wan22_14b" else ("high_noise",)
 
+    @model_serializer(mode="wrap")
+    def _without_stop_when_off(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when off, so that the cache keys and output folders of runs from before it existed still match.
+        dumped = handler(self)
+        if self.stop_when_flat is None:
+            dumped.pop("stop_when_flat", None)
+        return dumped
+
     @model_validator(mode="after")
     def _fits_the_base_model(self) -> TrainConfig:
         if any(bucket > self.size for bucket in self.buckets):
@@ -100,6 +119,13 @@ class TrainConfig(Stage):
             )
         if not self.sample_prompts:
             raise ValueError("sample_prompts is empty: the best checkpoint is chosen on samples of these prompts")
+        stop = self.stop_when_flat
+        # The rule is read at samples from min_step on, and stopping at the last step would stop nothing.
+        if stop and math.ceil(stop.min_step / self.sample_interval) * self.sample_interval >= self.steps:
+            raise ValueError(
+                f"stop_when_flat.min_step ({stop.min_step}) leaves no sample before the last step (samples every "
+                f"{self.sample_interval} of {self.steps} steps): training could never stop early"
+            )
         return self
 
     def limit_problems(self, path: str, limits: BaseModel) -> list[Problem]:
@@ -123,3 +149,23 @@ class TrainConfig(Stage):
             if off_base and not (profile_step and size % profile_step.of):
                 problems.append(off_base)
         return problems
+
+
+def check_stop_when_flat(config: TrainConfig, backend: str, scored: bool) -> None:
+    """Refuse `train.stop_when_flat` where it cannot apply: samples not scored by identity, or AI Toolkit."""
+    if config.stop_when_flat is None:
+        return
+    if not scored:
+        raise InvalidSettings(
+            [
+                "train.stop_when_flat stops on the identity score of the samples, and this run scores none "
+                "(--no-identity, or no reference photo): leave the setting out or give a reference face"
+            ]
+        )
+    if backend == "runpod-aitoolkit":
+        raise InvalidSettings(
+            [
+                "train.stop_when_flat needs our trainer, which scores its samples as it trains; AI Toolkit cannot: "
+                "use --backend runpod-native or local"
+            ]
+        )

@@ -14,28 +14,40 @@ keeps the face, or none) as likely as any other; at most: every shot edited `max
 down to the lowest start step. How large a face is in a shot is an assumption, by its framing (FACE_SHARE).
 
 Counted: every transformer evaluation, the text encoders, the VAEs, the upscaler, the captioner and the identity
-model's descriptors. Not counted: face detection (dlib's HOG, on the CPU), model loading and pod start.
+model's descriptors; then, on rows of their own, reading each stage's weights and a training pod's start
+(`likeness.estimate.overheads`). Not counted: face detection (dlib's HOG, on the CPU).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from likeness.config import ModelProfile, RunConfig, UpscaleConfig
+from likeness.config import (
+    Backend,
+    DatasetConfig,
+    ModelProfile,
+    Offload,
+    RenderConfig,
+    RunConfig,
+    TrainConfig,
+    UpscaleConfig,
+)
 from likeness.dataset.catalogue import Catalogue, Shot, shot_size
 from likeness.dataset.guard import choose_start_step, guard_region, target_size
 from likeness.estimate import gpus, roles
-from likeness.estimate.gpus import GpuType, MemoryMode, Price
+from likeness.estimate.calibration import calibrated_seconds, training_part
+from likeness.estimate.gpus import GpuType, Price
+from likeness.estimate.overheads import load_seconds, overhead_row, pod_start_seconds
+from likeness.estimate.work import BF16_BYTES, Count, StageEstimate, Work, choose_mode
 from likeness.media.tiling import tile_grid
 from likeness.records import StageCost
-from likeness.render.jobs import plan_renders
+from likeness.render.jobs import RenderJob, plan_renders
 
 EDIT_MULTIPLE = 16  # Qwen-Image's VAE downsamples 8x and its transformer packs 2x2 patches
-BF16_BYTES = 2
-# The largest part's share resident under sequential offload: about one of its ~40 blocks.
-SEQUENTIAL_SHARE = 1 / 40
+# Where a character's identity scores stop improving, as a share of the training steps: an assumption (a character's
+# own plateau is known only once it trains), for what `train.stop_when_flat` is expected to save.
+PLATEAU_SHARE = 0.6
 # LoRA weights train in float32 with AdamW: the weight, its gradient and two moments, 4 bytes each.
 LORA_STATE_BYTES = 16
 # Face-box height as a share of the image height, by the framing a catalogue entry names (an assumption: the box
@@ -43,64 +55,19 @@ LORA_STATE_BYTES = 16
 FACE_SHARE = {"full body": 0.08, "upper body": 0.2, "head and shoulders": 0.3, "close-up of the face": 0.5}
 
 
-class StageEstimate(NamedTuple):
-    """One stage of a character: its model evaluations, FLOPs, and what they take on one GPU, expected and at most.
-    Seconds are the compute's and the offload's copies (`offload_seconds`, 0 when every part stays resident)."""
-
-    stage: str
-    evaluations: int
-    flops: float
-    seconds: float
-    peak_bytes: int
-    memory_mode: MemoryMode | None  # None: it fits no mode on this GPU
-    usd: float
-    most_flops: float
-    most_seconds: float
-    most_usd: float
-    offload_seconds: float
-
-
-class Count(NamedTuple):
-    """What a stage does, expected or at most: FLOPs, the weight bytes model offload moves in (each pipeline call
-    moves in the parts it runs) and evaluations of its largest part (each streams it in under sequential offload)."""
-
-    flops: float = 0.0
-    moved_bytes: float = 0.0
-    streams: float = 0.0
-
-    def plus(self, other: Count) -> Count:
-        return Count(*(a + b for a, b in zip(self, other, strict=True)))
-
-    def times(self, factor: float) -> Count:
-        return Count(*(factor * value for value in self))
-
-
-@dataclass
-class Work:
-    """A stage's count before it meets a GPU: evaluations, what it does (expected and at most), what is resident."""
-
-    stage: str
-    evaluations: float = 0.0
-    expected: Count = Count()
-    most: Count = Count()
-    parameters: dict[str, int] = field(default_factory=dict)  # by part
-    activations: dict[str, int] = field(default_factory=dict)  # peak bytes while the part works
-    state_bytes: int = 0  # resident throughout: a trainer's LoRA and optimizer state
-    offload: MemoryMode | None = None  # the lightest memory mode the stage runs in; None: the profile's
-
-    def add(self, expected: Count, most: Count | None = None) -> None:
-        self.expected = self.expected.plus(expected)
-        self.most = self.most.plus(expected if most is None else most)
-
-    def working(self, part: str, activation_bytes: int) -> None:
-        self.activations[part] = max(self.activations.get(part, 0), activation_bytes)
-
-
 def estimate_character(
-    profile: ModelProfile, config: RunConfig, catalogue: Catalogue, gpu: GpuType, price: Price
+    profile: ModelProfile,
+    config: RunConfig,
+    catalogue: Catalogue,
+    gpu: GpuType,
+    price: Price,
+    backend: Backend = "local",
+    process_per_stage: bool = False,
 ) -> list[StageEstimate]:
-    """The stages of one character (dataset, training, renders) on `gpu` at `price`, in run order; ValueError for
-    a profile of tiny twins, whose real-size counts would say nothing about it."""
+    """The stages of one character (dataset, training, renders) on `gpu` at `price`, in run order, then loading
+    their models and, for a pod `backend`, starting the pod; ValueError for a profile of tiny twins, whose real-size
+    counts would say nothing about it. `process_per_stage`: deployment runs, where renders load the video model
+    again instead of finding it loaded by local training."""
     tiny = sorted(role for role, spec in profile.models.items() if spec.source.startswith("tiny:"))
     if tiny:
         raise ValueError(
@@ -108,14 +75,34 @@ def estimate_character(
             "give a production profile (--profile production)"
         )
     shots = catalogue.shots(config.dataset.variations, garments=0, poses=0)
-    stages = [_edit(config, shots), _upscale(config, shots), _caption(config, shots), _training(config, len(shots))]
-    stages.append(_rendering(config, profile))
-    return [_on_gpu(work, gpu, price, work.offload or profile.offload) for work in stages]
+    dataset = config.dataset
+    training = training_work(config.train, len(shots))
+    stages = [
+        (edit_work(dataset, shots), profile.memory_mode("editor")),
+        (upscale_work(dataset, shots), profile.memory_mode("refiner")),
+        (caption_work(dataset, shots), "none"),
+        (training, profile.memory_mode("video")),
+        (rendering_work(config.render, profile), profile.memory_mode("video")),
+    ]
+    rows = [_on_gpu(work, gpu, price, mode) for work, mode in stages]
+    loads = {work.stage: (work, row.memory_mode) for (work, _), row in zip(stages, rows, strict=True)}
+    on_pod = backend != "local"
+    if on_pod:
+        del loads["training"]  # a pod reads the base model it trains on itself, after downloading it: its start
+    elif not process_per_stage and loads["training"][1] == loads["renders"][1]:
+        del loads["renders"]  # in one process renders find the video model training loaded, in the same mode
+    loading = [load_seconds(sum(w.parameters.values()) * BF16_BYTES, mode == "none", gpu) for w, mode in loads.values()]
+    rows.append(overhead_row("model loading", sum(loading), price))
+    if on_pod:
+        pod_start = pod_start_seconds(sum(training.parameters.values()) * BF16_BYTES)
+        rows.append(overhead_row("pod start", pod_start, price))
+    return rows
 
 
-def _edit(config: RunConfig, shots: list[Shot]) -> Work:
-    edit = config.dataset.edit
-    work = Work("dataset: edit")
+def edit_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
+    """The editor's work on `shots`: each edit's passes, prompt, conditions, decode and identity check."""
+    edit = dataset.edit
+    work = Work("dataset: edit", calibrated_part="editor.transformer")
     parts = {"transformer": "editor.transformer", "text_encoder": "editor.text_encoder", "vae": "editor.vae_decode"}
     work.parameters = {part: roles.parameter_count(role_part) for part, role_part in parts.items()}
     cfg = 2 if edit.true_cfg_scale > 1 else 1
@@ -137,11 +124,11 @@ def _edit(config: RunConfig, shots: list[Shot]) -> Work:
         # Each try: the denoising passes, the prompt (twice with CFG), the conditions encoded, the output decoded,
         # and the identity model on it (its descriptor, compared with the reference's).
         one_try = edit.steps * cfg * transformer.flops + cfg * text.flops + conditions * encode.flops + decode.flops
-        if config.dataset.curation.identity:
+        if dataset.curation.identity:
             one_try += roles.evaluation_flops("identity")
         work.evaluations += edit.steps * cfg
         one = Count(one_try, sum(work.parameters.values()) * BF16_BYTES, edit.steps * cfg)
-        work.add(one, one.times(config.dataset.curation.max_tries))
+        work.add(one, one.times(dataset.curation.max_tries))
         work.working("transformer", transformer.activation_bytes)
         work.working("text_encoder", text.activation_bytes)
         work.working("vae", max(encode.activation_bytes, decode.activation_bytes))
@@ -196,10 +183,10 @@ def face_share_of(shot: Shot) -> float | None:
     return next((share for framing, share in FACE_SHARE.items() if framing in shot.tags), FACE_SHARE["upper body"])
 
 
-def _upscale(config: RunConfig, shots: list[Shot]) -> Work:
-    dataset = config.dataset
+def upscale_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
+    """The upscaler's and the refiner's work on `shots`, the guard's outcomes averaged (expected) and the worst."""
     edit, upscale = dataset.edit, dataset.upscale
-    work = Work("dataset: upscale + refine")
+    work = Work("dataset: upscale + refine", calibrated_part="refiner.transformer")
     parts = {
         "transformer": "refiner.transformer",
         "text_encoder": "refiner.text_encoder",
@@ -248,8 +235,8 @@ def _upscale(config: RunConfig, shots: list[Shot]) -> Work:
     return work
 
 
-def _caption(config: RunConfig, shots: list[Shot]) -> Work:
-    dataset = config.dataset
+def caption_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
+    """The captioner's work: one caption a shot."""
     work = Work("dataset: caption", parameters={"captioner": roles.parameter_count("captioner")})
     for shot in shots:
         width, height = target_size(*shot_size(shot.aspect, dataset.edit.size, EDIT_MULTIPLE), dataset.upscale.size)
@@ -268,14 +255,14 @@ def _caption(config: RunConfig, shots: list[Shot]) -> Work:
     return work
 
 
-def _training(config: RunConfig, images: int) -> Work:
-    train = config.train
+def training_work(train: TrainConfig, images: int) -> Work:
+    """A LoRA's training on `images`: the steps, the samples of its checkpoints, the encodes before."""
     step = roles.lora_training_step(train.base, train.size, train.rank, train.gradient_checkpointing)
     experts = train.trained_experts
     family = "video-5b" if train.base == "wan22_5b" else "video"
     # The trainer holds its whole pipeline on the GPU (the text encoder and VAE too); AI Toolkit's low-VRAM mode
     # offloads.
-    work = Work("training", offload="model" if train.low_vram else "none")
+    work = Work("training", offload="model" if train.low_vram else "none", calibrated_part=training_part(train.base))
     work.parameters = {
         **dict.fromkeys(experts, step["parameters"]),
         "text_encoder": roles.parameter_count("video.text_encoder"),
@@ -284,36 +271,55 @@ def _training(config: RunConfig, images: int) -> Work:
     # The samples at the checkpoints chosen from (as likeness.training.spec.TrainJob.sampled_steps): each a
     # `sample_steps` denoise at the training size, twice with CFG, the experts sharing the steps.
     checkpoints = {*range(train.checkpoint_every, train.steps + 1, train.checkpoint_every), train.steps}
-    sampled = {*range(train.sample_interval, train.steps + 1, train.sample_interval), train.steps} & checkpoints
-    sample_images = len(sampled) * len(train.sample_prompts)
-    sample_passes = sample_images * train.sample_steps * (2 if train.sample_guidance_scale > 1 else 1)
+    sampled = sorted({*range(train.sample_interval, train.steps + 1, train.sample_interval), train.steps} & checkpoints)
     # Before the steps: each image encoded once (at the largest resolution) and each caption, and the empty one.
     shape = {"frames": 1, "width": train.size, "height": train.size}
     encode = images * roles.evaluation_flops(f"{family}.vae_encode", **shape)
     text = (images + 1) * roles.evaluation_flops("video.text_encoder")
-    decode = sample_images * roles.evaluation_flops(f"{family}.vae_decode", **shape)
-    work.evaluations = train.steps + sample_passes
     # Offloaded, an expert comes in at each turn (`switch_boundary_every` steps), and streams in at every pass: the
     # forward, the backward and, with gradient checkpointing, the forward again.
     passes = 3 if train.gradient_checkpointing else 2
-    flops = train.steps * step["step"] + sample_passes * step["forward"] + encode + text + decode
-    turns = math.ceil(train.steps / train.switch_boundary_every) if len(experts) > 1 else 1
-    work.add(Count(flops, turns * step["parameters"] * BF16_BYTES, train.steps * passes + sample_passes))
+
+    def until(last: int) -> tuple[Count, int]:
+        """Training that ends at step `last`, and its evaluations."""
+        sample_images = sum(1 for at in sampled if at <= last) * len(train.sample_prompts)
+        sample_passes = sample_images * train.sample_steps * (2 if train.sample_guidance_scale > 1 else 1)
+        decode = sample_images * roles.evaluation_flops(f"{family}.vae_decode", **shape)
+        flops = last * step["step"] + sample_passes * step["forward"] + encode + text + decode
+        turns = math.ceil(last / train.switch_boundary_every) if len(experts) > 1 else 1
+        count = Count(flops, turns * step["parameters"] * BF16_BYTES, last * passes + sample_passes)
+        return count, last + sample_passes
+
+    (expected, work.evaluations), (most, _) = until(flat_stop(train, sampled)), until(train.steps)
+    work.add(expected, most)
     for expert in experts:
         work.working(expert, step["activation_bytes"])
     work.state_bytes = len(experts) * step["lora_parameters"] * LORA_STATE_BYTES
     return work
 
 
-def _rendering(config: RunConfig, profile: ModelProfile) -> Work:
-    render = config.render
-    jobs = plan_renders(render, "character", None, profile.limits.render, beyond_limits=True)
+def flat_stop(train: TrainConfig, sampled: list[int]) -> int:
+    """The step training is expected to end at: under `train.stop_when_flat`, the first sampled step the rule stops
+    at once the scores are flat from PLATEAU_SHARE of the steps on (as likeness.training.checkpoints.flat_since);
+    else the last."""
+    rule = train.stop_when_flat
+    if rule is None:
+        return train.steps
+    flat = [at for at in sampled if at > PLATEAU_SHARE * train.steps]
+    stops = [at for count, at in enumerate(flat, 1) if count >= rule.patience and at >= rule.min_step]
+    return min([*stops, train.steps])
+
+
+def rendering_work(render: RenderConfig, profile: ModelProfile, jobs: list[RenderJob] | None = None) -> Work:
+    """The renders a character gets (`jobs`, or those `render` plans), each denoised, decoded and scored."""
+    if jobs is None:
+        jobs = plan_renders(render, "character", None, profile.limits.render, beyond_limits=True)
     cfg = 2 if render.guidance_scale > 1 else 1
     # The A14B's two experts share the steps (one resident at a time under model offload); the TI2V-5B is one model.
     five_b = "TI2V-5B" in profile.models["video"].source
     family = "video-5b" if five_b else "video"
     experts = ("transformer",) if five_b else ("high_noise", "low_noise")
-    work = Work("renders")
+    work = Work("renders", calibrated_part=f"{family}.transformer")
     work.parameters = {
         **dict.fromkeys(experts, roles.parameter_count(f"{family}.transformer")),
         "text_encoder": roles.parameter_count("video.text_encoder"),
@@ -340,14 +346,9 @@ def _rendering(config: RunConfig, profile: ModelProfile) -> Work:
     return work
 
 
-def _on_gpu(work: Work, gpu: GpuType, price: Price, offload: MemoryMode) -> StageEstimate:
-    """The stage on `gpu` in the profile's `offload` mode, or the first lighter one that fits."""
-    block = int(max(work.parameters.values()) * SEQUENTIAL_SHARE)
-    modes = gpus.MEMORY_MODES[gpus.MEMORY_MODES.index(offload) :]
-    mode = gpus.fit(gpu, work.parameters, work.activations, BF16_BYTES, block, work.state_bytes, modes=modes)
-    peak = gpus.peak_memory(
-        work.parameters, work.activations, BF16_BYTES, mode or "sequential", block, work.state_bytes
-    )
+def _on_gpu(work: Work, gpu: GpuType, price: Price, requested: Offload) -> StageEstimate:
+    """The stage on `gpu` in the memory mode a run would choose there (`choose_mode`)."""
+    mode, peak, _ = choose_mode(work, gpu.memory_gib * 2**30, requested)
 
     def seconds(count: Count) -> tuple[float, float]:
         offload = 0.0
@@ -355,7 +356,7 @@ def _on_gpu(work: Work, gpu: GpuType, price: Price, offload: MemoryMode) -> Stag
             offload = gpus.transfer_seconds(count.moved_bytes, gpu)
         elif mode in ("sequential", None):
             offload = gpus.transfer_seconds(count.streams * max(work.parameters.values()) * BF16_BYTES, gpu)
-        return gpus.seconds(count.flops, gpu) + offload, offload
+        return calibrated_seconds(count.flops, gpu, work.calibrated_part) + offload, offload
 
     (expected, offload_seconds), (most, _) = seconds(work.expected), seconds(work.most)
     dollars = price.usd_per_hour / 3600

@@ -30,7 +30,8 @@ def estimate_table(rows: Sequence[StageEstimate], title: str) -> Table:
         table.add_row(
             row.stage, f"{row.evaluations:,}", f"{row.flops / 1e12:,.0f}", f"{row.seconds:,.0f}",
             f"{row.offload_seconds:,.0f}", f"{row.most_seconds:,.0f}", f"{row.peak_bytes / 2**30:.1f}",
-            row.memory_mode or "does not fit", f"{row.usd:.2f}", f"{row.most_usd:.2f}",
+            # A row without evaluations (loading, a pod's start) holds no memory of its own.
+            (row.memory_mode or "does not fit") if row.evaluations else "", f"{row.usd:.2f}", f"{row.most_usd:.2f}",
         )  # fmt: skip
     table.add_row(
         "character", f"{sum(row.evaluations for row in rows):,}", f"{sum(row.flops for row in rows) / 1e12:,.0f}",

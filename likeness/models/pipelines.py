@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from likeness.config import ModelProfile, Role
+from likeness.config import ModelProfile, Offload, Role
 from likeness.models.profiles import device_for, model_path
 from likeness.settings import Settings, get_settings
 
@@ -34,21 +34,36 @@ def _torch_dtype(profile: ModelProfile) -> Any:
     return getattr(torch, profile.dtype)
 
 
-def _place(pipe: Any, profile: ModelProfile, device: str) -> Any:
-    """Put a diffusers pipeline on `device`, or let it move one component (or layer) there at a time; with the
-    profile's VAE memory modes on."""
+def _place(pipe: Any, profile: ModelProfile, role: Role, device: str) -> Any:
+    """Put a diffusers pipeline on `device`, or let it move one component (or layer) there at a time, as `role`'s
+    memory mode says; with the profile's VAE memory modes on."""
     vae = getattr(pipe, "vae", None)
     if profile.vae_tiling and vae is not None:
         vae.enable_tiling()
     if profile.vae_slicing and vae is not None:
         vae.enable_slicing()
-    if profile.offload == "model" and device != "cpu":
+    mode = memory_mode(role, profile, device)
+    if mode == "model":
         pipe.enable_model_cpu_offload(device=device)
         return pipe
-    if profile.offload == "sequential" and device != "cpu":
+    if mode == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
         return pipe
     return pipe.to(device)
+
+
+def memory_mode(role: Role, profile: ModelProfile, device: str) -> Offload:
+    """The memory mode `role` loads in on `device`: on the CPU, resident; on a GPU, the profile's for the role, which
+    a stage has resolved from `auto` for its GPU before it loads (likeness.run.memory)."""
+    if device == "cpu":
+        return "none"
+    mode = profile.memory_mode(role)
+    if mode == "auto":
+        raise ValueError(
+            f"{role}: memory mode 'auto' is chosen per GPU when a stage starts (likeness.run.memory.choose_memory); "
+            "this stage loads it without choosing"
+        )
+    return mode
 
 
 def _load_editor(path: Path, profile: ModelProfile, device: str) -> Any:
@@ -59,7 +74,7 @@ def _load_editor(path: Path, profile: ModelProfile, device: str) -> Any:
     lora = lora_path("editor", profile, get_settings())
     scale = spec.lora.scale if spec.lora else 1.0
     pipe = load_editor(path, _torch_dtype(profile), lora=lora, lora_scale=scale, scheduler=spec.scheduler)
-    return _place(pipe, profile, device)
+    return _place(pipe, profile, "editor", device)
 
 
 # The img2img pipeline for each text-to-image pipeline a refiner repo declares. FLUX.2 klein's own pipeline takes
@@ -81,7 +96,7 @@ def _load_refiner(path: Path, profile: ModelProfile, device: str) -> Any:
     if declared not in _REFINER_PIPELINES:
         raise ValueError(f"refiner {path}: {declared} is not supported; use a FLUX.1 or FLUX.2 klein repo")
     pipeline = getattr(diffusers, _REFINER_PIPELINES[declared])
-    return _place(pipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
+    return _place(pipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, "refiner", device)
 
 
 def _load_upscaler(path: Path, profile: ModelProfile, device: str) -> Any:
@@ -117,13 +132,14 @@ def _load_captioner(path: Path, profile: ModelProfile, device: str) -> Any:
 def _load_animator(path: Path, profile: ModelProfile, device: str) -> Any:
     from diffusers import WanImageToVideoPipeline
 
-    return _place(WanImageToVideoPipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
+    pipe = WanImageToVideoPipeline.from_pretrained(path, dtype=_torch_dtype(profile))
+    return _place(pipe, profile, "animator", device)
 
 
 def _load_video(path: Path, profile: ModelProfile, device: str) -> Any:
     from diffusers import WanPipeline
 
-    return _place(WanPipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, device)
+    return _place(WanPipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, "video", device)
 
 
 LOADERS: dict[Role, Callable[[Path, ModelProfile, str], Any]] = {
@@ -141,14 +157,17 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
     settings = settings or get_settings()
     spec = profile.models[role]
     # The memory modes are set when a model loads: a profile with others gets a load of its own.
-    key = (role, spec.source, profile.dtype, profile.offload, profile.vae_tiling, profile.vae_slicing)
+    key = (role, spec.source, profile.dtype, profile.memory_mode(role), profile.vae_tiling, profile.vae_slicing)
     with _loading:
         if key not in _loaded:
             if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
-                # diffusers has its own switch for its loading bars and ignores the hub's variable.
+                # diffusers has its own switch for its loading bars and ignores the hub's variable; transformers
+                # reads it once, when first imported, which a command may do before it sets it.
                 from diffusers.utils import logging as diffusers_logging
+                from transformers.utils import logging as transformers_logging
 
                 diffusers_logging.disable_progress_bar()
+                transformers_logging.disable_progress_bar()
             device = device_for(profile, settings)
             path = model_path(role, profile, settings)
             log.info("loading %s from %s on %s", role, spec.source, device)

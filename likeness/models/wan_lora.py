@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,30 +133,53 @@ def from_wan_layout(wan_state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def lora_metadata(
-    trigger: str, base_model: str, arch: str, rank: int, alpha: float, step: int, settings: dict[str, Any]
+    trigger: str,
+    base_model: str,
+    arch: str,
+    rank: int,
+    alpha: float,
+    step: int,
+    settings: dict[str, Any],
+    captions: Sequence[str] = (),
+    expert: str | None = None,
 ) -> dict[str, str]:
-    """The header metadata of a checkpoint: what LoRA managers show (trigger, base model, rank, alpha, step)."""
+    """The header metadata of a checkpoint: what LoRA managers show (its name, trigger, base model, rank, alpha,
+    step, the tags of the `captions` it trained on). `expert`: which of an A14B's two files this is, in its name, so
+    that a manager lists the two apart."""
     if arch not in _ARCHITECTURES:
         raise ValueError(f"unknown Wan architecture {arch!r}; expected one of {list(_ARCHITECTURES)}")
     architecture, implementation, base_model_version = _ARCHITECTURES[arch]
+    name = f"{trigger}_{expert}" if expert else trigger
     return {
-        "ss_output_name": trigger,
+        "ss_output_name": name,
         "ss_sd_model_name": base_model,
         "ss_base_model_version": base_model_version,
+        # kohya's name for a LoRA network: what managers read to tell a LoRA from a LyCORIS or a full model.
+        "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(alpha)),
         "ss_steps": str(step),
-        # A1111 and trigger-word readers take tags from here; the "<repeats>_<name>" folder key is kohya's (and
-        # AI Toolkit's) convention.
-        "ss_tag_frequency": json.dumps({f"1_{trigger}": {trigger: 1}}),
+        "ss_num_train_images": str(len(captions)),
+        # A1111 and trigger-word readers take tags from here: each comma-separated tag of the captions and how many
+        # captions carry it, under kohya's (and AI Toolkit's) "<repeats>_<folder>" key.
+        "ss_tag_frequency": json.dumps({f"1_{trigger}": tag_frequency(captions)}),
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{architecture}/lora",
         "modelspec.implementation": implementation,
-        "modelspec.title": trigger,
+        "modelspec.title": name,
         "modelspec.trigger_phrase": trigger,
         "training_info": json.dumps({"step": step}),
         "likeness.settings": json.dumps(settings, sort_keys=True),
     }
+
+
+def tag_frequency(captions: Sequence[str]) -> dict[str, int]:
+    """How many captions carry each comma-separated tag, as kohya's trainer counts them (a tag once a caption)."""
+    counts: dict[str, int] = {}
+    for caption in captions:
+        for tag in {part.strip() for part in caption.split(",")} - {""}:
+            counts[tag] = counts.get(tag, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def save_wan_lora(path: Path, wan_state: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

@@ -194,7 +194,9 @@ def _in_lora(folder: str, ref: ArtifactRef) -> str:
 
 
 def lora_entries(lora: LoraRef) -> list[dict[str, Any]]:
-    """The record's lines for a LoRA: each checkpoint with its files and score, the best marked."""
+    """The record's lines for a LoRA: each checkpoint with its files and score, the best marked, and why training
+    stopped at the last one where it stopped early."""
+    stop = lora.stopped_early
     entries = []
     for c in lora.checkpoints:
         best = c.step == lora.best.step
@@ -208,6 +210,7 @@ def lora_entries(lora: LoraRef) -> list[dict[str, Any]]:
                 "samples": [_in_lora("samples", ref) for ref in c.samples],
                 "sha256": [ref.sha256 for ref in c.files],
                 **({"best": True, "published_as": [f"lora/{name}" for name in best_lora_names(lora)]} if best else {}),
+                **({"stopped_early": stop.reason} if stop and stop.step == c.step else {}),
             }
         )
     return entries

@@ -146,9 +146,12 @@ def dataset_markdown(dataset: DatasetRef, store: ArtifactStore | None = None) ->
 
 def checkpoints_markdown(lora: LoraRef, store: ArtifactStore | None = None) -> str:
     """The plot of identity distance by step, then each checkpoint's step, loss, identity distance and samples,
-    the chosen one marked."""
+    the chosen one marked, and where and why training stopped early."""
     store = store or get_store()
     lines = [f"### {_text(lora.trigger)}: checkpoints", ""]
+    if lora.stopped_early is not None:
+        stop = lora.stopped_early
+        lines += [f"Training stopped early at step {stop.step}: {_text(stop.reason)}.", ""]
     if lora.scores_plot is not None:
         lines += [_image(f"{lora.trigger}: identity distance by step", image_url(lora.scores_plot, store)), ""]
     lines += [

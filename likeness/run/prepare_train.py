@@ -9,13 +9,16 @@ as one of `likeness.run.prepare.CHECK_FAILURES` (or an `OSError`) before Prefect
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from PIL import Image
+
 from likeness import __version__
-from likeness.config import ModelProfile, RunConfig
+from likeness.config import ModelProfile, RunConfig, check_stop_when_flat
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, parse_overrides, read_reference_image
 from likeness.models.profiles import load_profile, preflight
 from likeness.records import TrainingItem, TrainingSet
@@ -121,6 +124,7 @@ def training_inputs(
     if gpu:
         assignments.setdefault("pod", {})["gpu_types"] = gpu
     config = RunConfig.from_profile(model_profile, assignments, beyond_limits=beyond_limits)
+    check_stop_when_flat(config.train, backend, image is not None and not no_identity)
     if config.train.masks and masks is None:
         say(f"note: no mask folder for {dataset}, so every pixel counts in the loss (--masks DIR to give one)")
         config = config.model_copy(update={"train": config.train.model_copy(update={"masks": False})})
@@ -144,12 +148,17 @@ def training_job_file(inputs: TrainingInputs, settings: Settings) -> tuple[str, 
     """The device the job trains on here, and the file the backend would be sent (its path and text).
 
     Also the check that the backend can train this spec at all (AI Toolkit and a tiny model, say)."""
+    from likeness.identity import reference_face
     from likeness.models.profiles import device_for
     from likeness.training.remote import job_file
     from likeness.training.spec import TrainJob
 
     device = device_for(inputs.profile, settings)
-    job = TrainJob.for_profile(inputs.trigger, inputs.config.train, inputs.profile, device)
+    # The face the trainer scores its samples against, as the train task puts it into the job.
+    face = None
+    if inputs.config.train.stop_when_flat and inputs.reference is not None:
+        face, _ = reference_face(Image.open(io.BytesIO(inputs.reference.png)), "the reference photo")
+    job = TrainJob.for_profile(inputs.trigger, inputs.config.train, inputs.profile, device, face)
     return device, job_file(job, inputs.backend, inputs.config.train.masks)
 
 

@@ -103,6 +103,10 @@ def aitoolkit_config(
             f"AI Toolkit has no setting for a model revision ({job.model.revision!r}) and would load the newest; "
             "download that revision into a folder and name the folder as the source"
         )
+    if cfg.stop_when_flat is not None:
+        raise AiToolkitCannotTrain(
+            "AI Toolkit cannot stop on the identity score of its samples (train.stop_when_flat); use the native trainer"
+        )
     if base == "wan22_14b" and cfg.boundary_ratio != A14B_BOUNDARY_RATIO:
         raise AiToolkitCannotTrain(
             f"AI Toolkit splits Wan 2.2 A14B's experts at {A14B_BOUNDARY_RATIO} and has no setting for it; "

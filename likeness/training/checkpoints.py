@@ -5,6 +5,7 @@ by what the LoRA learnt. Each sample's main face (the largest clear one, as cura
 reference face by dlib's identity distance. A checkpoint's score is the median over all its samples, a sample
 without a face counting as a miss, worse than any distance: a checkpoint that loses the face in some samples is
 worse than one that draws it every time, and one without a face in more than half its samples has no score (None).
+While our trainer runs, `flat_since` reads the scores so far to stop it once they are flat (`train.stop_when_flat`).
 No Prefect and no artifact store here: pure functions on PIL images, so this also runs inside a RunPod pod.
 
     reference, _ = reference_face(photo, "ref.png", model)
@@ -12,6 +13,7 @@ No Prefect and no artifact store here: pure functions on PIL images, so this als
     best = best_checkpoint(scores)
     rows = scores_table(scores, best.step)
     png = score_plot_png(scores, best.step, "Ada Lovelace: identity by checkpoint")
+    stop = flat_since(scores, StopWhenFlat(min_step=1000, patience=2))  # None: train on
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import io
 import math
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -28,6 +30,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from likeness.config import StopWhenFlat
 from likeness.identity import (
     IDENTITY_THRESHOLD,
     Face,
@@ -41,6 +44,9 @@ PLOT_SIZE = (8.0, 4.5)  # inches at PLOT_DPI: 800x450 px
 PLOT_DPI = 100
 # Beyond this many checkpoints a tick at every step crowds the axis.
 MAX_STEP_TICKS = 12
+# A checkpoint is better than the best so far only by more than this distance, so that a plateau whose scores
+# drift down by thousandths still counts as flat.
+MIN_IMPROVEMENT = 0.01
 
 
 class SampleScore(BaseModel):
@@ -107,6 +113,38 @@ def best_checkpoint(scores: Sequence[CheckpointScore]) -> CheckpointScore:
     return min(
         scores, key=lambda score: (score.distance is None, score.distance or 0.0, -score.faces_found, -score.step)
     )
+
+
+class StopDecision(NamedTuple):
+    """Where training stops early, a sampled step, and why."""
+
+    step: int
+    reason: str
+
+
+def flat_since(scores: Sequence[CheckpointScore], rule: StopWhenFlat) -> StopDecision | None:
+    """The first sampled step, from `rule.min_step` on, that ends `rule.patience` sampled checkpoints in a row none
+    of which beat the best before it by more than MIN_IMPROVEMENT; None if there is none. No score (faces lost) never
+    beats it; the first score does."""
+    best: tuple[int, float] | None = None
+    flat: list[int] = []
+    for score in sorted(scores, key=lambda score: score.step):
+        if score.distance is not None and (best is None or score.distance < best[1] - MIN_IMPROVEMENT):
+            best, flat = (score.step, score.distance), []
+        else:
+            flat.append(score.step)
+        if len(flat) >= rule.patience and score.step >= rule.min_step:
+            return StopDecision(score.step, _flat_reason(best, flat))
+    return None
+
+
+def _flat_reason(best: tuple[int, float] | None, flat: list[int]) -> str:
+    """Why the scores are flat, naming the sampled steps that did not improve."""
+    steps = f"step {flat[0]}" if len(flat) == 1 else f"steps {flat[0]}-{flat[-1]}"
+    count = f"{len(flat)} sampled checkpoint{'s' if len(flat) > 1 else ''}"
+    if best is None:
+        return f"no identity score in the {count} so far ({steps}): no face in more than half of each one's samples"
+    return f"no better identity than step {best[0]}'s {best[1]:.3f} in the {count} since ({steps})"
 
 
 def scores_table(scores: Sequence[CheckpointScore], best_step: int) -> list[dict[str, Any]]:

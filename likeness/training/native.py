@@ -11,7 +11,8 @@ so one agent publishes either trainer's work and a restarted job resumes the sam
 
 Each dataset image is one frame. VAE latents and text embeddings are computed once, before the first step
 (`likeness.training.examples`). The loss is rectified-flow velocity matching, as Wan was trained, weighted by the
-face masks when `masks` is on.
+face masks when `masks` is on. With `train.stop_when_flat`, each sampled checkpoint is scored against the job's
+reference face, and training stops at the checkpoint where the scores went flat, in a line the pod agent reads.
 
     python -m likeness.training.native job.json --dataset likeness-out/ada/dataset --masks likeness-out/ada/masks \\
         --out training/ada
@@ -31,6 +32,7 @@ from PIL import Image
 
 from likeness.config import Expert, render_template
 from likeness.files import atomic_file
+from likeness.identity import get_identity_model
 from likeness.models.wan_lora import (
     LORA_TARGETS,
     from_wan_layout,
@@ -39,6 +41,7 @@ from likeness.models.wan_lora import (
     save_wan_lora,
     to_wan_layout,
 )
+from likeness.training.checkpoints import CheckpointScore, StopDecision, flat_since, score_checkpoint
 from likeness.training.data import TrainingImage, read_training_folder
 from likeness.training.examples import Example, cache_examples
 from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 ADAPTER = "likeness_training"
 # AI Toolkit's progress bar, so the pod agent reads both trainers' logs alike (`likeness.training.pod`).
 PROGRESS_LINE = "{name}: {percent:3d}%|| {step}/{total} [lr: {lr:.1e} loss: {loss:.3e}]"
+# Read by the pod agent too (`likeness.training.pod.parse_early_stop`): the driver records where and why.
+EARLY_STOP_LINE = "{name}: stopped early at step {step}: {reason}"
 
 StepListener = Callable[[int, int, float], None]
 
@@ -125,9 +130,13 @@ class Trainer:
         self.config = job.config
         self.experts = experts_of(pipe, job)
         self.multiple = max(16, pipe.vae_scale_factor_spatial * 2)
+        if self.config.stop_when_flat and job.reference is None:
+            raise ValueError("train.stop_when_flat needs the job's reference face, to score the samples against")
+        self.stopped: StopDecision | None = None  # where `train()` stopped before the last step, and why
 
     def train(self, on_step: StepListener | None = None, check_stop: Callable[[], None] | None = None) -> list[int]:
-        """Train from the newest checkpoint in the folder (or from scratch); returns the checkpoint steps written."""
+        """Train from the newest checkpoint in the folder (or from scratch) to the last step, or to where the
+        identity scores went flat (`self.stopped`); returns the checkpoint steps written."""
         import torch
         from peft import LoraConfig
 
@@ -157,7 +166,12 @@ class Trainer:
             order = np.random.default_rng(self.config.seed).permutation(len(examples)).tolist()
             checkpoint_steps = set(self.job.checkpoint_steps())
             sampled_steps = set(self.job.sampled_steps())
+            # The samples so far count too, so a resumed run goes on counting (and one that stopped stays stopped).
+            scores = self._scores_up_to(start) if self.config.stop_when_flat else []
+            self.stopped = self._flat(scores)
             for step in range(start + 1, self.config.steps + 1):
+                if self.stopped:
+                    break
                 if check_stop:
                     check_stop()
                 loss = self._step(step, examples, embeddings, order, optimizer, generator)
@@ -176,7 +190,12 @@ class Trainer:
                     self._save(step, optimizer, generator)
                     written.append(step)
                     if step in sampled_steps:
-                        self.sample(step)
+                        samples = self.sample(step)
+                        if self.config.stop_when_flat:
+                            scores.append(self._score(step, samples))
+                            self.stopped = self._flat(scores)
+            if self.stopped:
+                print(EARLY_STOP_LINE.format(name=self.job.name, **self.stopped._asdict()), flush=True)
         finally:
             for expert in self.experts:
                 expert.transformer.delete_adapters(ADAPTER)
@@ -184,6 +203,24 @@ class Trainer:
                 if self.config.gradient_checkpointing and expert.transformer.is_gradient_checkpointing:
                     expert.transformer.disable_gradient_checkpointing()
         return written
+
+    def _score(self, step: int, samples: list[Path]) -> CheckpointScore:
+        """The identity score of one checkpoint's samples against the job's reference face."""
+        assert self.job.reference is not None  # checked in __init__
+        images = [Image.open(path) for path in samples]
+        return score_checkpoint(step, images, self.job.reference, get_identity_model())
+
+    def _scores_up_to(self, step: int) -> list[CheckpointScore]:
+        """The scores of the sampled checkpoints up to `step` whose samples are all in the folder."""
+        folder, prompts = self.folder / SAMPLES_FOLDER, range(len(self.config.sample_prompts))
+        sampled = {s: [folder / self.job.sample_filename(s, i) for i in prompts] for s in self.job.sampled_steps()}
+        return [self._score(s, paths) for s, paths in sampled.items() if s <= step and all(p.is_file() for p in paths)]
+
+    def _flat(self, scores: list[CheckpointScore]) -> StopDecision | None:
+        """Where the scores went flat, if that is before the last step (which ends training anyway)."""
+        rule = self.config.stop_when_flat
+        decision = flat_since(scores, rule) if rule else None
+        return decision if decision and decision.step < self.config.steps else None
 
     def _trainable(self) -> list[Any]:
         parameters = []
@@ -262,6 +299,8 @@ class Trainer:
                 alpha=self.config.lora_alpha,
                 step=step,
                 settings={**settings, "expert": expert.name},
+                captions=[image.caption for image in self.images],
+                expert=expert.name if len(self.experts) > 1 else None,
             )
             path = self.folder / self.job.checkpoint_filename(step, expert.name)
             save_wan_lora(path, to_wan_layout(layers, self.config.lora_alpha), metadata)
@@ -350,8 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     job = TrainJob.model_validate_json(args.job.read_text())
     images = read_training_folder(args.dataset, args.masks if job.config.masks else None)
     pipe = load_base_pipeline(job)
-    steps = Trainer(job, pipe, images, args.out).train()
-    print(f"done: {len(steps)} checkpoints, last step {job.config.steps}", flush=True)
+    trainer = Trainer(job, pipe, images, args.out)
+    steps = trainer.train()
+    last = trainer.stopped.step if trainer.stopped else job.config.steps
+    print(f"done: {len(steps)} checkpoints, last step {last}", flush=True)
     return 0
 
 

@@ -47,6 +47,8 @@ from likeness.training.watchdog import Watchdog, can_end_itself, end_this_pod, t
 # Our trainer prints the same shape (`likeness.training.native.PROGRESS_LINE`), so this reads both.
 _BAR = re.compile(r"^(?P<desc>.*): +\d+%\|[^|]*\| *(?P<step>\d+)/(?P<total>\d+) \[(?P<stats>[^\]]*)\]\s*$")
 _LOSS = re.compile(r"\bloss: (?P<loss>[-+]?(?:\d+(?:\.\d*)?(?:e[-+]?\d+)?|nan|inf))")
+# Our trainer's line when its samples' identity scores went flat (`likeness.training.native.EARLY_STOP_LINE`).
+_EARLY_STOP = re.compile(r"^(?P<name>.*): stopped early at step (?P<step>\d+): (?P<reason>.+)$")
 CHECKPOINT_STEP = re.compile(r"_(\d{9})(?:_(?:high|low)_noise)?\.safetensors$")
 SAMPLE_PATTERN = re.compile(r"_(\d{9})_(\d+)\.(?:png|jpe?g|webp)$")
 LOG_TAIL = 40
@@ -115,6 +117,14 @@ def parse_progress(line: str, name: str | None = None) -> tuple[int, int, float 
     return None
 
 
+def parse_early_stop(line: str, name: str) -> dict[str, Any] | None:
+    """{"step", "reason"} from our trainer's line saying it stopped early (job `name`); None for any other line."""
+    match = _EARLY_STOP.match(line.strip())
+    if not match or match["name"] != name:
+        return None
+    return {"step": int(match["step"]), "reason": match["reason"]}
+
+
 class Agent:
     """One pod's job: the manifest, the trainer process, and what has gone up so far."""
 
@@ -127,6 +137,8 @@ class Agent:
         self.patience_s = float(manifest.get("upload_patience_s", 60.0))
         self.sizes: dict[Path, int] = {}
         self.step, self.total, self.loss = 0, manifest["total_steps"], None
+        # Where our trainer stopped before the last step, and why (train.stop_when_flat).
+        self.stopped_early: dict[str, Any] | None = None
         self.log = workspace / "train.log"
         self.tail: deque[str] = deque(maxlen=LOG_TAIL)
         self.lock = threading.Lock()
@@ -186,6 +198,7 @@ class Agent:
                 if parsed:
                     self.step, self.total, loss = parsed
                     self.loss = loss if loss is not None else self.loss
+                self.stopped_early = parse_early_stop(line, self.manifest["name"]) or self.stopped_early
 
     def publish(self, status: str, exit_code: int | None = None) -> None:
         """Upload what is newly complete, then the progress record that lists it."""
@@ -199,6 +212,7 @@ class Agent:
                 "loss": self.loss,
                 "uploaded": dict(self.uploaded),
                 "exit_code": exit_code,
+                "stopped_early": self.stopped_early,
                 "log_tail": list(self.tail) if status == "failed" else [],
                 "time": time.time(),
             }

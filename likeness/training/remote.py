@@ -33,7 +33,7 @@ from likeness import __version__
 from likeness.config import PodConfig
 from likeness.inputs import InvalidInput
 from likeness.models.wan_lora import is_complete_safetensors
-from likeness.records import TrainCost
+from likeness.records import EarlyStop, TrainCost
 from likeness.runpod.jobs import job_prefix, new_job_id, pod_name
 from likeness.runpod.pods import Pod, PodRequest, RunPodClient, RunPodError
 from likeness.runpod.sweep import ORPHAN_AFTER_S, sweep_pods
@@ -43,7 +43,7 @@ from likeness.storage.s3 import S3Store
 from likeness.storage.store import ArtifactStore, StoreError
 from likeness.training.aitoolkit import aitoolkit_checkpoint_names, aitoolkit_yaml
 from likeness.training.heartbeat import DriverHeartbeat, heartbeat_every_s
-from likeness.training.spec import OPTIMIZER_STATE, TrainJob
+from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
 from likeness.training.wheel import build_wheel
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class RemoteResult(BaseModel):
 
     checkpoints: tuple[PublishedCheckpoint, ...]
     cost: TrainCost
+    stopped_early: EarlyStop | None = None
 
 
 def runpod_client() -> RunPodClient:
@@ -143,6 +144,7 @@ class RemoteTraining:
         self.prefix = job_prefix(self.job_id)
         self.expires = timedelta(hours=pod.ttl_hours)
         self.published: dict[int, PublishedCheckpoint] = {}
+        self.stopped_early: dict[str, Any] | None = None  # where our trainer stopped early, as its last report says
         self.heartbeat = DriverHeartbeat(store, self.prefix, pod, flow_run_id)
         # Each pod started and the seconds it ran: what the job cost.
         self.pod_times: list[tuple[Pod, float]] = []
@@ -185,6 +187,9 @@ class RemoteTraining:
                 files.append({"path": f"{folder}/{ref.filename}", "url": self._url(ref.key)})
             if checkpoint.optimizer:
                 files.append({"path": f"{folder}/{OPTIMIZER_STATE}", "url": self._url(checkpoint.optimizer.key)})
+        # Our trainer scores the samples so far when it resumes, so its count goes on where the lost pod's was.
+        so_far = [ref for c in self.published.values() for ref in c.samples] if job.config.stop_when_flat else []
+        files += [{"path": f"{folder}/{SAMPLES_FOLDER}/{ref.filename}", "url": self._url(ref.key)} for ref in so_far]
         names = [name for step_names in self.pod_files.values() for name in step_names]
         samples = [f"sample_{s:09d}_{i}" for s in job.sampled_steps() for i in range(len(job.config.sample_prompts))]
         return {
@@ -310,6 +315,7 @@ class RemoteTraining:
                 if self.on_progress:
                     self.on_progress(progress["step"], progress["total"], progress["loss"], progress["status"])
                 if progress["status"] == "done":
+                    self.stopped_early = progress.get("stopped_early")
                     return True
                 if progress["status"] == "failed":
                     tail = "\n".join(progress.get("log_tail", [])[-15:])
@@ -320,6 +326,7 @@ class RemoteTraining:
                 final = self._progress(attempt)
                 if final and final["status"] == "done":
                     self._publish(final["uploaded"], final["loss"])
+                    self.stopped_early = final.get("stopped_early")
                     return True
                 return False
             if time.monotonic() - last_report > self.pod.silent_after_s:
@@ -387,4 +394,6 @@ class RemoteTraining:
             dollars=round(sum(pod.cost_per_hr * seconds / 3600 for pod, seconds in self.pod_times), 4),
             pods=len(self.pod_times),
         )
-        return RemoteResult(checkpoints=tuple(self.published[s] for s in sorted(self.published)), cost=cost)
+        checkpoints = tuple(self.published[s] for s in sorted(self.published))
+        stopped = EarlyStop.model_validate(self.stopped_early) if self.stopped_early else None
+        return RemoteResult(checkpoints=checkpoints, cost=cost, stopped_early=stopped)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from likeness.config import Expert, ModelProfile, ModelSpec, TrainConfig
+from likeness.identity import Face
 
 # AI Toolkit's names, which our trainer writes too, so one agent publishes either's training folder.
 OPTIMIZER_STATE = "optimizer.pt"
@@ -33,9 +34,13 @@ class TrainJob(BaseModel):
     model: ModelSpec
     dtype: Literal["float32", "bfloat16", "float16"]
     device: str
+    # The face the samples are scored against as it trains, for `train.stop_when_flat` (None: not scored).
+    reference: Face | None = None
 
     @classmethod
-    def for_profile(cls, trigger: str, config: TrainConfig, profile: ModelProfile, device: str) -> TrainJob:
+    def for_profile(
+        cls, trigger: str, config: TrainConfig, profile: ModelProfile, device: str, reference: Face | None = None
+    ) -> TrainJob:
         """The job that trains `trigger`'s LoRA on the profile's video model."""
         return cls(
             name=trigger,
@@ -44,6 +49,7 @@ class TrainJob(BaseModel):
             model=profile.models["video"],
             dtype=profile.dtype,
             device=device,
+            reference=reference,
         )
 
     def checkpoint_filename(self, step: int, expert: Expert | None = None) -> str:
