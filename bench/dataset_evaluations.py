@@ -24,7 +24,7 @@ from flows.dataset import EDIT_MULTIPLE  # noqa: E402
 from likeness.config import UpscaleConfig  # noqa: E402
 from likeness.dataset.catalogue import load_catalogue, shot_size  # noqa: E402
 from likeness.dataset.guard import target_size  # noqa: E402
-from likeness.estimate.character import FACE_SHARE, face_share_of, guard_outcomes  # noqa: E402
+from likeness.estimate.refines import FACE_SHARE, face_share_of, guard_outcomes  # noqa: E402
 from likeness.models.profiles import load_profile  # noqa: E402
 
 # What production ran before the dataset issue (commit f0aefa5): Qwen-Image-Edit-2509 at 40 steps with true CFG 4,

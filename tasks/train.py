@@ -68,7 +68,10 @@ def publish_checkpoint(job: TrainJob, folder: Path, step: int, loss: float | Non
 def fit_lora(dataset: TrainingSet, config: TrainConfig, profile: ModelProfile) -> LoraRef:
     """Train the character LoRA here, saving a checkpoint every `checkpoint_every` steps."""
     job = train_job(dataset.trigger, config, profile, dataset.reference)
-    pipe = get_pipeline("video", memory_for_training(profile, config, len(dataset.items), say=print))
+    # The LoRA trains on the video model as published, as on a pod: stored fp8 weights are for renders.
+    published = profile.models["video"].model_copy(update={"weights": None})
+    training = profile.model_copy(update={"models": {**profile.models, "video": published}})
+    pipe = get_pipeline("video", memory_for_training(training, config, len(dataset.items), say=print))
     progress = StageProgress("train", config.steps, f"{dataset.trigger}-train", unit="steps")
     losses: dict[int, float] = {}
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from rich.console import Console
 
-from likeness.estimate.character import FACE_SHARE, Refine, face_share_of, guard_outcomes
+from likeness.estimate.refines import FACE_SHARE, Refine, face_share_of, guard_outcomes
 from likeness.estimate.report import Measured, measured_against_estimate, measured_table
 from likeness.models.profiles import load_profile
 from likeness.records import StageCost

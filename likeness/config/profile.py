@@ -52,6 +52,10 @@ class ModelSpec(Frozen):
     speed_sigmas: tuple[float, ...] = ()
     # This role's memory mode; None: the profile's `offload`.
     offload: Offload | None = None
+    # "fp8": the denoiser's weights (transformer, and transformer_2 of an A14B) stored in float8 e4m3 and cast to the
+    # profile's dtype layer by layer as each computes (diffusers' layerwise casting): half the memory, the same
+    # arithmetic on rounded weights. None: stored in the profile's dtype.
+    weights: Literal["fp8"] | None = None
 
     @model_validator(mode="after")
     def _sigmas_with_speed_loras(self) -> ModelSpec:

@@ -11,7 +11,7 @@ A row is what the stage is expected to cost, and at most: curation edits a refus
 `dataset.curation.max_tries` edits), and the guard's bisection refines more steps the more start steps keep the
 face. Expected: every shot kept on its first edit, and each outcome of the bisection (the lowest start step that
 keeps the face, or none) as likely as any other; at most: every shot edited `max_tries` times, and every face kept
-down to the lowest start step. How large a face is in a shot is an assumption, by its framing (FACE_SHARE).
+down to the lowest start step. How large a face is in a shot is an assumption, by its framing (`refines.FACE_SHARE`).
 
 Counted: every transformer evaluation, the text encoders, the VAEs, the upscaler, the captioner and the identity
 model's descriptors; then, on rows of their own, reading each stage's weights and a training pod's start
@@ -21,7 +21,6 @@ model's descriptors; then, on rows of their own, reading each stage's weights an
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 from likeness.config import (
     Backend,
@@ -29,16 +28,17 @@ from likeness.config import (
     ModelProfile,
     Offload,
     RenderConfig,
+    Role,
     RunConfig,
     TrainConfig,
-    UpscaleConfig,
 )
 from likeness.dataset.catalogue import Catalogue, Shot, shot_size
-from likeness.dataset.guard import choose_start_step, guard_region, target_size
+from likeness.dataset.guard import target_size
 from likeness.estimate import gpus, roles
 from likeness.estimate.calibration import calibrated_seconds, training_part
 from likeness.estimate.gpus import GpuType, Price
 from likeness.estimate.overheads import load_seconds, overhead_row, pod_start_seconds
+from likeness.estimate.refines import face_share_of, guard_outcomes
 from likeness.estimate.work import BF16_BYTES, Count, StageEstimate, Work, choose_mode
 from likeness.media.tiling import tile_grid
 from likeness.records import StageCost
@@ -50,9 +50,6 @@ EDIT_MULTIPLE = 16  # Qwen-Image's VAE downsamples 8x and its transformer packs 
 PLATEAU_SHARE = 0.6
 # LoRA weights train in float32 with AdamW: the weight, its gradient and two moments, 4 bytes each.
 LORA_STATE_BYTES = 16
-# Face-box height as a share of the image height, by the framing a catalogue entry names (an assumption: the box
-# square, centred across, its top at a tenth of the height unless that does not fit).
-FACE_SHARE = {"full body": 0.08, "upper body": 0.2, "head and shoulders": 0.3, "close-up of the face": 0.5}
 
 
 def estimate_character(
@@ -78,8 +75,8 @@ def estimate_character(
     dataset = config.dataset
     training = training_work(config.train, len(shots))
     stages = [
-        (edit_work(dataset, shots), profile.memory_mode("editor")),
-        (upscale_work(dataset, shots), profile.memory_mode("refiner")),
+        (edit_work(dataset, shots, _fp8(profile, "editor")), profile.memory_mode("editor")),
+        (upscale_work(dataset, shots, _fp8(profile, "refiner")), profile.memory_mode("refiner")),
         (caption_work(dataset, shots), "none"),
         (training, profile.memory_mode("video")),
         (rendering_work(config.render, profile), profile.memory_mode("video")),
@@ -89,20 +86,28 @@ def estimate_character(
     on_pod = backend != "local"
     if on_pod:
         del loads["training"]  # a pod reads the base model it trains on itself, after downloading it: its start
-    elif not process_per_stage and loads["training"][1] == loads["renders"][1]:
+    elif not process_per_stage and loads["training"][1] == loads["renders"][1] and not _fp8(profile, "video"):
         del loads["renders"]  # in one process renders find the video model training loaded, in the same mode
-    loading = [load_seconds(sum(w.parameters.values()) * BF16_BYTES, mode == "none", gpu) for w, mode in loads.values()]
+    loading = [
+        load_seconds(sum(w.parameters.values()) * BF16_BYTES, sum(w.weight_bytes().values()), mode == "none", gpu)
+        for w, mode in loads.values()
+    ]
     rows.append(overhead_row("model loading", sum(loading), price))
     if on_pod:
-        pod_start = pod_start_seconds(sum(training.parameters.values()) * BF16_BYTES)
+        pod_start = pod_start_seconds(sum(training.weight_bytes().values()))
         rows.append(overhead_row("pod start", pod_start, price))
     return rows
 
 
-def edit_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
-    """The editor's work on `shots`: each edit's passes, prompt, conditions, decode and identity check."""
+def _fp8(profile: ModelProfile, role: Role) -> bool:
+    return profile.models[role].weights == "fp8"
+
+
+def edit_work(dataset: DatasetConfig, shots: list[Shot], fp8: bool = False) -> Work:
+    """The editor's work on `shots`: each edit's passes, prompt, conditions, decode and identity check; `fp8`: its
+    transformer's weights stored in fp8."""
     edit = dataset.edit
-    work = Work("dataset: edit", calibrated_part="editor.transformer")
+    work = Work("dataset: edit", calibrated_part="editor.transformer", fp8_parts=_denoisers(fp8, "transformer"))
     parts = {"transformer": "editor.transformer", "text_encoder": "editor.text_encoder", "vae": "editor.vae_decode"}
     work.parameters = {part: roles.parameter_count(role_part) for part, role_part in parts.items()}
     cfg = 2 if edit.true_cfg_scale > 1 else 1
@@ -127,7 +132,7 @@ def edit_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
         if dataset.curation.identity:
             one_try += roles.evaluation_flops("identity")
         work.evaluations += edit.steps * cfg
-        one = Count(one_try, sum(work.parameters.values()) * BF16_BYTES, edit.steps * cfg)
+        one = Count(one_try, sum(work.weight_bytes().values()), edit.steps * cfg)
         work.add(one, one.times(dataset.curation.max_tries))
         work.working("transformer", transformer.activation_bytes)
         work.working("text_encoder", text.activation_bytes)
@@ -135,58 +140,12 @@ def edit_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
     return work
 
 
-class Refine(NamedTuple):
-    """One image's refine, for one outcome of the guard: transformer evaluations (a tile and step each), tiles
-    refined (a VAE encode and decode each) and identity descriptors."""
-
-    tile_steps: int
-    tiles: int
-    face_checks: int
-
-
-def guard_outcomes(upscale: UpscaleConfig, size: tuple[int, int], face_share: float | None) -> list[Refine]:
-    """An image's refine under each outcome of the identity guard: the lowest start step that keeps the face, from
-    the lowest candidate up, then none. Without a face to guard (`face_share` None), the one refine at
-    `upscale.start_step`."""
-    width, height = size
-    whole = len(tile_grid(width, height, upscale.tile, upscale.overlap))
-    if face_share is None:
-        return [Refine((upscale.steps - upscale.start_step) * whole, whole, 0)]
-    side = round(face_share * height)
-    top = min(round(0.1 * height), height - side)
-    face_box = ((width - side) // 2, top, (width + side) // 2, top + side)
-    region = guard_region(face_box, size, upscale.tile, upscale.overlap)
-    region_tiles = len(tile_grid(region[2] - region[0], region[3] - region[1], upscale.tile, upscale.overlap))
-    low, high = upscale.start_steps
-    candidates = list(range(low, high + 1))
-    outcomes = []
-    for lowest_kept in [*candidates, None]:
-
-        def distance_at(step: int, lowest_kept: int | None = lowest_kept) -> float:
-            return 0.0 if lowest_kept is not None and step >= lowest_kept else 1.0
-
-        choice = choose_start_step(candidates, distance_at, 0.0, 0.0, upscale.start_step)
-        steps = sum(upscale.steps - step for step, _ in choice.tries) * region_tiles
-        tiles = len(choice.tries) * region_tiles
-        if region != (0, 0, width, height):  # else the guard's refine at the chosen step is the result
-            steps += (upscale.steps - choice.start_step) * whole
-            tiles += whole
-        # The descriptor of the unrefined region, of each try, and of the result.
-        outcomes.append(Refine(steps, tiles, len(choice.tries) + 2))
-    return outcomes
-
-
-def face_share_of(shot: Shot) -> float | None:
-    """The share of the image height the shot's face takes (FACE_SHARE, by framing); None for a hidden face."""
-    if shot.face == "hidden":
-        return None
-    return next((share for framing, share in FACE_SHARE.items() if framing in shot.tags), FACE_SHARE["upper body"])
-
-
-def upscale_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
-    """The upscaler's and the refiner's work on `shots`, the guard's outcomes averaged (expected) and the worst."""
+def upscale_work(dataset: DatasetConfig, shots: list[Shot], fp8: bool = False) -> Work:
+    """The upscaler's and the refiner's work on `shots`, the guard's outcomes averaged (expected) and the worst;
+    `fp8`: the refiner's transformer stored in fp8."""
     edit, upscale = dataset.edit, dataset.upscale
-    work = Work("dataset: upscale + refine", calibrated_part="refiner.transformer")
+    fp8_parts = _denoisers(fp8, "transformer")
+    work = Work("dataset: upscale + refine", calibrated_part="refiner.transformer", fp8_parts=fp8_parts)
     parts = {
         "transformer": "refiner.transformer",
         "text_encoder": "refiner.text_encoder",
@@ -211,8 +170,9 @@ def upscale_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
         outcomes = guard_outcomes(upscale, target_size(width, height, upscale.size), face_share)
         # The prompt is encoded once an image; each refined tile is a pipeline call of its own (the transformer and
         # the VAE).
-        prompt_bytes = (work.parameters["text_encoder"] + work.parameters["text_encoder_2"]) * BF16_BYTES
-        tile_bytes = (work.parameters["transformer"] + work.parameters["vae"]) * BF16_BYTES
+        weights = work.weight_bytes()
+        prompt_bytes = weights["text_encoder"] + weights["text_encoder_2"]
+        tile_bytes = weights["transformer"] + weights["vae"]
         counts = [
             Count(
                 fixed
@@ -298,6 +258,11 @@ def training_work(train: TrainConfig, images: int) -> Work:
     return work
 
 
+def _denoisers(fp8: bool, *parts: str) -> frozenset[str]:
+    """The parts stored in fp8: the denoisers, where the role's weights are fp8."""
+    return frozenset(parts if fp8 else ())
+
+
 def flat_stop(train: TrainConfig, sampled: list[int]) -> int:
     """The step training is expected to end at: under `train.stop_when_flat`, the first sampled step the rule stops
     at once the scores are flat from PLATEAU_SHARE of the steps on (as likeness.training.checkpoints.flat_since);
@@ -319,7 +284,8 @@ def rendering_work(render: RenderConfig, profile: ModelProfile, jobs: list[Rende
     five_b = "TI2V-5B" in profile.models["video"].source
     family = "video-5b" if five_b else "video"
     experts = ("transformer",) if five_b else ("high_noise", "low_noise")
-    work = Work("renders", calibrated_part=f"{family}.transformer")
+    fp8 = _denoisers(profile.models["video"].weights == "fp8", *experts)
+    work = Work("renders", calibrated_part=f"{family}.transformer", fp8_parts=fp8)
     work.parameters = {
         **dict.fromkeys(experts, roles.parameter_count(f"{family}.transformer")),
         "text_encoder": roles.parameter_count("video.text_encoder"),
@@ -339,7 +305,7 @@ def rendering_work(render: RenderConfig, profile: ModelProfile, jobs: list[Rende
             + decode.flops
             + math.ceil(frames / 4) * roles.evaluation_flops("identity")  # the frames sampled for the score
         )
-        work.add(Count(flops, sum(work.parameters.values()) * BF16_BYTES, job.config.steps * cfg))
+        work.add(Count(flops, sum(work.weight_bytes().values()), job.config.steps * cfg))
         for expert in experts:
             work.working(expert, transformer.activation_bytes)
         work.working("vae", decode.activation_bytes)
@@ -355,7 +321,7 @@ def _on_gpu(work: Work, gpu: GpuType, price: Price, requested: Offload) -> Stage
         if mode == "model":
             offload = gpus.transfer_seconds(count.moved_bytes, gpu)
         elif mode in ("sequential", None):
-            offload = gpus.transfer_seconds(count.streams * max(work.parameters.values()) * BF16_BYTES, gpu)
+            offload = gpus.transfer_seconds(count.streams * max(work.weight_bytes().values()), gpu)
         return calibrated_seconds(count.flops, gpu, work.calibrated_part) + offload, offload
 
     (expected, offload_seconds), (most, _) = seconds(work.expected), seconds(work.most)

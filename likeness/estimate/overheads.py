@@ -19,9 +19,10 @@ POD_BOOT_SECONDS = 120.0
 HUB_GB_PER_S = 0.5
 
 
-def load_seconds(weight_bytes: float, resident: bool, gpu: GpuType) -> float:
-    """Reading `weight_bytes` of a stage's models from disk, and copying them to `gpu` when they stay resident."""
-    return weight_bytes / (DISK_GB_PER_S * 1e9) + (transfer_seconds(weight_bytes, gpu) if resident else 0.0)
+def load_seconds(file_bytes: float, weight_bytes: float, resident: bool, gpu: GpuType) -> float:
+    """Reading `file_bytes` of a stage's models from disk (as published: bf16), and copying them, `weight_bytes` once
+    stored as the role says (fp8 is half), to `gpu` when they stay resident."""
+    return file_bytes / (DISK_GB_PER_S * 1e9) + (transfer_seconds(weight_bytes, gpu) if resident else 0.0)
 
 
 def pod_start_seconds(base_weight_bytes: float) -> float:

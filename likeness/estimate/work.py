@@ -50,6 +50,8 @@ class Work:
     offload: MemoryMode | None = None  # the mode the stage's code holds its models in; None: the role's
     # The part whose measured share of peak (bench/gpu_calibrate.py) times the stage's FLOPs; None: the assumed one.
     calibrated_part: str | None = None
+    # Parts whose weights are stored in fp8 (a role's `weights: fp8`): a byte a weight, computed in bf16.
+    fp8_parts: frozenset[str] = frozenset()
 
     def add(self, expected: Count, most: Count | None = None) -> None:
         self.expected = self.expected.plus(expected)
@@ -58,10 +60,15 @@ class Work:
     def working(self, part: str, activation_bytes: int) -> None:
         self.activations[part] = max(self.activations.get(part, 0), activation_bytes)
 
+    def weight_bytes(self) -> dict[str, int]:
+        """Each part's weights in bytes: two a weight in bf16, one in fp8."""
+        return {part: count * (1 if part in self.fp8_parts else BF16_BYTES) for part, count in self.parameters.items()}
+
     def peak_bytes(self, mode: MemoryMode) -> int:
         """Bytes on the GPU at the worst moment of this stage in `mode`."""
-        block = int(max(self.parameters.values()) * SEQUENTIAL_SHARE)
-        return gpus.peak_memory(self.parameters, self.activations, BF16_BYTES, mode, block, self.state_bytes)
+        weights = self.weight_bytes()
+        block = int(max(weights.values()) * SEQUENTIAL_SHARE)
+        return gpus.peak_memory(weights, self.activations, 1, mode, block, self.state_bytes)
 
 
 class StageEstimate(NamedTuple):

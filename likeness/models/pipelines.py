@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 gpu_lock = threading.RLock()
 load_counts: Counter[str] = Counter()
-_loaded: dict[tuple[str, str, str, str, bool, bool], Any] = {}
+_loaded: dict[tuple[str, str, str | None, str, str, bool, bool], Any] = {}
 _loading = threading.Lock()
 
 
@@ -42,6 +42,8 @@ def _place(pipe: Any, profile: ModelProfile, role: Role, device: str) -> Any:
         vae.enable_tiling()
     if profile.vae_slicing and vae is not None:
         vae.enable_slicing()
+    if profile.models[role].weights == "fp8":
+        _store_denoisers_in_fp8(pipe, profile)
     mode = memory_mode(role, profile, device)
     if mode == "model":
         pipe.enable_model_cpu_offload(device=device)
@@ -50,6 +52,21 @@ def _place(pipe: Any, profile: ModelProfile, role: Role, device: str) -> Any:
         pipe.enable_sequential_cpu_offload(device=device)
         return pipe
     return pipe.to(device)
+
+
+# A pipeline's denoisers: what runs at every step and holds most of its weights.
+DENOISERS = ("transformer", "transformer_2")
+
+
+def _store_denoisers_in_fp8(pipe: Any, profile: ModelProfile) -> None:
+    """Keep the denoisers' weights in float8 e4m3, each layer cast to the profile's dtype while it computes; the
+    layers diffusers keeps whole (norms, embeddings, the output projection) stay as they are."""
+    import torch
+
+    for name in DENOISERS:
+        denoiser = getattr(pipe, name, None)
+        if denoiser is not None:
+            denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=_torch_dtype(profile))
 
 
 def memory_mode(role: Role, profile: ModelProfile, device: str) -> Offload:
@@ -156,8 +173,9 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
     """The loaded model for `role` under `profile`, loading it on first use in this process."""
     settings = settings or get_settings()
     spec = profile.models[role]
-    # The memory modes are set when a model loads: a profile with others gets a load of its own.
-    key = (role, spec.source, profile.dtype, profile.memory_mode(role), profile.vae_tiling, profile.vae_slicing)
+    # Precision and memory modes are set when a model loads: a profile with others gets a load of its own.
+    modes = (profile.memory_mode(role), profile.vae_tiling, profile.vae_slicing)
+    key = (role, spec.source, spec.weights, profile.dtype, *modes)
     with _loading:
         if key not in _loaded:
             if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):

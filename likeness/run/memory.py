@@ -27,7 +27,15 @@ Say = Callable[[str], None]
 
 def memory_for_dataset(profile: ModelProfile, config: DatasetConfig, shots: list[Shot], say: Say) -> ModelProfile:
     """`profile` with the editor's and the refiner's modes chosen for the dataset stage's shots on this GPU."""
-    return _chosen(profile, lambda: {"editor": edit_work(config, shots), "refiner": upscale_work(config, shots)}, say)
+
+    def works() -> dict[Role, Work]:
+        fp8 = {role: profile.models[role].weights == "fp8" for role in ("editor", "refiner")}
+        return {
+            "editor": edit_work(config, shots, fp8["editor"]),
+            "refiner": upscale_work(config, shots, fp8["refiner"]),
+        }
+
+    return _chosen(profile, works, say)
 
 
 def memory_for_training(profile: ModelProfile, config: TrainConfig, images: int, say: Say) -> ModelProfile:
