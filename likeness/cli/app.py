@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from likeness.cli import batch, deploy, estimate, info, produce, render, train
+from likeness.cli import batch, deploy, estimate, info, produce, put, render, train
 
 # Locals in tracebacks could show secrets from the settings.
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.command()(info.doctor)
 app.command("deploy")(deploy.deploy_command)
 app.command("run")(deploy.run_command)
 app.command()(deploy.pull)
+app.command()(put.put)
 app.command()(estimate.estimate)
 app.command()(info.profiles)
 app.command("sample-photo")(info.sample_photo)
