@@ -94,7 +94,7 @@ def test_bad_name(run, tmp_path, name, message):
     [
         (
             ["--profile", "huge"],
-            "unknown profile 'huge'; known: permissive, production, production-2509, production-5b, "
+            "unknown profile 'huge'; known: permissive, production, production-2509, production-5b, production-fp8, "
             "production-fullstep, tiny",
         ),
         (["--set", "dataset.upscale.start_step=4"], "start_step (4) must be below steps (4)"),

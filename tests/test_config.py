@@ -135,3 +135,10 @@ def test_settings_read_the_prefix_and_dotenv_and_hide_secrets(tmp_path, monkeypa
     assert settings.data_dir == tmp_path / "data"
     assert settings.runpod_api_key.get_secret_value() == "rp-secret-123"
     assert "rp-secret-123" not in repr(settings) and "rp-secret-123" not in settings.model_dump_json()
+
+
+def test_the_smaller_gpu_profile_animates_with_the_5b_its_lora_is_trained_on():
+    five_b = load_profile("production-5b")
+    animator, video = five_b.models["animator"], five_b.models["video"]
+    assert animator.source == video.source == "Wan-AI/Wan2.2-TI2V-5B-Diffusers"
+    assert not animator.speed_loras and five_b.train.base == "wan22_5b"
