@@ -26,9 +26,25 @@ class DeployFailed(RuntimeError):
     """`prefect deploy` did not deploy everything; the message has its last words."""
 
 
-def deploy(gpu_slots: int = 1, code_dir: Path | None = None) -> list[tuple[str, str]]:
-    """Set up the server and deploy every deployment, the workers' checkout at `code_dir` (default: this one);
-    returns each deployment's `flow/deployment` name and its pool."""
+def form_profile(profile: str | None) -> tuple[str, str]:
+    """The profile the deployments' forms default to, and why: `profile` as given, else what this machine's GPU
+    (as `likeness doctor` finds it) runs."""
+    from likeness.models.profiles import available_profiles
+    from likeness.run.doctor import check_gpu
+
+    if profile is not None:
+        if profile not in available_profiles():
+            raise DeployFailed(f"--profile {profile!r} is not one of {', '.join(available_profiles())}")
+        return profile, "as --profile says"
+    gpu = check_gpu()
+    if gpu.ok:
+        return "production", f"this machine's GPU ({gpu.detail}) runs it; --profile sets another"
+    return "tiny", "no CUDA GPU on this machine; give --profile production when the workers have GPUs"
+
+
+def deploy(gpu_slots: int = 1, code_dir: Path | None = None, profile: str = "tiny") -> list[tuple[str, str]]:
+    """Set up the server and deploy every deployment, the workers' checkout at `code_dir` (default: this one), each
+    form that asks for a profile defaulting to `profile`; returns each deployment's `flow/deployment` name and pool."""
     ensure_pools(gpu_slots)
     save_results_block(server_default=True)
     env = {**os.environ, "LIKENESS_CODE_DIR": str((code_dir or PROJECT_ROOT).resolve())}
@@ -43,7 +59,23 @@ def deploy(gpu_slots: int = 1, code_dir: Path | None = None) -> list[tuple[str, 
     if done.returncode != 0:
         said = (done.stdout + done.stderr).strip().splitlines()
         raise DeployFailed("prefect deploy failed: " + " / ".join(said[-5:]))
-    return deployed_names()
+    names = deployed_names()
+    set_form_profile([name for name, _ in names], profile)
+    return names
+
+
+def set_form_profile(names: list[str], profile: str) -> None:
+    """Every deployment of `names` whose flow takes a profile defaults to `profile` in its form: a person who fills
+    in only the name and the photo gets a run the pool's machines can do."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    with get_client(sync_client=True) as client:
+        for name in names:
+            deployment = client.read_deployment_by_name(name)
+            if "profile" in (deployment.parameter_openapi_schema or {}).get("properties", {}):
+                parameters = {**deployment.parameters, "profile": profile}
+                client.update_deployment(deployment.id, DeploymentUpdate(parameters=parameters))
 
 
 def deployed_names() -> list[tuple[str, str]]:

@@ -50,6 +50,11 @@ DATASET_ROLES: tuple[Role, ...] = ("editor", "refiner", "upscaler", "captioner")
 
 # In the Prefect UI's run form: a choice of the built-in profiles (the CLI also passes a profile's YAML path).
 ProfileName = Annotated[str, Field(json_schema_extra={"enum": available_profiles()})]
+# A run started from a form whose profile its pool's machines cannot run: the field to change.
+FORM_ADVICE = (
+    "set the run's `profile` field to tiny to run on a CPU worker, or start it from a deployment on a GPU pool "
+    "(`likeness deploy --profile` sets the forms' default)"
+)
 
 # What the Prefect UI's run form says of the parameters several stages share, filled into the docstrings'
 # Args sections (Prefect reads parameter descriptions from there).
@@ -129,7 +134,7 @@ def dataset_inputs(
     trigger = normalise_trigger(name)
     model_profile = load_profile(profile)
     if roles:
-        preflight(model_profile, get_settings(), roles)
+        preflight(model_profile, get_settings(), roles, FORM_ADVICE)
     config = RunConfig.from_profile(model_profile, overrides, beyond_limits=beyond_limits)
     run_catalogue = catalogue_at(catalogue)
     shots = run_catalogue.shots(config.dataset.variations, garments=len(garments or []), poses=len(poses or []))
@@ -217,7 +222,7 @@ def train_character(
     if not previous.dataset.items:
         raise InvalidInput(f"dataset run {dataset_run!r} kept no image: there is nothing to train {trigger} on")
     if backend == "local":
-        preflight(model_profile, get_settings(), ("video",))
+        preflight(model_profile, get_settings(), ("video",), FORM_ADVICE)
     lora = train_lora(previous.dataset.training_set(), config.train, model_profile, backend, config.pod)
     return CharacterResult(dataset=previous.dataset, lora=lora)
 
@@ -246,7 +251,7 @@ def render_character(
     previous = character_of_run(lora_run, trigger)
     if previous.lora is None:
         raise InvalidInput(f"run {lora_run!r} trained no LoRA for {trigger}: give a training or produce run")
-    preflight(model_profile, get_settings(), ("video",))
+    preflight(model_profile, get_settings(), ("video",), FORM_ADVICE)
     dataset = previous.dataset
     reference = dataset.reference if dataset.identity_checked else None
     renders = render(previous.lora, config.render, model_profile, reference)

@@ -185,7 +185,13 @@ def test_deploy_is_one_idempotent_command(studio):
         deployed = studio.likeness("deploy", "--gpu-slots", "1")
         assert deployed.returncode == 0, deployed.stderr[-3000:]
     assert "produce-character/produce" in deployed.stdout and "likeness-gpu" in deployed.stdout
+    # No GPU here: a form filled in with only a name and a photo runs the tiny profile.
+    assert "the run forms default to profile=tiny: no CUDA GPU on this machine" in deployed.stderr
     deployments = {d["name"]: d for d in api_post(studio.api, "/deployments/filter", {})}
+    for name in ("produce", "dataset", "train", "train-runpod", "render", "batch", "inbox"):
+        assert deployments[name]["parameters"]["profile"] == "tiny", name
+    assert deployments["train-runpod"]["parameters"]["backend"] == "runpod-native"
+    assert "profile" not in deployments["sweep-pods"]["parameters"]
     assert {"produce", "dataset", "train", "train-runpod", "render", "batch", "sweep-pods"} <= set(deployments)
     assert deployments["dataset"]["work_pool_name"] == "likeness-gpu"
     assert deployments["produce"]["work_pool_name"] == "likeness-cpu"

@@ -37,15 +37,21 @@ def deploy_command(
     code_dir: Annotated[
         Path | None, typer.Option(help="Where the workers' checkout of Likeness is (default: this one).")
     ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="The profile the run forms default to: what the workers' machines run (tiny on CPUs)."),
+    ] = None,
 ) -> None:
     """Set up the Prefect server for Likeness: work pools, GPU limit, results storage and every deployment."""
     api = prefect_api("deploy")
-    from deployments.deploy import DeployFailed, deploy
+    from deployments.deploy import DeployFailed, deploy, form_profile
 
     try:
-        deployed = deploy(gpu_slots, code_dir)
+        default, why = form_profile(profile)
+        deployed = deploy(gpu_slots, code_dir, default)
     except (DeployFailed, StoreError) as exc:
         fail(str(exc))
+    say(f"the run forms default to profile={default}: {why}")
     table = Table(title=f"deployed to {api}")
     table.add_column("deployment")
     table.add_column("work pool")

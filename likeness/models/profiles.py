@@ -121,16 +121,21 @@ def _hub_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path
         ) from None
 
 
-def preflight(profile: ModelProfile, settings: Settings, roles: Iterable[Role] = ROLES) -> None:
-    """Fail fast, before any model loads, when the profile cannot run `roles` here."""
+# What to do about a profile this machine cannot run, as the CLI says it; a deployment's form says it its own way.
+CPU_ADVICE = "use --profile tiny on a CPU, or run it on a GPU worker"
+
+
+def preflight(
+    profile: ModelProfile, settings: Settings, roles: Iterable[Role] = ROLES, advice: str = CPU_ADVICE
+) -> None:
+    """Fail fast, before any model loads, when the profile cannot run `roles` here; `advice` says what to change."""
     if device_for(profile, settings) == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ProfileUnavailable(
                 f"profile {profile.name!r} runs on a CUDA GPU and this machine has none "
-                "(torch.cuda.is_available() is False); use --profile tiny on a CPU, "
-                "or run it on a GPU worker"
+                f"(torch.cuda.is_available() is False); {advice}"
             )
     for role in roles:
         if role not in profile.models:
