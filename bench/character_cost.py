@@ -70,10 +70,11 @@ def main() -> None:
         console.print(estimate_table(rows, f"{name}: one {gpu.name} at ${price.usd_per_hour:.2f}/h ({price.source})"))
         totals[name] = rows
     print("side by side, expected seconds per stage (and dollars for the character):")
-    stages = [row.stage for row in next(iter(totals.values()))]
+    stages = list(dict.fromkeys(row.stage for rows in totals.values() for row in rows))
+    seconds = {name: {row.stage: row.seconds for row in rows} for name, rows in totals.items()}
     print(f"{'stage':<28}" + "".join(f"{name:>32}" for name in totals))
-    for index, stage in enumerate(stages):
-        print(f"{stage:<28}" + "".join(f"{rows[index].seconds:>32,.0f}" for rows in totals.values()))
+    for stage in stages:
+        print(f"{stage:<28}" + "".join(f"{seconds[name].get(stage, 0):>32,.0f}" for name in totals))
     print(f"{'character':<28}" + "".join(
         f"{f'{sum(r.seconds for r in rows):,.0f} s  ${sum(r.usd for r in rows):.2f}':>32}" for rows in totals.values()
     ))  # fmt: skip

@@ -97,7 +97,8 @@ def run_stages_here(run: DatasetInputs, backend: Backend) -> CharacterResult:
         # Nothing to train on; the dataset's manifest and contact sheet still say why every try was refused.
         print(f"{run.trigger}: curation kept no image, so no LoRA is trained")
         return CharacterResult(dataset=dataset)
-    lora = train_lora(dataset.training_set(), run.config.train, run.profile, backend, run.config.pod)
+    # Every model is here, the video model too: the strengths are probed whichever backend trains.
+    lora = train_lora(dataset.training_set(), run.config.train, run.profile, backend, run.config.pod, run.config.render)
     renders = render(lora, run.config.render, run.profile, dataset.reference if dataset.identity_checked else None)
     return CharacterResult(dataset=dataset, lora=lora, renders=renders.items, render_sheet=renders.contact_sheet)
 

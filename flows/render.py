@@ -8,6 +8,7 @@ from likeness.config import ModelProfile, RenderConfig
 from likeness.records import LoraRef, RenderItem, Renders
 from likeness.render.jobs import plan_renders
 from likeness.render.prompt_files import PromptEntry
+from likeness.render.strengths import render_settings
 from likeness.run.memory import memory_for_renders
 from likeness.run.progress import StageProgress
 from likeness.storage.artifacts import ArtifactRef
@@ -28,8 +29,10 @@ def render(
     animate_prompt: str | None = None,
 ) -> Renders:
     """Render each prompt (the config's templates, or `prompts` with their options) with the LoRA's best
-    checkpoint, and bring the still `animate` to life with `animate_prompt`; score each against `reference`,
-    upscale the videos when asked, and make a contact sheet."""
+    checkpoint, at the strengths its probe chose where the config leaves them open, and bring the still `animate`
+    to life with `animate_prompt`; score each against `reference`, upscale the videos when asked, and make a
+    contact sheet."""
+    config = render_settings(config, lora)
     jobs = plan_renders(config, lora.trigger, prompts, profile.limits.render, beyond_limits)
     profile = memory_for_renders(profile, config, jobs, animate is not None, say=print)
     progress = StageProgress("render", len(jobs) + (animate is not None), f"{lora.trigger}-render", unit="renders")

@@ -43,6 +43,7 @@ from likeness.settings import get_settings
 from likeness.storage.artifacts import ArtifactRef, get_store
 from likeness.storage.locations import read_location
 from tasks.inputs import fetch_input_image
+from tasks.strength_probe import probe_strengths
 
 F = TypeVar("F")
 
@@ -223,7 +224,11 @@ def train_character(
         raise InvalidInput(f"dataset run {dataset_run!r} kept no image: there is nothing to train {trigger} on")
     if backend == "local":
         preflight(model_profile, get_settings(), ("video",), FORM_ADVICE)
-    lora = train_lora(previous.dataset.training_set(), config.train, model_profile, backend, config.pod)
+    # A pod's LoRA is probed by the render stage, on a GPU with the video model: this pool has neither.
+    render_settings = config.render if backend == "local" else None
+    lora = train_lora(
+        previous.dataset.training_set(), config.train, model_profile, backend, config.pod, render_settings
+    )
     return CharacterResult(dataset=previous.dataset, lora=lora)
 
 
@@ -253,9 +258,14 @@ def render_character(
         raise InvalidInput(f"run {lora_run!r} trained no LoRA for {trigger}: give a training or produce run")
     preflight(model_profile, get_settings(), ("video",), FORM_ADVICE)
     dataset = previous.dataset
+    lora = previous.lora
+    if lora.strengths is None:
+        # Not probed where it trained (a pod, which has no video model): probed here, before its renders.
+        probe = config.render.for_probe()
+        lora = probe_strengths(lora, dataset.reference, dataset.identity_checked, probe, model_profile)
     reference = dataset.reference if dataset.identity_checked else None
-    renders = render(previous.lora, config.render, model_profile, reference)
-    return previous.model_copy(update={"renders": renders.items, "render_sheet": renders.contact_sheet})
+    renders = render(lora, config.render, model_profile, reference)
+    return previous.model_copy(update={"lora": lora, "renders": renders.items, "render_sheet": renders.contact_sheet})
 
 
 def character_of_run(run: str, trigger: str) -> CharacterResult:

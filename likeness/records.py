@@ -157,6 +157,32 @@ class EarlyStop(Record):
     reason: str
 
 
+class StrengthStill(Record):
+    """One still of a strength probe: the strengths and seed it was rendered at, and its main face's identity
+    distance to the reference (None: no face found)."""
+
+    lora_scale: float
+    # None: the video model has no speed LoRAs.
+    speed_lora_scale: float | None
+    seed: int
+    image: ArtifactRef
+    identity_distance: float | None = None
+
+
+class Strengths(Record):
+    """A strength probe of the chosen checkpoint (`render.probe`): its stills, their picture, and the strengths
+    renders take where their settings leave them open."""
+
+    stills: tuple[StrengthStill, ...]
+    # The stills in rows by LoRA strength, each with its distance, the chosen pair outlined (a PNG).
+    grid: ArtifactRef
+    # The pair whose stills' median distance is lowest; None: no pair drew the face in most of its stills (and for
+    # the speed LoRAs, a video model without them), so renders keep their settings, else 1.0.
+    lora_scale: float | None = None
+    speed_lora_scale: float | None = None
+    identity_median: float | None = None
+
+
 class LoraRef(Record):
     """The checkpoints of one LoRA training run, oldest first, and the one chosen as the character's LoRA."""
 
@@ -172,6 +198,8 @@ class LoraRef(Record):
     cost: TrainCost | None = None
     # The identity scores of the samples went flat: the last checkpoint is where training stopped.
     stopped_early: EarlyStop | None = None
+    # The render strengths the chosen checkpoint looks most like the reference at (None: not probed).
+    strengths: Strengths | None = None
 
     @property
     def final(self) -> LoraCheckpoint:

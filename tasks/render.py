@@ -44,10 +44,13 @@ SPEED_ADAPTER = "likeness_speed"
 
 def render_filename(kind: str, prompt: str, seed: int, lora: ArtifactRef, config: RenderConfig) -> str:
     """A name that differs whenever the output would: renders never overwrite each other."""
-    digest = hashlib.sha256(f"{kind}|{prompt}|{seed}|{lora.sha256}|{config.model_dump_json()}".encode()).hexdigest()[
-        :10
-    ]
-    return f"{kind}_s{seed}_{digest}.{'png' if kind == 'image' else 'mp4'}"
+    digest = hashlib.sha256(f"{kind}|{prompt}|{seed}|{lora.sha256}|{_settings_json(config)}".encode()).hexdigest()
+    return f"{kind}_s{seed}_{digest[:10]}.{'png' if kind == 'image' else 'mp4'}"
+
+
+def _settings_json(config: RenderConfig) -> str:
+    # The probe's settings shape a render only through the strengths it chose, which are in `config` by now.
+    return config.model_dump_json(exclude={"probe"})
 
 
 def lineage(item: dict[str, Any]) -> dict[str, Any]:
@@ -212,6 +215,8 @@ def render_media(
     low_noise: ArtifactRef | None = None,
 ) -> RenderItem:
     """Render one image or video with the LoRA at `config.lora_scale` (and an A14B LoRA's low-noise file)."""
+    # A strength no setting and no probe chose renders at 1.0.
+    config = config.with_strengths()
     frames = 1 if kind == "image" else config.video_frames
     video = _generate("video", profile, lora, low_noise, config, seed, prompt=prompt, num_frames=frames)
     fields = _fields(kind, prompt, seed, frames, config, lora, low_noise, profile, "video")
@@ -229,9 +234,10 @@ def animate_still(
     low_noise: ArtifactRef | None = None,
 ) -> RenderItem:
     """A video that starts from `still` (a render of the character), with Wan 2.2 image-to-video and the LoRA."""
+    config = config.with_strengths()
     image = square(load_image(still), config.size)
     call = {"prompt": prompt, "image": image, "num_frames": config.video_frames}
     video = _generate("animator", profile, lora, low_noise, config, seed, **call)
     fields = _fields("video", prompt, seed, config.video_frames, config, lora, low_noise, profile, "animator")
-    digest = hashlib.sha256(f"{still.sha256}|{prompt}|{seed}|{lora.sha256}|{config.model_dump_json()}".encode())
+    digest = hashlib.sha256(f"{still.sha256}|{prompt}|{seed}|{lora.sha256}|{_settings_json(config)}".encode())
     return _stored(fields, video, config, f"animated_s{seed}_{digest.hexdigest()[:10]}.mp4")

@@ -79,15 +79,21 @@ LONGEST_FILES = (
 )
 
 
+# Markers of tests that take minutes each and run only when a `-m` expression names them: the load tests and the
+# README's own commands.
+ONLY_WHEN_NAMED = ("scale", "readme")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Longest files first; the load tests (`scale`, minutes each) only when a `-m` expression names them."""
+    """Longest files first; the `scale` and `readme` tests (minutes each) only when a `-m` expression names them."""
     items.sort(key=lambda item: _rank(item.path.name))
-    if "scale" in (config.getoption("markexpr") or ""):
-        return
-    deselected = [item for item in items if item.get_closest_marker("scale")]
+    expression = config.getoption("markexpr") or ""
+    unnamed = [marker for marker in ONLY_WHEN_NAMED if marker not in expression]
+    deselected = [item for item in items if any(item.get_closest_marker(marker) for marker in unnamed)]
     if deselected:
         config.hook.pytest_deselected(items=deselected)
-        items[:] = [item for item in items if not item.get_closest_marker("scale")]
+        dropped = set(deselected)
+        items[:] = [item for item in items if item not in dropped]
 
 
 def _rank(file_name: str) -> int:

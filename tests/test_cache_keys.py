@@ -30,6 +30,12 @@ def changed(value: Any) -> Any:
         return (*value, value[0]) if value else ("x",)
     if value is None:  # the optional numbers (train.alpha, train.sample_every)
         return 6
+    if isinstance(value, dict):  # a section of settings as dumped (render.probe): its first setting changed
+        name = next(iter(value))
+        return {**value, name: changed(value[name])}
+    if isinstance(value, BaseModel):
+        name = next(iter(type(value).model_fields))
+        return value.model_copy(update={name: changed(getattr(value, name))})
     raise TypeError(f"no changed() for {type(value).__name__}")
 
 

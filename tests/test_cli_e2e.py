@@ -31,6 +31,7 @@ STAGES = (
     "assemble-dataset",
     "fit-lora",
     "pick-checkpoint",
+    "probe-strengths",
     "render-media",
     "score-render",
     "render-sheet",
@@ -109,9 +110,12 @@ def test_first_run_writes_the_documented_layout(workdir):
     assert [line["intensity"] for line in lines if line["entry"] == "smile"] == [0.3, 0.6, 1.0]
     assert Image.open(out / "dataset_contact_sheet.png").size[0] >= 4 * 128
 
-    # The chosen checkpoint under the character's name; the steps and their samples in folders of their own.
+    # The chosen checkpoint under the character's name; the steps and their samples in folders of their own; the
+    # strength probe's grid, named by its content.
+    (grid,) = [p.name for p in (out / "lora").glob("Grace_Hopper_strengths_*.png")]
     assert sorted(p.name for p in (out / "lora").iterdir()) == [
         "Grace_Hopper.safetensors",
+        grid,
         "checkpoints",
         "identity_by_step.png",
         "samples",
@@ -127,11 +131,15 @@ def test_first_run_writes_the_documented_layout(workdir):
     (best,) = [entry for entry in lora if entry.get("best")]
     assert best["step"] == 6 and best["published_as"] == ["lora/Grace_Hopper.safetensors"]
     assert all(entry["faces_found"] == 0 and entry["identity_distance"] is None for entry in lora)
+    # Nor do the probe's stills (tiny's two strengths, one seed): no strengths are chosen, and the renders keep 1.0.
+    probe = best["strengths"]
+    assert probe["grid"] == f"lora/{grid}" and probe["lora_scale"] is None and len(probe["stills"]) == 2
     chosen = (out / "lora" / "Grace_Hopper.safetensors").read_bytes()
     assert chosen == (out / "lora" / "checkpoints" / "Grace_Hopper_000000006.safetensors").read_bytes()
 
     renders = manifest(out)["renders"]
     assert sorted(entry["kind"] for entry in renders) == ["image", "video"]
+    assert all(entry["lora_scale"] == 1.0 for entry in renders)
     image = next(entry for entry in renders if entry["kind"] == "image")
     assert Image.open(out / image["file"]).size == (64, 64)
     video = next(entry for entry in renders if entry["kind"] == "video")
@@ -159,6 +167,8 @@ def test_first_run_loads_each_model_once_and_reports_progress(workdir, prefect_a
         prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["grace-hopper-checkpoint-plot"]}}}
     )
     assert plots and "data:image/jpeg;base64," in plots[0]["data"]
+    probes = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["grace-hopper-strengths"]}}})
+    assert probes and "data:image/jpeg;base64," in probes[0]["data"] and "| LoRA | speed LoRAs |" in probes[0]["data"]
 
 
 def test_the_lora_loads_into_wan_and_changes_its_output(workdir, models_dir):
@@ -215,7 +225,7 @@ def test_train_from_an_output_folder_writes_a_lora_folder_of_its_own(workdir, pr
     runs = api_post(
         prefect_api, "/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [record["last_run"]["flow_run_id"]]}}}
     )
-    assert sorted(run["name"].rsplit("-", 1)[0] for run in runs) == ["fit-lora", "pick-checkpoint"]
+    assert sorted(run["name"].rsplit("-", 1)[0] for run in runs) == ["fit-lora", "pick-checkpoint", "probe-strengths"]
 
     again = likeness(env, tmp, *args, "--set", "train.checkpoint_every=1")
     assert again.returncode == 0 and "trained is up to date" in again.stderr

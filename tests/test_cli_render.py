@@ -87,6 +87,14 @@ def test_a_folder_without_a_lora_or_of_another_character_is_refused(run, trained
     assert result.exit_code == 2 and "Ada.safetensors is gone" in result.output
 
 
+def test_a_from_folder_that_does_not_exist_is_named_as_missing(run, tmp_path):
+    result = run("Ada_Lovelace", "--from", "likeness-out/Ada_Lovelace-lora")
+    output = result.output.replace("\n", " ")
+    assert result.exit_code == 2, result.output
+    assert "--from likeness-out/Ada_Lovelace-lora does not exist" in output and "likeness.json" not in output, output
+    assert not (tmp_path / "likeness-out").exists()
+
+
 def test_the_prompter_in_the_settings_writes_the_variations_and_a_bad_one_falls_back(likeness_env, monkeypatch):
     from likeness import settings
     from likeness.render.prompts import CharacterPrompt, template_variations

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 PROFILE = load_profile("production")
 # Two shots keep the meta-device counts to a few shapes.
 SMALL = {"dataset": {"variations": ["front", "face"]}}
-STAGES = ["dataset: edit", "dataset: upscale + refine", "dataset: caption", "training", "renders"]
+STAGES = ["dataset: edit", "dataset: upscale + refine", "dataset: caption", "training", "renders", "strength probe"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,7 +62,7 @@ def test_every_stage_is_estimated_with_positive_figures():
         assert row.memory_mode in ("none", "model", "sequential")
     assert rows["dataset: edit"].evaluations == 2 * PROFILE.edit.steps
     # `auto` on an H100: every stage's models fit resident, so nothing is moved in at each call.
-    assert [rows[stage].memory_mode for stage in STAGES] == ["none"] * 5
+    assert [rows[stage].memory_mode for stage in STAGES] == ["none"] * 6
     assert all(rows[stage].offload_seconds == 0 for stage in STAGES)
     edit = rows["dataset: edit"]
     assert edit.seconds == pytest.approx(seconds(edit.flops, GPUS["H100"]))
@@ -83,6 +83,17 @@ def test_a_role_held_by_model_offload_pays_its_copies_at_every_call():
     assert edit.offload_seconds == pytest.approx(2 * moved / 50e9)  # two shots
     assert edit.seconds == pytest.approx(edit.offload_seconds + seconds(edit.flops, GPUS["H100"]))
     assert rows["training"].offload_seconds == 0 and rows["dataset: caption"].offload_seconds == 0
+
+
+def test_the_strength_probe_renders_a_still_a_pair_and_seed_and_none_without_identity():
+    rows = stages()
+    probe, renders = rows["strength probe"], rows["renders"]
+    # 4 character strengths x 2 speed strengths x 2 seeds, each a 4-step still without CFG.
+    assert probe.evaluations == 4 * 2 * 2 * PROFILE.render.steps
+    assert probe.memory_mode == renders.memory_mode
+    unscored = stages(merged(SMALL, {"dataset": {"curation": {"identity": False}}}))
+    assert "strength probe" not in unscored
+    assert "strength probe" not in stages({"render": {"probe": {"enabled": False}}})
 
 
 def test_loading_is_read_once_a_stage_and_a_pod_pays_its_start():
@@ -234,7 +245,7 @@ def test_a_gpu_run_is_estimated_at_its_start_as_a_table_artifact(prefect_api, tm
 
     with temporary_settings({PREFECT_API_URL: prefect_api, PREFECT_RESULTS_LOCAL_STORAGE_PATH: tmp_path}):
         costs = priced()
-    assert [cost.stage for cost in costs][-3:] == ["training", "renders", "model loading"]
+    assert [cost.stage for cost in costs][-4:] == ["training", "renders", "strength probe", "model loading"]
     assert all(cost.gpu == "H100" and cost.usd > 0 for cost in costs)
     (artifact,) = api_post(prefect_api, "/artifacts/filter", {"artifacts": {"key": {"any_": ["ada-estimate"]}}})
     rows = json.loads(artifact["data"])

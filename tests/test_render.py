@@ -193,16 +193,18 @@ def test_a14b_renders_in_4_euler_steps_with_the_lightx2v_loras_beside_the_charac
     both, no_speed, neither = render(), render(speed_lora_scale=0.0), render(speed_lora_scale=0.0, lora_scale=0.0)
     assert not np.array_equal(both, no_speed) and not np.array_equal(no_speed, neither)
     assert np.array_equal(render(), both)
-    # The record inside the file names the speed LoRAs and their strength beside the character's.
+    # The record inside the file names the speed LoRAs and their strength beside the character's: 1.0 where
+    # neither the settings nor a strength probe chose one (the profile leaves it open).
+    assert a14b.render.speed_lora_scale is None
     item = render_media.fn(lora.weights, "image", "Ada", a14b.render, 0, a14b, lora.low_noise)
     with Image.open(io.BytesIO(get_bytes(item.output))) as image:
         record, parameters = json.loads(image.text["likeness"]), image.text["parameters"]
     speed = [entry for entry in record["loras"] if entry.get("kind") == "speed"]
     spec = a14b.models["video"].speed_loras
     assert [(entry["expert"], entry["file"], entry["scale"]) for entry in speed] == [
-        (expert, spec[expert].file, a14b.render.speed_lora_scale) for expert in ("high_noise", "low_noise")
+        (expert, spec[expert].file, 1.0) for expert in ("high_noise", "low_noise")
     ]
-    assert all(f"{spec[expert].file}:{a14b.render.speed_lora_scale}" in parameters for expert in spec)
+    assert all(f"{spec[expert].file}:1.0" in parameters for expert in spec)
     assert [use.expert for use in item.speed_loras] == ["high_noise", "low_noise"]
 
 

@@ -144,6 +144,9 @@ class TrainRun(FlowRun):
         inputs = self.inputs
         training = upload_training_set(inputs, self.store)
         self.reference = training.reference
+        # Trained here, the video model is here to probe the render strengths with; for a pod's LoRA this machine
+        # need not hold it, and the renders keep their strengths.
+        render = inputs.config.render if inputs.backend == "local" else None
         return train_lora(
-            training, inputs.config.train, inputs.profile, inputs.backend, inputs.config.pod, return_state=True
+            training, inputs.config.train, inputs.profile, inputs.backend, inputs.config.pod, render, return_state=True
         )

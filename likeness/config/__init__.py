@@ -38,7 +38,7 @@ from likeness.config.limits import (
 )
 from likeness.config.pod import BACKENDS, Backend, GpuCloud, PodConfig
 from likeness.config.profile import ROLES, LoraSpec, ModelProfile, ModelSpec, Offload, Role
-from likeness.config.render import RenderConfig
+from likeness.config.render import RenderConfig, StrengthProbe
 from likeness.config.run import RunConfig, merge_nested
 from likeness.config.training import (
     BASE_NAMES,
@@ -89,6 +89,7 @@ __all__ = [
     "StopWhenFlat",
     "check_stop_when_flat",
     "RenderConfig",
+    "StrengthProbe",
     "GpuCloud",
     "Backend",
     "BACKENDS",

@@ -2,10 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import BaseModel, Field, model_validator
 
+from likeness.base import Frozen
 from likeness.config.base import PromptTemplate, Seed
 from likeness.config.limits import Problem, Stage
+
+Strength = Annotated[float, Field(ge=0.0)]
+# The render settings that do not shape a still of the strength probe.
+RENDERS_ALONE = (
+    "seed", "fx", "lora_scale", "speed_lora_scale", "upscale_long_side", "upscale_memory_mb", "image_prompts",
+    "video_prompts",
+)  # fmt: skip
+
+
+class StrengthProbe(Frozen):
+    """Stills of the character at each pair of strengths, scored against the reference face, from which renders
+    take the strengths they leave open (`lora_scale`, `speed_lora_scale`): speed LoRAs weaken likeness, and no one
+    strength suits every character. Probed once the best checkpoint is chosen, where identity is checked."""
+
+    enabled: bool = True
+    lora_scales: tuple[Strength, ...] = Field(default=(0.8, 1.0, 1.3, 1.6), min_length=1)
+    # Only where the video model has speed LoRAs; elsewhere the character's strength alone varies.
+    speed_lora_scales: tuple[Strength, ...] = Field(default=(0.8, 1.0), min_length=1)
+    # Stills of each pair, seeds 0, 1, ...: a pair scores the median of theirs.
+    seeds: int = Field(default=2, ge=1)
+    prompt: PromptTemplate = "{trigger}, a portrait photo, looking at the camera"
 
 
 class RenderConfig(Stage):
@@ -21,10 +45,13 @@ class RenderConfig(Stage):
     fps: int = Field(gt=0)
     guidance_scale: float = Field(ge=0.0)
     seed: Seed = 0
-    # 0 renders the base model (a comparison); a negative scale would steer away from the character.
-    lora_scale: float = Field(default=1.0, ge=0.0)
-    # The strength of the video model's step-distillation LoRAs (the profile's `speed_loras`), where it has them.
-    speed_lora_scale: float = Field(default=1.0, ge=0.0)
+    # 0 renders the base model (a comparison); a negative scale would steer away from the character. None: the
+    # strength the LoRA's probe chose (`probe`), else 1.0; a strength set here wins over the probe's.
+    lora_scale: Strength | None = None
+    # The strength of the video model's step-distillation LoRAs (the profile's `speed_loras`), where it has them;
+    # None as for `lora_scale`.
+    speed_lora_scale: Strength | None = None
+    probe: StrengthProbe = StrengthProbe()
     # A post FX preset (`likeness.media.post_fx.PRESETS`) applied to every image and every frame of a video.
     fx: str = "none"
     # Videos upscaled to this long side in temporal chunks and tiles (3840: 4K), beside the render; None: not.
@@ -38,6 +65,21 @@ class RenderConfig(Stage):
         "{trigger} turns towards the camera and smiles, handheld, soft daylight",
     )
     negative_prompt: str = "blurry, deformed, plastic skin, extra fingers, watermark"
+
+    def with_strengths(self, lora_scale: float | None = None, speed_lora_scale: float | None = None) -> RenderConfig:
+        """These settings with each strength left open set: to the one given (a probe's choice), else 1.0."""
+        return self.model_copy(
+            update={
+                "lora_scale": _first_set(self.lora_scale, lora_scale, 1.0),
+                "speed_lora_scale": _first_set(self.speed_lora_scale, speed_lora_scale, 1.0),
+            }
+        )
+
+    def for_probe(self) -> RenderConfig:
+        """These settings as the strength probe takes them: those of the renders alone (the seed, post FX, prompts,
+        upscale and strengths; the probe has its own) at their defaults, so that changing them does not probe again."""
+        fields = type(self).model_fields
+        return self.model_copy(update={name: fields[name].default for name in RENDERS_ALONE})
 
     @model_validator(mode="after")
     def _wan_frame_count(self) -> RenderConfig:
@@ -66,7 +108,17 @@ class RenderConfig(Stage):
             for i, p in enumerate(getattr(self, kind))
         ]
         prompts.append((f"{path}.negative_prompt", self.negative_prompt))
+        prompts.append((f"{path}.probe.prompt", self.probe.prompt))
         problems = super().limit_problems(path, limits)
+        # The probe renders at each of its strengths: each is held to the limit of the strength it tries.
+        for name in ("lora_scales", "speed_lora_scales"):
+            limit = getattr(limits, name.removesuffix("s"))
+            for i, scale in enumerate(getattr(self.probe, name)):
+                problems += limit.problems(f"{path}.probe.{name}[{i}]={scale:g}", scale)
         for where, prompt in prompts:
             problems += limits.prompt_chars.problems(f"the length of {where} ({len(prompt)} characters)", len(prompt))
         return problems
+
+
+def _first_set(*values: float | None) -> float:
+    return next(value for value in values if value is not None)

@@ -36,13 +36,14 @@ from likeness.dataset.catalogue import Catalogue, Shot, shot_size
 from likeness.dataset.guard import target_size
 from likeness.estimate import gpus, roles
 from likeness.estimate.calibration import calibrated_seconds, training_part
-from likeness.estimate.gpus import GpuType, Price
+from likeness.estimate.gpus import GpuType, MemoryMode, Price
 from likeness.estimate.overheads import load_seconds, overhead_row, pod_start_seconds
 from likeness.estimate.refines import face_share_of, guard_outcomes
 from likeness.estimate.work import BF16_BYTES, Count, StageEstimate, Work, choose_mode
 from likeness.media.tiling import tile_grid
 from likeness.records import StageCost
 from likeness.render.jobs import RenderJob, plan_renders
+from likeness.render.strengths import probe_pairs
 
 EDIT_MULTIPLE = 16  # Qwen-Image's VAE downsamples 8x and its transformer packs 2x2 patches
 # Where a character's identity scores stop improving, as a share of the training steps: an assumption (a character's
@@ -81,12 +82,15 @@ def estimate_character(
         (training, profile.memory_mode("video")),
         (rendering_work(config.render, profile), profile.memory_mode("video")),
     ]
+    if config.render.probe.enabled and config.dataset.curation.identity:
+        stages.append((probe_work(config.render, profile), profile.memory_mode("video")))
     rows = [_on_gpu(work, gpu, price, mode) for work, mode in stages]
     loads = {work.stage: (work, row.memory_mode) for (work, _), row in zip(stages, rows, strict=True)}
+    loads.pop("strength probe", None)  # it renders with the video model training or the renders loaded
     on_pod = backend != "local"
     if on_pod:
         del loads["training"]  # a pod reads the base model it trains on itself, after downloading it: its start
-    elif not process_per_stage and loads["training"][1] == loads["renders"][1] and not _fp8(profile, "video"):
+    elif not process_per_stage and _reused(loads["training"], loads["renders"]) and not _fp8(profile, "video"):
         del loads["renders"]  # in one process renders find the video model training loaded, in the same mode
     loading = [
         load_seconds(sum(w.parameters.values()) * BF16_BYTES, sum(w.weight_bytes().values()), mode == "none", gpu)
@@ -97,6 +101,12 @@ def estimate_character(
         pod_start = pod_start_seconds(sum(training.weight_bytes().values()))
         rows.append(overhead_row("pod start", pod_start, price))
     return rows
+
+
+def _reused(trained: tuple[Work, MemoryMode | None], rendered: tuple[Work, MemoryMode | None]) -> bool:
+    """Whether renders run the very model training loaded: the same weights (a base other than the video model's,
+    as the seed's Wan 2.1, is another model), held the same way."""
+    return sum(trained[0].parameters.values()) == sum(rendered[0].parameters.values()) and trained[1] == rendered[1]
 
 
 def _fp8(profile: ModelProfile, role: Role) -> bool:
@@ -261,6 +271,17 @@ def training_work(train: TrainConfig, images: int) -> Work:
 def _denoisers(fp8: bool, *parts: str) -> frozenset[str]:
     """The parts stored in fp8: the denoisers, where the role's weights are fp8."""
     return frozenset(parts if fp8 else ())
+
+
+def probe_work(render: RenderConfig, profile: ModelProfile) -> Work:
+    """The strength probe's stills: an image render at each pair of strengths and seed, scored (after the best
+    checkpoint, in the process that has the video model loaded: no load of its own)."""
+    probe = render.probe
+    pairs = probe_pairs(probe, bool(profile.models["video"].speed_loras))
+    still = RenderJob(kind="image", prompt=probe.prompt, seed=0, config=render)
+    work = rendering_work(render, profile, [still] * (len(pairs) * probe.seeds))
+    work.stage = "strength probe"
+    return work
 
 
 def flat_stop(train: TrainConfig, sampled: list[int]) -> int:

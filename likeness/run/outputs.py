@@ -24,7 +24,7 @@ from typing import Any
 
 from likeness import __version__
 from likeness.config import ModelProfile, RunConfig
-from likeness.records import CharacterResult, LoraRef, RenderItem, Renders
+from likeness.records import CharacterResult, LoraRef, RenderItem, Renders, Strengths
 from likeness.storage.artifacts import ArtifactRef, get_bytes
 from likeness.storage.store import ArtifactStore
 from likeness.training.data import training_files
@@ -211,9 +211,21 @@ def lora_entries(lora: LoraRef) -> list[dict[str, Any]]:
                 "sha256": [ref.sha256 for ref in c.files],
                 **({"best": True, "published_as": [f"lora/{name}" for name in best_lora_names(lora)]} if best else {}),
                 **({"stopped_early": stop.reason} if stop and stop.step == c.step else {}),
+                **({"strengths": strengths_entry(lora.strengths, lora.trigger)} if best and lora.strengths else {}),
             }
         )
     return entries
+
+
+def strengths_entry(strengths: Strengths, trigger: str) -> dict[str, Any]:
+    """The best checkpoint's strength probe in the record: the pair chosen (what `likeness render --from` renders at
+    unless `--set` names a strength), its grid (named by content: a probe at other render settings lies beside it)
+    and each still's strengths, seed and distance."""
+    return {
+        **strengths.model_dump(mode="json", exclude={"stills", "grid"}),
+        "grid": f"lora/{trigger}_strengths_{strengths.grid.sha256[:10]}.png",
+        "stills": [still.model_dump(mode="json", exclude={"image"}) for still in strengths.stills],
+    }
 
 
 def export_outputs(
@@ -372,3 +384,5 @@ def _export_lora(lora: LoraRef, export: Callable[[str, ArtifactRef | str], None]
             export(_in_lora("samples", ref), ref)
     if lora.scores_plot:
         export(LORA_SCORES_PLOT, lora.scores_plot)
+    if lora.strengths:
+        export(strengths_entry(lora.strengths, lora.trigger)["grid"], lora.strengths.grid)

@@ -35,7 +35,8 @@ from uuid import UUID
 from PIL import Image, ImageOps
 
 from likeness.identity import IDENTITY_THRESHOLD
-from likeness.records import DatasetRef, LoraRef, Rejection, RenderItem
+from likeness.records import DatasetRef, LoraRef, Rejection, RenderItem, Strengths
+from likeness.render.strengths import by_pair, pair_median
 from likeness.run.progress import prefect_artifact_key
 from likeness.storage.artifacts import ArtifactRef, get_bytes, get_store, load_image, put_bytes
 from likeness.storage.s3 import S3Store
@@ -203,6 +204,33 @@ def renders_markdown(
     return "\n".join([*lines, ""])
 
 
+def strengths_markdown(trigger: str, strengths: Strengths, store: ArtifactStore | None = None) -> str:
+    """The probe's grid of stills, then each pair of strengths with its stills' distances and their median, the
+    chosen pair marked."""
+    store = store or get_store()
+    lines = [
+        f"### {_text(trigger)}: render strengths",
+        "",
+        _image(f"{trigger}: identity distance by strength", image_url(strengths.grid, store)),
+        "",
+        f"Identity distance of each still to the reference (same person below {IDENTITY_THRESHOLD}, lower is "
+        "closer); a pair scores the median, a still without a face a miss. Renders take the chosen pair unless "
+        "`render.lora_scale` or `render.speed_lora_scale` is set.",
+        "",
+        "| LoRA | speed LoRAs | distance by seed | median | chosen |",
+        "|---:|---:|---|---:|:---:|",
+    ]
+    for (lora, speed), distances in by_pair(strengths.stills).items():
+        median = pair_median(distances)
+        chosen = (lora, speed) == (strengths.lora_scale, strengths.speed_lora_scale)
+        lines.append(
+            f"| {lora:g} | {'—' if speed is None else f'{speed:g}'} "
+            f"| {', '.join(_distance(distance, True) for distance in distances)} "
+            f"| {'miss' if median is None else f'{median:.3f}'} | {'**chosen**' if chosen else ''} |"
+        )
+    return "\n".join([*lines, ""])
+
+
 # --- publishing -------------------------------------------------------------------------------------------------
 
 
@@ -244,6 +272,15 @@ def publish_renders(
         renders_artifact_key(trigger),
         lambda: renders_markdown(renders, contact_sheet, store),
         f"{trigger}: the renders and how like the reference they are (lower is closer)",
+    )
+
+
+def publish_strengths(trigger: str, strengths: Strengths, store: ArtifactStore | None = None) -> UUID | None:
+    """The strength probe as the markdown artifact '<trigger>-strengths' of the current run."""
+    return _publish(
+        prefect_artifact_key(f"{trigger}-strengths"),
+        lambda: strengths_markdown(trigger, strengths, store),
+        f"{trigger}: how like the reference the LoRA looks at each pair of strengths (lower is closer)",
     )
 
 

@@ -66,6 +66,8 @@ def render_inputs(
     from likeness.render.prompt_files import read_prompts_file
 
     trigger = normalise_trigger(name)
+    if not out.is_dir():
+        raise InvalidInput(f"--from {out} does not exist: give the output folder of a produce or train run")
     record = read_record(out)
     if record is None or not record.get("lora"):
         raise InvalidInput(f"--from {out} holds no trained LoRA (no lora entries in its {MANIFEST})")
@@ -91,6 +93,7 @@ def render_inputs(
             raise InvalidInput(f"--upscale {upscale!r} is not one of {', '.join(UPSCALE_SIZES)}")
         render_settings["upscale_long_side"] = UPSCALE_SIZES[upscale]
     config = RunConfig.from_profile(model_profile, assignments, beyond_limits=beyond_limits)
+    config = with_recorded_strengths(config, best.get("strengths"), say)
     entries: list[PromptEntry] | None = None
     if prompts_file is not None:
         entries = read_prompts_file(prompts_file)
@@ -104,6 +107,18 @@ def render_inputs(
     if reference is None:
         say("note: no reference photo (--image), so the renders are not scored")
     return RenderInputs(trigger, lora_files, best["step"], reference, entries, model_profile, config, beyond_limits)
+
+
+def with_recorded_strengths(config: RunConfig, probe: dict[str, Any] | None, say: Say = say_on_stderr) -> RunConfig:
+    """The settings with the strengths the folder's probe chose (its `strengths` record) where they leave them
+    open: a strength set with `--set` wins."""
+    open_names = [name for name in ("lora_scale", "speed_lora_scale") if getattr(config.render, name) is None]
+    taken = {name: probe[name] for name in open_names if probe and probe.get(name) is not None}
+    if not probe or not taken:
+        return config
+    chosen = ", ".join(f"render.{name}={value:g}" for name, value in taken.items())
+    say(f"note: the LoRA's strength probe chose {chosen} ({probe['grid']}); --set either to choose your own")
+    return config.model_copy(update={"render": config.render.model_copy(update=taken)})
 
 
 def with_still(inputs: RenderInputs, path: Path) -> RenderInputs:

@@ -169,7 +169,11 @@ def prepare_training(
     checked_backend(inputs.backend)
     out = out or Path("likeness-out") / f"{inputs.trigger}-lora"
     identity = inputs.identity()
-    key = hashlib.sha256(json.dumps({"identity": identity, "likeness": __version__}).encode()).hexdigest()
+    # The render settings shape the strength probe that follows training here.
+    render = inputs.config.render.for_probe().model_dump(mode="json") if inputs.backend == "local" else None
+    key = hashlib.sha256(
+        json.dumps({"identity": identity, "render": render, "likeness": __version__}).encode()
+    ).hexdigest()
     record = check_output_folder(out, identity)
     if not refresh and is_up_to_date(out, record, key):
         say(f"{inputs.trigger}: {out} is up to date (same training folder, profile and settings)")
