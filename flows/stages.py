@@ -4,6 +4,7 @@ a `CharacterResult` out, persisted in the shared results storage for the next st
     dataset = produce_dataset("Ada", "s3://characters/ada.jpg", profile="production")
     lora = train_character("Ada", dataset_run="<flow run id or name of a dataset run>")
     renders = render_character("Ada", lora_run="<flow run id or name of a training run>")
+    more = render_character("Ada", lora_run="<the same>", images=2, videos=1, frames=41, fx="seed-look")
 
 Each stage checks its settings and, where it runs the models here, that the profile's weights are on this
 machine, before any task starts: a configuration error fails the run once and is never retried.
@@ -17,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NamedTuple, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -26,7 +27,7 @@ from pydantic import Field, ValidationError
 from flows.dataset import build_dataset
 from flows.render import render
 from flows.train import train_lora
-from likeness.config import Backend, ModelProfile, Role, RunConfig, check_shot_count
+from likeness.config import SEED_RANGE, Backend, ModelProfile, Role, RunConfig, check_shot_count, render_template
 from likeness.dataset.catalogue import (
     MAX_CATALOGUE_FILE_BYTES,
     MAX_CATALOGUE_JSON_BYTES,
@@ -35,12 +36,25 @@ from likeness.dataset.catalogue import (
     load_catalogue,
 )
 from likeness.inputs import InvalidInput, normalise_trigger
+from likeness.media.post_fx import PRESETS
 from likeness.models.profiles import available_profiles, load_profile, preflight
 from likeness.records import CharacterResult
+from likeness.render.jobs import plan_renders
+from likeness.render.prompt_files import PromptEntry
+from likeness.render.prompts import CharacterPrompt
+from likeness.render.requests import (
+    UPSCALE_SIZES,
+    check_animator,
+    listed_prompts,
+    read_still,
+    still_prompt,
+    with_render_options,
+)
 from likeness.run.deployed import completed_result
 from likeness.run.lease import held, lease_key
+from likeness.run.prepare_render import prompt_variations
 from likeness.settings import get_settings
-from likeness.storage.artifacts import ArtifactRef, get_store
+from likeness.storage.artifacts import ArtifactRef, get_store, put_bytes
 from likeness.storage.locations import read_location
 from tasks.inputs import fetch_input_image
 from tasks.strength_probe import probe_strengths
@@ -73,12 +87,13 @@ SHARED_ARGS = {
 
 
 def described(fn: F) -> F:
-    """`fn` with each `{parameter}` line of its docstring replaced by that parameter's shared description."""
+    """`fn` with each `{parameter}` line of its docstring replaced by that parameter's shared description (a
+    placeholder inside a description, `{trigger}`, stays as it is)."""
 
     def fill(match: re.Match[str]) -> str:
-        return f"{match[1]}: {SHARED_ARGS[match[1]]}"
+        return f"{match[1]}{match[2]}: {SHARED_ARGS[match[2]]}"
 
-    fn.__doc__ = re.sub(r"\{(\w+)\}", fill, inspect.cleandoc(fn.__doc__ or ""))
+    fn.__doc__ = re.sub(r"^([ \t]*)\{(\w+)\}$", fill, inspect.cleandoc(fn.__doc__ or ""), flags=re.MULTILINE)
     return fn
 
 
@@ -232,31 +247,80 @@ def train_character(
     return CharacterResult(dataset=previous.dataset, lora=lora)
 
 
+# The render form's typed fields (`likeness render`'s options): the choices it offers and the values it takes.
+Count = Annotated[int, Field(ge=0)]
+Frames = Annotated[int, Field(ge=5)]
+RenderSeed = Annotated[int, Field(ge=0, lt=SEED_RANGE)]
+FxPreset = Literal[tuple(PRESETS)]
+UpscaleSize = Literal[tuple(UPSCALE_SIZES)]
+
+
 @flow(name="render-character", log_prints=True, persist_result=True, result_serializer="json")
 @described
 def render_character(
     name: str,
     lora_run: str,
     profile: ProfileName = "tiny",
+    images: Count | None = None,
+    videos: Count | None = None,
+    prompts: list[str] | None = None,
+    frames: Frames | None = None,
+    fx: FxPreset | None = None,
+    upscale: UpscaleSize | None = None,
+    seed: RenderSeed | None = None,
+    animate: str | None = None,
+    animate_prompt: str | None = None,
     overrides: dict[str, Any] | None = None,
     beyond_limits: bool = False,
 ) -> CharacterResult:
-    """Images and videos of the character with the LoRA another run made, scored against its reference.
+    """Images and videos of the character with the LoRA another run made, scored against its reference: the
+    profile's prompts, or those asked for here as `likeness render` asks for them.
 
     Args:
         {name}
         lora_run: The flow run id or name (as the Prefect UI shows it) of a train-character or produce run.
         {profile}
-        {overrides}
+        images: Render this many images, from seeded prompt variations of the character (`--images`).
+        videos: Render this many videos, from seeded prompt variations with motion and camera (`--videos`).
+        prompts: Your own prompts, one image each, as the lines of a `--prompts` .txt file; {trigger} in one
+            becomes the trigger word. Not with images or videos.
+        frames: Frames of each video, 4k+1 (41, 81): render.video_frames (`--frames`).
+        fx: A post FX preset on every image and video frame: render.fx (`--fx`).
+        upscale: Upscale the videos in chunks to this long side (3840, 2560 or 1920 px):
+            render.upscale_long_side (`--upscale`).
+        seed: The seed of the renders and of their prompt variations: render.seed.
+        animate: A still of the character (one of its renders) to bring to life with the profile's
+            image-to-video model, given as the reference is: a path the worker can read, an s3:// or https://
+            URL, or a key in the artifact store (`--animate`). Alone, only the still is rendered.
+        animate_prompt: The video prompt the still comes to life with ({trigger} is the trigger word); by
+            default the still's own prompt (a render carries it) with motion and camera added.
+        overrides: Any other setting that differs from the profile's, e.g. {"render": {"steps": 8}}; the
+            fields above win over it.
         {beyond_limits}
     """
     trigger = normalise_trigger(name)
     model_profile = load_profile(profile)
-    config = RunConfig.from_profile(model_profile, overrides, beyond_limits=beyond_limits)
+    if prompts and (images or videos):
+        raise InvalidInput("give prompts or images/videos, not both")
+    if animate is not None:
+        check_animator(model_profile, prefix="")
+    elif animate_prompt:
+        raise InvalidInput("animate_prompt is the video prompt of a still to animate: give the still (animate) too")
+    motion = render_template(animate_prompt, trigger=trigger) if animate_prompt else None
+    settings = with_render_options(overrides, frames, fx, upscale, seed, prefix="")
+    config = RunConfig.from_profile(model_profile, settings, beyond_limits=beyond_limits)
+    entries = requested_prompts(trigger, prompts, images, videos, config.render.seed, animate is not None)
+    plan_renders(config.render, trigger, entries, model_profile.limits.render, beyond_limits)
     previous = character_of_run(lora_run, trigger)
     if previous.lora is None:
         raise InvalidInput(f"run {lora_run!r} trained no LoRA for {trigger}: give a training or produce run")
-    preflight(model_profile, get_settings(), ("video",), FORM_ADVICE)
+    still = None
+    if animate is not None:
+        png, lineage = read_still(animate)
+        still = put_bytes(png, "still.png")
+        motion = motion or still_prompt(lineage, config.render, trigger)
+    roles: tuple[Role, ...] = ("video", "animator") if animate is not None else ("video",)
+    preflight(model_profile, get_settings(), roles, FORM_ADVICE)
     dataset = previous.dataset
     lora = previous.lora
     if lora.strengths is None:
@@ -264,8 +328,20 @@ def render_character(
         probe = config.render.for_probe()
         lora = probe_strengths(lora, dataset.reference, dataset.identity_checked, probe, model_profile)
     reference = dataset.reference if dataset.identity_checked else None
-    renders = render(lora, config.render, model_profile, reference)
+    renders = render(lora, config.render, model_profile, reference, entries, beyond_limits, still, motion)
     return previous.model_copy(update={"lora": lora, "renders": renders.items, "render_sheet": renders.contact_sheet})
+
+
+def requested_prompts(
+    trigger: str, prompts: list[str] | None, images: int | None, videos: int | None, seed: int, still: bool
+) -> list[PromptEntry] | None:
+    """The prompts a render run renders, as `likeness render` takes them: those listed, else seeded variations,
+    else (None) the settings' templates; with a still to animate and nothing else asked for, none."""
+    if prompts:
+        return listed_prompts(prompts)
+    if images or videos:
+        return prompt_variations(CharacterPrompt(trigger=trigger), images or 0, videos or 0, seed, print)
+    return [] if still else None
 
 
 def character_of_run(run: str, trigger: str) -> CharacterResult:

@@ -8,27 +8,23 @@ problem is raised as one of `likeness.run.prepare.CHECK_FAILURES` (or an `OSErro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from PIL import Image
 
-from likeness.config import ModelProfile, ModelSpec, Role, RunConfig, render_template
+from likeness.config import ModelProfile, ModelSpec, Role, RunConfig
 from likeness.inputs import InvalidInput, ReferenceImage, normalise_trigger, parse_overrides, read_reference_image
 from likeness.models.profiles import load_profile, preflight
 from likeness.render.prompt_files import PromptEntry
 from likeness.render.prompts import CharacterPrompt
+from likeness.render.requests import STILL, STILL_MIN_SIDE, check_animator, still_prompt, with_render_options
 from likeness.run.outputs import MANIFEST, REFERENCE, read_record
 from likeness.run.prepare import Say, say_on_stderr
 from likeness.run.write_checks import check_writable, stored_video_transformer_config
 from likeness.settings import Settings, get_settings
 from likeness.storage.artifacts import get_store
 from likeness.storage.store import ArtifactStore
-
-UPSCALE_SIZES = {"4k": 3840, "1440p": 2560, "1080p": 1920}
-# A still is resized to the render's size; below this it holds no face to animate.
-STILL_MIN_SIDE = 32
 
 
 class RenderInputs(NamedTuple):
@@ -82,16 +78,7 @@ def render_inputs(
     if prompts_file is not None and (images or videos):
         raise InvalidInput("give --prompts FILE or --images/--videos N, not both")
     model_profile = load_profile(profile or record["identity"]["profile"]["name"])
-    assignments = parse_overrides(overrides or [])
-    render_settings = assignments.setdefault("render", {})
-    if frames is not None:
-        render_settings["video_frames"] = frames
-    if fx is not None:
-        render_settings["fx"] = fx
-    if upscale is not None:
-        if upscale not in UPSCALE_SIZES:
-            raise InvalidInput(f"--upscale {upscale!r} is not one of {', '.join(UPSCALE_SIZES)}")
-        render_settings["upscale_long_side"] = UPSCALE_SIZES[upscale]
+    assignments = with_render_options(parse_overrides(overrides or []), frames, fx, upscale)
     config = RunConfig.from_profile(model_profile, assignments, beyond_limits=beyond_limits)
     config = with_recorded_strengths(config, best.get("strengths"), say)
     entries: list[PromptEntry] | None = None
@@ -124,22 +111,12 @@ def with_recorded_strengths(config: RunConfig, probe: dict[str, Any] | None, say
 def with_still(inputs: RenderInputs, path: Path) -> RenderInputs:
     """The inputs with `--animate`'s still and its video prompt: the still's own prompt (a render carries it) with
     motion and camera added, else the character's first video prompt."""
-    from likeness.render.prompts import video_prompt
-
-    if "animator" not in inputs.profile.models:
-        raise InvalidInput(f"--animate needs an image-to-video model, and profile {inputs.profile.name!r} names none")
-    still = read_reference_image(path, "still to animate", min_side=STILL_MIN_SIDE)
+    check_animator(inputs.profile)
+    still = read_reference_image(path, STILL, min_side=STILL_MIN_SIDE)
     lineage = Image.open(path).info.get("likeness") if path.suffix.lower() == ".png" else None
-    seed = inputs.config.render.seed
-    if lineage:
-        prompt = video_prompt(json.loads(lineage)["prompt"], seed)
-    else:
-        prompt = (
-            render_template(inputs.config.render.video_prompts[0], trigger=inputs.trigger)
-            if (inputs.config.render.video_prompts)
-            else video_prompt(inputs.trigger, seed)
-        )
-    return inputs._replace(still_png=still.png, animate_prompt=prompt)
+    return inputs._replace(
+        still_png=still.png, animate_prompt=still_prompt(lineage, inputs.config.render, inputs.trigger)
+    )
 
 
 def prepare_render(inputs: RenderInputs, out: Path, animate: bool, settings: Settings) -> ArtifactStore:
