@@ -32,7 +32,12 @@ def sweep(ttl_hours: float, stale_after_s: float) -> list[SweptPod]:
 
 @flow(name="sweep-pods", log_prints=True)
 def sweep_pods_flow(ttl_hours: float = 6.0, stale_after_s: float = 900.0) -> list[SweptPod]:
-    """Terminate RunPod pods left behind by a killed driver, a finished job or the TTL."""
+    """Terminate RunPod pods left behind by a killed driver, a finished job or the TTL.
+
+    Args:
+        ttl_hours: A pod of ours older than this many hours is terminated, whatever its job says.
+        stale_after_s: A pod whose driver's heartbeat is older than this many seconds is terminated.
+    """
     swept = sweep(ttl_hours, stale_after_s)
     for pod in swept:
         print(f"terminated {pod.pod_id} ({pod.name}): {pod.reason}")
