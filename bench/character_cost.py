@@ -42,7 +42,11 @@ def seed_without_speed_loras() -> ModelProfile:
 # The seed's own dataset and training: no automatic curation (its person removes odd images by hand: one edit a
 # shot) and so no identity guard (one refine from a chosen start step), and AI Toolkit's LoRA on Wan 2.1 T2V-14B,
 # "compatible with 2.2": one 14B model where production trains both A14B experts.
-SEED = {"dataset": {"curation": {"identity": False, "max_tries": 1}}, "train": {"base": "wan21_14b"}}
+SEED = {
+    "dataset": {"curation": {"identity": False, "max_tries": 1}},
+    # AI Toolkit samples its checkpoints its own way: at the sample steps, with CFG.
+    "train": {"base": "wan21_14b", "sampler": "training"},
+}
 
 
 def runs() -> dict[str, tuple[ModelProfile, dict]]:

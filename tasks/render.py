@@ -14,9 +14,6 @@ import hashlib
 import io
 import json
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,17 +26,14 @@ from likeness.config import ModelProfile, RenderConfig
 from likeness.media.imaging import encode_mp4, square
 from likeness.media.post_fx import apply_post_fx_to_frames, post_fx_preset
 from likeness.models.pipelines import get_pipeline, gpu_lock
-from likeness.models.profiles import spec_path
-from likeness.models.speed_loras import lightx2v_scheduler_config
+from likeness.models.speed_loras import speed_loras_on
 from likeness.records import RenderItem, SpeedLoraUse
 from likeness.run.interrupts import stop_between_steps
-from likeness.settings import get_settings
 from likeness.stages import stage_task
 from likeness.storage.artifacts import ArtifactRef, get_bytes, load_image, put_bytes
 
 STAGE_VERSION = 3
 ADAPTER = "likeness_character"
-SPEED_ADAPTER = "likeness_speed"
 
 
 def render_filename(kind: str, prompt: str, seed: int, lora: ArtifactRef, config: RenderConfig) -> str:
@@ -84,41 +78,6 @@ def png_with_lineage(frame: np.ndarray, record: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
-@contextmanager
-def speed_loras_on(
-    pipe: Any, profile: ModelProfile, role: Literal["video", "animator"] = "video"
-) -> Iterator[list[str]]:
-    """The video model's step-distillation LoRAs loaded (as adapter `SPEED_ADAPTER`, the low-noise one into
-    `transformer_2`) and its scheduler stepping their sigmas with Euler, for one render; both undone after.
-
-    Yields the adapter names to activate: none for a model without speed LoRAs."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
-
-    spec = profile.models[role]
-    if not spec.speed_loras:
-        yield []
-        return
-    settings = get_settings()
-    for expert, lora in spec.speed_loras.items():
-        path = spec_path(f"{role} {expert} speed LoRA", lora, settings)
-        pipe.load_lora_weights(
-            path.parent,
-            weight_name=path.name,
-            adapter_name=SPEED_ADAPTER,
-            load_into_transformer_2=expert == "low_noise",
-        )
-    scheduler = pipe.scheduler
-    euler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **lightx2v_scheduler_config())
-    # The pipeline asks for a step count only; the LoRAs were distilled on these very sigmas.
-    euler.set_timesteps = partial(euler.set_timesteps, sigmas=list(spec.speed_sigmas))
-    pipe.scheduler = euler
-    try:
-        yield [SPEED_ADAPTER]
-    finally:
-        pipe.scheduler = scheduler
-        pipe.delete_adapters(SPEED_ADAPTER)
-
-
 def _uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0.0, 1.0) * 255).round().astype(np.uint8)
 
@@ -136,7 +95,7 @@ def _generate(
     import torch
 
     pipe = get_pipeline(role, profile)
-    with gpu_lock, tempfile.TemporaryDirectory() as tmp, speed_loras_on(pipe, profile, role) as speed:
+    with gpu_lock, tempfile.TemporaryDirectory() as tmp, speed_loras_on(pipe, profile.models[role], role) as speed:
         (Path(tmp) / lora.filename).write_bytes(get_bytes(lora))
         pipe.load_lora_weights(tmp, weight_name=lora.filename, adapter_name=ADAPTER)
         if low_noise is not None:

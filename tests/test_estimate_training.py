@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from likeness.config import RunConfig, StopWhenFlat
+from likeness.config import Backend, RunConfig, StopWhenFlat
 from likeness.dataset.catalogue import load_catalogue
 from likeness.estimate import roles
 from likeness.estimate.character import estimate_character
@@ -27,9 +27,10 @@ def packaged_counts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     roles.keep_counts_in(None)
 
 
-def training(train: dict) -> object:
+def training(train: dict, backend: Backend = "local") -> object:
     config = RunConfig.from_profile(PROFILE, {"dataset": {"variations": ["front", "face"]}, "train": train})
-    rows = estimate_character(PROFILE, config, load_catalogue(), GPUS["H100"], price_per_hour(GPUS["H100"], None))
+    gpu = GPUS["H100"]
+    rows = estimate_character(PROFILE, config, load_catalogue(), gpu, price_per_hour(gpu, None), backend)
     return next(row for row in rows if row.stage == "training")
 
 
@@ -63,3 +64,15 @@ def test_stopping_when_flat_is_expected_to_save_the_steps_past_the_plateau_and_a
     # Three quarters of the steps and of their samples; at most, the plateau never comes and every step runs.
     assert 0.74 < stops.seconds / full.seconds < 0.76
     assert stops.most_seconds == pytest.approx(full.most_seconds)
+
+
+def test_samples_made_as_renders_run_take_the_speed_loras_4_evaluations_where_cfg_took_twice_the_steps():
+    train = PROFILE.train
+    sampled = len({*range(train.sample_interval, train.steps + 1, train.sample_interval), train.steps})
+    images = sampled * len(train.sample_prompts)
+    rendered, kept = training({}), training({"sampler": "training"})
+    assert train.sampler == "render" and train.sample_guidance_scale > 1
+    assert kept.evaluations - rendered.evaluations == images * (train.sample_steps * 2 - 4)
+    assert rendered.seconds < kept.seconds
+    # AI Toolkit samples its own way, whatever the sampler says.
+    assert training({}, "runpod-aitoolkit").evaluations == kept.evaluations

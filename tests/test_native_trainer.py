@@ -1,5 +1,5 @@
 """Our trainer on the tiny models: both A14B experts, resume that gives the uninterrupted run's weights, bad folders,
-and stopping where the identity scores went flat."""
+stopping where the identity scores went flat, and samples made as renders run (the speed LoRAs' 4 steps)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
 from likeness.config import StopWhenFlat
 from likeness.identity import reference_face
 from likeness.models import pipelines
-from likeness.models.profiles import load_profile
+from likeness.models.profiles import ProfileUnavailable, load_profile
 from likeness.models.wan_lora import read_lora_metadata
 from likeness.training.data import DatasetProblem, read_training_folder
 from likeness.training.native import Trainer
-from likeness.training.spec import TrainJob
+from likeness.training.sampling import SampleSettings, sample_settings
+from likeness.training.spec import SAMPLES_FOLDER, TrainJob
 
 
 def folder_of(root: Path, count: int = 3, masks: bool = True) -> tuple[Path, Path]:
@@ -157,3 +159,80 @@ def test_a_run_that_stopped_where_the_scores_went_flat_stays_stopped_when_starte
     again = Trainer(job, pipe, data, tmp_path / "out")
     assert again.train() == []
     assert again.stopped == trainer.stopped
+
+
+def test_checkpoints_are_sampled_as_renders_run_where_the_model_has_speed_loras():
+    # Production's A14B: its speed LoRAs' 4 sigmas without CFG; "training" keeps the trainer's own steps and CFG.
+    production = load_profile("production")
+    job = TrainJob.for_profile("Ada", production.train, production, "cuda")
+    assert sample_settings(job) == SampleSettings(steps=4, guidance_scale=1.0, speed_loras=True)
+    kept = job.model_copy(update={"config": production.train.model_copy(update={"sampler": "training"})})
+    assert sample_settings(kept) == SampleSettings(steps=20, guidance_scale=4.0, speed_loras=False)
+    # A model without speed LoRAs (tiny, production-5b) samples as "training" does.
+    assert sample_settings(job_for("tiny")) == SampleSettings(steps=2, guidance_scale=1.0, speed_loras=False)
+
+
+def test_sampling_as_renders_run_costs_4_evaluations_a_sample_and_changes_no_trained_weight(likeness_env, tmp_path):
+    images, masks = folder_of(tmp_path)
+    data = read_training_folder(images, masks)
+    pipe = pipelines.get_pipeline("video", load_profile("tiny-a14b"))
+    scheduler = pipe.scheduler
+    calls: dict[str, int] = {}
+
+    def count(name: str):
+        def hook(module, args, output):
+            # The samples run without gradients (the pipeline's no_grad); the training steps with them.
+            if not torch.is_grad_enabled():
+                calls[name] = calls.get(name, 0) + 1
+
+        return hook
+
+    hooks = [
+        pipe.transformer.register_forward_hook(count("transformer")),
+        pipe.transformer_2.register_forward_hook(count("transformer_2")),
+    ]
+    try:
+        runs = {}
+        for sampler in ("render", "training"):
+            calls.clear()
+            # Samples at steps 2 and 4: steps 3 and 4 train after a sample.
+            job = job_for("tiny-a14b", steps=4, checkpoint_every=2, sampler=sampler)
+            assert Trainer(job, pipe, data, tmp_path / sampler).train() == [2, 4]
+            runs[sampler] = dict(calls)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # Two checkpoints of two prompts: 4 Euler steps a sample, no CFG, the first two (sigma above the boundary) on
+    # the high-noise expert; the training sampler takes the tiny profile's 2 steps.
+    assert runs["render"] == {"transformer": 2 * 2 * 2, "transformer_2": 2 * 2 * 2}
+    assert sum(runs["training"].values()) == 2 * 2 * 2
+    # Sampling leaves training as it was: the same weights at the end, whichever sampler ran in between.
+    for expert in ("high_noise", "low_noise"):
+        rendered = load_file(tmp_path / "render" / f"Ada_000000004_{expert}.safetensors")
+        trained = load_file(tmp_path / "training" / f"Ada_000000004_{expert}.safetensors")
+        assert rendered.keys() == trained.keys()
+        assert all(np.array_equal(rendered[key], trained[key]) for key in rendered), expert
+
+    def sample(run: str, step: int) -> np.ndarray:
+        return np.asarray(Image.open(tmp_path / run / SAMPLES_FOLDER / f"Ada__{step:09d}_0.png"))
+
+    assert not np.array_equal(sample("render", 2), sample("training", 2))
+    # The LoRA being trained is on beside the speed LoRAs: its checkpoints' samples differ.
+    assert not np.array_equal(sample("render", 2), sample("render", 4))
+    # No speed LoRA, no training adapter and no swapped scheduler is left on the process's pipeline.
+    assert pipe.scheduler is scheduler
+    assert not getattr(pipe.transformer, "peft_config", {}) and not getattr(pipe.transformer_2, "peft_config", {})
+
+
+def test_a_speed_lora_missing_here_fails_before_the_first_step(likeness_env, tmp_path):
+    images, masks = folder_of(tmp_path)
+    data = read_training_folder(images, masks)
+    pipe = pipelines.get_pipeline("video", load_profile("tiny-a14b"))
+    job = job_for("tiny-a14b", steps=2)
+    missing = job.model.speed_loras["low_noise"].model_copy(update={"source": "likeness-tests/no-such-repo"})
+    model = job.model.model_copy(update={"speed_loras": {**job.model.speed_loras, "low_noise": missing}})
+    with pytest.raises(ProfileUnavailable, match="video low_noise speed LoRA"):
+        Trainer(job.model_copy(update={"model": model}), pipe, data, tmp_path / "out")
+    # The training sampler needs no speed LoRA.
+    kept = job.config.model_copy(update={"sampler": "training"})
+    Trainer(job.model_copy(update={"model": model, "config": kept}), pipe, data, tmp_path / "out")

@@ -163,14 +163,15 @@ def test_a_profile_for_a_small_gpu_turns_on_the_vae_memory_modes(likeness_env, t
 
 def test_a14b_renders_in_4_euler_steps_with_the_lightx2v_loras_beside_the_character_lora(likeness_env):
     from likeness.models.pipelines import get_pipeline
+    from likeness.models.speed_loras import speed_loras_on
     from likeness.storage.artifacts import put_image
-    from tasks.render import render_media, speed_loras_on
+    from tasks.render import render_media
 
     a14b = load_profile("tiny-a14b")
     assert (a14b.render.steps, a14b.render.guidance_scale) == (4, 1.0)
     pipe = get_pipeline("video", a14b)
     original = pipe.scheduler
-    with speed_loras_on(pipe, a14b) as adapters:
+    with speed_loras_on(pipe, a14b.models["video"]) as adapters:
         pipe.scheduler.set_timesteps(4)
         # lightx2v's ladder: sigmas 1, .75, .5, .25 shifted by 5; the high-noise expert takes t >= 875.
         assert pipe.scheduler.timesteps.tolist() == pytest.approx([1000.0, 937.5, 833.33, 625.0], abs=0.01)

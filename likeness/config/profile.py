@@ -45,8 +45,9 @@ class ModelSpec(Frozen):
     lora: LoraSpec | None = None
     # Replace values of the model's own scheduler config (a FlowMatchEulerDiscreteScheduler); null clears one.
     scheduler: dict[str, bool | int | float | str | None] | None = None
-    # The video role's step-distillation LoRAs, loaded beside the character LoRA for renders only (never for
-    # training): `high_noise` into `transformer`, `low_noise` into Wan 2.2 A14B's `transformer_2`.
+    # The video role's step-distillation LoRAs, loaded beside the character LoRA for renders and for our trainer's
+    # checkpoint samples (never for its training steps): `high_noise` into `transformer`, `low_noise` into Wan 2.2
+    # A14B's `transformer_2`.
     speed_loras: dict[Expert, LoraSpec] = {}
     # The sigmas those LoRAs were distilled on; renders step exactly these, with Euler.
     speed_sigmas: tuple[float, ...] = ()

@@ -54,6 +54,12 @@ class TrainConfig(Stage):
         "{trigger}, a portrait photo, looking at the camera, soft window light",
         "{trigger}, a full body photo, standing in a park, natural light",
     )
+    # How our trainer samples a checkpoint, so the best one is best where it will be used. "render": as renders run
+    # the video model, where it has speed LoRAs (production's A14B): those at strength 1 beside the LoRA, Euler on
+    # their sigmas, no CFG (4 transformer evaluations a sample); a model without them (tiny, TI2V-5B) samples as
+    # "training" does. "training": `sample_steps` of the model's own scheduler at `sample_guidance_scale`. AI
+    # Toolkit samples its own way, with `sample_steps` and `sample_guidance_scale`.
+    sampler: Literal["render", "training"] = "render"
     sample_steps: int = Field(default=20, gt=0)
     sample_guidance_scale: float = Field(default=4.0, ge=0.0)
     rank: int = Field(gt=0)

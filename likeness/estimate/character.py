@@ -74,7 +74,10 @@ def estimate_character(
         )
     shots = catalogue.shots(config.dataset.variations, garments=0, poses=0)
     dataset = config.dataset
-    training = training_work(config.train, len(shots))
+    video = profile.models["video"]
+    # Our trainer samples with the speed LoRAs as renders run (`train.sampler`); AI Toolkit samples its own way.
+    speeds = config.train.sampler == "render" and bool(video.speed_loras) and backend != "runpod-aitoolkit"
+    training = training_work(config.train, len(shots), len(video.speed_sigmas) if speeds else None)
     stages = [
         (edit_work(dataset, shots, _fp8(profile, "editor")), profile.memory_mode("editor")),
         (upscale_work(dataset, shots, _fp8(profile, "refiner")), profile.memory_mode("refiner")),
@@ -225,8 +228,9 @@ def caption_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
     return work
 
 
-def training_work(train: TrainConfig, images: int) -> Work:
-    """A LoRA's training on `images`: the steps, the samples of its checkpoints, the encodes before."""
+def training_work(train: TrainConfig, images: int, speed_steps: int | None = None) -> Work:
+    """A LoRA's training on `images`: the steps, the samples of its checkpoints, the encodes before. `speed_steps`:
+    the steps of the video model's speed LoRAs, where the samples are made with them; None: `train.sample_steps`."""
     step = roles.lora_training_step(train.base, train.size, train.rank, train.gradient_checkpointing)
     experts = train.trained_experts
     family = "video-5b" if train.base == "wan22_5b" else "video"
@@ -239,7 +243,9 @@ def training_work(train: TrainConfig, images: int) -> Work:
         "vae": roles.parameter_count(f"{family}.vae_decode"),
     }
     # The samples at the checkpoints chosen from (as likeness.training.spec.TrainJob.sampled_steps): each a
-    # `sample_steps` denoise at the training size, twice with CFG, the experts sharing the steps.
+    # denoise at the training size, the experts sharing the steps: the speed LoRAs' steps without CFG (as
+    # likeness.training.sampling), or `sample_steps`, twice with CFG.
+    sample_evaluations = speed_steps or train.sample_steps * (2 if train.sample_guidance_scale > 1 else 1)
     checkpoints = {*range(train.checkpoint_every, train.steps + 1, train.checkpoint_every), train.steps}
     sampled = sorted({*range(train.sample_interval, train.steps + 1, train.sample_interval), train.steps} & checkpoints)
     # Before the steps: each image encoded once (at the largest resolution) and each caption, and the empty one.
@@ -253,7 +259,7 @@ def training_work(train: TrainConfig, images: int) -> Work:
     def until(last: int) -> tuple[Count, int]:
         """Training that ends at step `last`, and its evaluations."""
         sample_images = sum(1 for at in sampled if at <= last) * len(train.sample_prompts)
-        sample_passes = sample_images * train.sample_steps * (2 if train.sample_guidance_scale > 1 else 1)
+        sample_passes = sample_images * sample_evaluations
         decode = sample_images * roles.evaluation_flops(f"{family}.vae_decode", **shape)
         flops = last * step["step"] + sample_passes * step["forward"] + encode + text + decode
         turns = math.ceil(last / train.switch_boundary_every) if len(experts) > 1 else 1

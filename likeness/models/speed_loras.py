@@ -1,6 +1,7 @@
 """lightx2v's 4-step distillation LoRAs for Wan 2.2 A14B (the "speed LoRAs"): the real files' names and the
-schedule their authors run them with, tiny twins of them in the same key layout for the `tiny` profiles, and a
-check, from the file's header alone, that a LoRA fits a Wan transformer before any model loads.
+schedule their authors run them with, loading them into a pipeline with that schedule (`speed_loras_on`, for a
+render and for our trainer's samples of a checkpoint), tiny twins of them in the same key layout for the `tiny`
+profiles, and a check, from the file's header alone, that a LoRA fits a Wan transformer before any model loads.
 
     from pathlib import Path
 
@@ -60,14 +61,19 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from likeness.config import Expert, ModelSpec
 from likeness.inputs import InvalidInput
+from likeness.models.profiles import spec_path
 from likeness.models.wan_lora import LORA_TARGETS
+from likeness.settings import get_settings
 
 LIGHTX2V_REPO = "lightx2v/Wan2.2-Distill-Loras"
 # Expert -> file: `high_noise` goes into `transformer`, `low_noise` into `transformer_2`.
@@ -85,6 +91,8 @@ LIGHTX2V_SIGMAS = (1.0, 0.75, 0.5, 0.25)
 LIGHTX2V_STEPS = len(LIGHTX2V_SIGMAS)
 # Distilled without classifier-free guidance: one transformer pass a step.
 LIGHTX2V_GUIDANCE_SCALE = 1.0
+# The adapter name the speed LoRAs load under, beside the character's (renders, and our trainer's samples).
+SPEED_ADAPTER = "likeness_speed"
 
 
 class NotAWanLora(InvalidInput):
@@ -94,6 +102,47 @@ class NotAWanLora(InvalidInput):
 def lightx2v_scheduler_config() -> dict[str, Any]:
     """The `FlowMatchEulerDiscreteScheduler` settings lightx2v's 4-step schedule runs with (with `LIGHTX2V_SIGMAS`)."""
     return {"num_train_timesteps": 1000, "shift": 5.0, "use_dynamic_shifting": False}
+
+
+def speed_lora_paths(spec: ModelSpec, role: str = "video") -> dict[Expert, Path]:
+    """The local file of each of the model's speed LoRAs (none for a model without); ProfileUnavailable for one
+    that is not on this machine. `role` names the model in that message."""
+    settings = get_settings()
+    return {
+        expert: spec_path(f"{role} {expert} speed LoRA", lora, settings) for expert, lora in spec.speed_loras.items()
+    }
+
+
+@contextmanager
+def speed_loras_on(pipe: Any, spec: ModelSpec, role: str = "video") -> Iterator[list[str]]:
+    """The model's step-distillation LoRAs loaded into `pipe` (as adapter `SPEED_ADAPTER`, the low-noise one into
+    `transformer_2`) and its scheduler stepping their sigmas with Euler, for one render or one checkpoint's samples;
+    both undone after.
+
+    Yields the adapter names to activate beside the character's: none for a model without speed LoRAs. Loading an
+    adapter makes it the only active one: the caller sets the adapters it renders with."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if not spec.speed_loras:
+        yield []
+        return
+    for expert, path in speed_lora_paths(spec, role).items():
+        pipe.load_lora_weights(
+            path.parent,
+            weight_name=path.name,
+            adapter_name=SPEED_ADAPTER,
+            load_into_transformer_2=expert == "low_noise",
+        )
+    scheduler = pipe.scheduler
+    euler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **lightx2v_scheduler_config())
+    # The pipeline asks for a step count only; the LoRAs were distilled on these very sigmas.
+    euler.set_timesteps = partial(euler.set_timesteps, sigmas=list(spec.speed_sigmas))
+    pipe.scheduler = euler
+    try:
+        yield [SPEED_ADAPTER]
+    finally:
+        pipe.scheduler = scheduler
+        pipe.delete_adapters(SPEED_ADAPTER)
 
 
 def write_tiny_speed_lora(transformer: torch.nn.Module, path: Path, rank: int, seed: int, scale: float) -> Path:

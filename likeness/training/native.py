@@ -11,8 +11,10 @@ so one agent publishes either trainer's work and a restarted job resumes the sam
 
 Each dataset image is one frame. VAE latents and text embeddings are computed once, before the first step
 (`likeness.training.examples`). The loss is rectified-flow velocity matching, as Wan was trained, weighted by the
-face masks when `masks` is on. With `train.stop_when_flat`, each sampled checkpoint is scored against the job's
-reference face, and training stops at the checkpoint where the scores went flat, in a line the pod agent reads.
+face masks when `masks` is on. Checkpoints are sampled as `train.sampler` says (`likeness.training.sampling`: by
+default as renders run, with the video model's speed LoRAs). With `train.stop_when_flat`, each sampled checkpoint
+is scored against the job's reference face, and training stops at the checkpoint where the scores went flat, in a
+line the pod agent reads.
 
     python -m likeness.training.native job.json --dataset likeness-out/ada/dataset --masks likeness-out/ada/masks \\
         --out training/ada
@@ -30,9 +32,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from likeness.config import Expert, render_template
+from likeness.config import Expert
 from likeness.files import atomic_file
 from likeness.identity import get_identity_model
+from likeness.models.speed_loras import speed_lora_paths
 from likeness.models.wan_lora import (
     LORA_TARGETS,
     from_wan_layout,
@@ -44,6 +47,7 @@ from likeness.models.wan_lora import (
 from likeness.training.checkpoints import CheckpointScore, StopDecision, flat_since, score_checkpoint
 from likeness.training.data import TrainingImage, read_training_folder
 from likeness.training.examples import Example, cache_examples
+from likeness.training.sampling import sample_settings, write_samples
 from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
 
 if TYPE_CHECKING:
@@ -132,6 +136,9 @@ class Trainer:
         self.multiple = max(16, pipe.vae_scale_factor_spatial * 2)
         if self.config.stop_when_flat and job.reference is None:
             raise ValueError("train.stop_when_flat needs the job's reference face, to score the samples against")
+        if sample_settings(job).speed_loras:
+            # One not on this machine (a pod's image) fails here, not at the first sample hundreds of steps in.
+            speed_lora_paths(job.model)
         self.stopped: StopDecision | None = None  # where `train()` stopped before the last step, and why
 
     def train(self, on_step: StepListener | None = None, check_stop: Callable[[], None] | None = None) -> list[int]:
@@ -190,7 +197,8 @@ class Trainer:
                     self._save(step, optimizer, generator)
                     written.append(step)
                     if step in sampled_steps:
-                        samples = self.sample(step)
+                        trained = [expert.transformer for expert in self.experts]
+                        samples = write_samples(self.pipe, self.job, self.folder, step, trained, ADAPTER)
                         if self.config.stop_when_flat:
                             scores.append(self._score(step, samples))
                             self.stopped = self._flat(scores)
@@ -334,31 +342,6 @@ class Trainer:
         generator.set_state(state["generator"])
         print(f"resuming from step {step}", flush=True)
         return step
-
-    def sample(self, step: int) -> list[Path]:
-        """One image per sample prompt with the LoRA at `step`, fixed seeds, saved in the samples folder."""
-        import torch
-
-        folder = self.folder / SAMPLES_FOLDER
-        folder.mkdir(exist_ok=True)
-        size = self.config.size
-        paths = []
-        for index, template in enumerate(self.config.sample_prompts):
-            frames = self.pipe(
-                prompt=render_template(template, trigger=self.job.trigger),
-                height=size,
-                width=size,
-                num_frames=1,
-                num_inference_steps=self.config.sample_steps,
-                guidance_scale=self.config.sample_guidance_scale,
-                generator=torch.Generator("cpu").manual_seed(self.config.seed + index),
-                output_type="np",
-            ).frames[0]
-            path = folder / self.job.sample_filename(step, index)
-            with atomic_file(path) as file:
-                Image.fromarray((np.clip(frames[0], 0, 1) * 255).round().astype(np.uint8)).save(file, format="PNG")
-            paths.append(path)
-        return paths
 
 
 def load_base_pipeline(job: TrainJob) -> Any:
