@@ -20,6 +20,7 @@ from flows.stages import (
 from flows.train import train_lora
 from likeness.config import ROLES, Backend, check_stop_when_flat
 from likeness.records import CharacterResult
+from likeness.run.gallery import character_artifact_key, key_url, publish_character
 from likeness.run.progress import prefect_artifact_key
 from tasks.estimate import estimate_run, measure_run
 
@@ -81,10 +82,15 @@ def produce_character(
         result = result.model_copy(update={"estimate": estimate})
         if estimate:
             measure_run(run.trigger, estimate)
+        # The pictures on this run, the one a person started, from the stages' results wherever they ran.
+        publish_character(result, flow_run.get_id())
+        pictures = key_url(character_artifact_key(run.trigger))
+        where = f", and at {pictures}" if pictures else ""
+        print(f"{run.trigger}: the pictures are on this run's Artifacts tab{where}")
         if result.lora is not None:
             create_markdown_artifact(
                 key=prefect_artifact_key(f"{run.trigger}-summary"),
-                markdown=summary_markdown(run.trigger, profile, result, str(flow_run.get_id())),
+                markdown=summary_markdown(run.trigger, profile, result, str(flow_run.get_id()), pictures),
                 description=f"{run.trigger}: what was produced",
             )
     return result
@@ -151,9 +157,15 @@ def run_stage(deployment_name: str, parameters: dict[str, Any]) -> tuple[str, Ch
     return str(child.id), character_of_run(str(child.id), parameters["name"])
 
 
-def summary_markdown(trigger: str, profile: str, result: CharacterResult, run_id: str) -> str:
-    """What a run made, as tables for the Prefect UI, and the command that copies it into a folder."""
-    lines = [f"# {trigger} ({profile} profile)", "", "Copy every file of this character into a folder:", ""]
+def summary_markdown(
+    trigger: str, profile: str, result: CharacterResult, run_id: str, pictures: str | None = None
+) -> str:
+    """What a run made, as tables for the Prefect UI, and the command that copies it into a folder; `pictures`: the
+    UI page of the character's pictures."""
+    key = character_artifact_key(trigger)
+    lines = [f"# {trigger} ({profile} profile)", ""]
+    lines += [f"The pictures: [{key}]({pictures})" if pictures else f"The pictures: the artifact `{key}`", ""]
+    lines += ["Copy every file of this character into a folder:", ""]
     lines += [f"    likeness pull {run_id} --out likeness-out/{trigger}", "", "| image | caption |", "|---|---|"]
     lines += [f"| `{item.image.key}` | {item.caption} |" for item in result.dataset.items]
     lora = result.lora

@@ -1,5 +1,6 @@
 """Pictures in the Prefect UI: URLs a browser loads (presigned on S3, data: thumbnails on a local store), the
-markdown of the dataset, checkpoint and render artifacts, and a real headless Chromium opening them in the UI."""
+markdown of the dataset, checkpoint and render artifacts, and a real headless Chromium opening them in the UI: a
+run's own, and those of a produce run started from its deployment's form, on that run's page."""
 
 from __future__ import annotations
 
@@ -376,3 +377,121 @@ def test_the_prefect_ui_shows_every_picture_of_a_run_in_a_real_browser(
             print(f"\nscreenshot: {path}")
     assert all(path.stat().st_size > 10_000 for path in screenshots)
     assert not failed_requests
+
+
+# --- a produce run started from its deployment's form ---------------------------------------------------------
+
+RUN_TIMEOUT_S = 900
+
+
+@pytest.mark.slow
+def test_a_produce_run_started_from_its_form_shows_the_pictures_on_its_page(
+    prefect_ui: str, s3_server, models_dir: Path, face_photo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CPU studio (`likeness deploy`, a CPU and a GPU worker, each its own machine, an S3 store): a person puts
+    a photo in the store, fills only the produce form's name and reference in the browser and submits; once the
+    run is done, its page's Artifacts tab shows the character's pictures, every one loaded from the store."""
+    from tests.conftest import cli_env
+    from tests.test_operations_e2e import Machines, s3_client
+
+    api = f"{prefect_ui}/api"
+    prefix = f"form-{uuid.uuid4().hex[:8]}"
+    studio = Machines(
+        tmp_path,
+        api,
+        {
+            **cli_env(tmp_path / "common", models_dir, api),
+            "LIKENESS_STORE_URI": f"s3://likeness-ui/{prefix}",
+            "LIKENESS_S3_ENDPOINT": s3_server.endpoint,
+            "LIKENESS_S3_ACCESS_KEY": s3_server.access_key,
+            "LIKENESS_S3_SECRET_KEY": s3_server.secret_key,
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+        },
+    )
+    client = s3_client(s3_server)
+    if not client.bucket_exists("likeness-ui"):
+        client.make_bucket("likeness-ui")
+    deployed = studio.likeness("deploy", "--gpu-slots", "1")
+    assert deployed.returncode == 0, deployed.stderr[-3000:]
+    put = studio.likeness("put", str(face_photo))
+    assert put.returncode == 0, put.stderr[-3000:]
+    photo = put.stdout.strip()
+    (produce,) = [d for d in api_post(api, "/deployments/filter", {}) if d["name"] == "produce"]
+
+    screenshots: list[Path] = []
+    failed_requests: list[str] = []
+    try:
+        studio.start_worker("cpu-machine", "likeness-cpu")
+        studio.start_worker("gpu-machine", "likeness-gpu", "--limit", "1")
+        with headless_chromium() as page:
+            page.on(
+                "requestfailed",
+                lambda request: (
+                    request.resource_type == "image"
+                    and failed_requests.append(f"{request.url[:120]}: {request.failure}")
+                ),
+            )
+            # The deployment's page, Run, Custom run: the form, where only the name and the photo are filled in.
+            page.goto(f"{prefect_ui}/v2/deployments/deployment/{produce['id']}")
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Custom run").click()
+            page.get_by_label("name", exact=True).fill("Ada")
+            page.get_by_label("reference", exact=True).fill(photo)
+            screenshots.append(tmp_path / "produce-form.png")
+            page.screenshot(path=screenshots[-1], full_page=True)
+            page.get_by_role("button", name="Submit").click()
+            run = wait_for_a_final_run(api, produce["id"])
+            assert run["state"]["type"] == "COMPLETED", (run["state"], studio_logs(tmp_path))
+            assert (run["parameters"]["name"], run["parameters"]["reference"]) == ("Ada", photo)
+            assert run["parameters"].get("profile", "tiny") == "tiny"  # the form's default on a CPU studio
+
+            artifacts = api_post(api, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+            (character,) = [a for a in artifacts if a["key"] == "ada-character"]
+            urls = image_urls(character["description"])
+            alts = re.findall(r"!\[([^\]]*)\]", character["description"])
+            assert alts[:3] == [
+                "Ada: dataset contact sheet",
+                "Ada: identity distance by step",
+                "Ada: identity distance by strength",
+            ]
+            assert len(alts) > 3 and all(url.startswith(s3_server.endpoint) for url in urls)  # presigned
+
+            # The run's own page, its Artifacts tab: the character's card shows every picture, loaded.
+            page.goto(f"{prefect_ui}/v2/runs/flow-run/{run['id']}")
+            page.get_by_role("tab", name="Artifacts").click()
+            shown = wait_for_images(page, urls, timeout_s=60)
+            screenshots.append(tmp_path / "produce-run-artifacts.png")
+            page.screenshot(path=screenshots[-1], full_page=True)
+            broken = [img["alt"] for img in shown if not img["loaded"]]
+            assert not broken, f"pictures that did not load: {broken}; failed: {failed_requests}"
+            assert {img["alt"] for img in shown} == set(alts)
+            # The character's key on the Artifacts page: the same pictures, wide, above the key's earlier versions.
+            page.goto(f"{prefect_ui}/v2/artifacts/key/ada-character")
+            shown = wait_for_images(page, urls, timeout_s=60)
+            screenshots.append(tmp_path / "character-key.png")
+            page.screenshot(path=screenshots[-1], full_page=True)
+            assert all(img["loaded"] for img in shown), failed_requests
+    finally:
+        for machine in list(studio.workers):
+            studio.stop_worker(machine)
+    with capsys.disabled():
+        for path in screenshots:
+            print(f"\nscreenshot: {path}")
+    assert all(path.stat().st_size > 10_000 for path in screenshots)
+    assert not failed_requests
+
+
+def wait_for_a_final_run(api: str, deployment_id: str, timeout_s: float = RUN_TIMEOUT_S) -> dict:
+    """The one flow run of the deployment, once it is final."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = api_post(api, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}})
+        assert len(runs) <= 1, [run["name"] for run in runs]
+        if runs and runs[0]["state"] and runs[0]["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            return runs[0]
+        assert time.monotonic() < deadline, f"no final run of the form's deployment in {timeout_s} s: {runs}"
+        time.sleep(2)
+
+
+def studio_logs(tmp: Path) -> str:
+    return "\n".join(f"{log.name}: {log.read_text(errors='replace')[-2000:]}" for log in sorted(tmp.glob("*.log")))

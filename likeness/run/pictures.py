@@ -117,13 +117,13 @@ def dataset_markdown(dataset: DatasetRef, store: ArtifactStore | None = None) ->
     kept_shots = {item.shot for item in dataset.items}
     rejections = [r for item in dataset.items for r in item.rejected] + [r for tries in dataset.dropped for r in tries]
     lines = [
-        f"### {_text(dataset.trigger)}: the dataset",
+        f"### {cell_text(dataset.trigger)}: the dataset",
         "",
         f"{len(dataset.items)} kept images, {len(rejections)} refused tries, {len(dataset.dropped)} shots dropped"
         + ("" if dataset.identity_checked else " (identity not checked: --no-identity)")
         + ". Refused tries are framed in red on the contact sheet.",
         "",
-        _image(f"{dataset.trigger}: contact sheet", image_url(dataset.contact_sheet, store)),
+        markdown_image(f"{dataset.trigger}: contact sheet", image_url(dataset.contact_sheet, store)),
         "",
         "#### Refused tries",
         "",
@@ -138,9 +138,9 @@ def dataset_markdown(dataset: DatasetRef, store: ArtifactStore | None = None) ->
         outcome = "kept on a later try" if rejection.shot in kept_shots else "dropped"
         lines.append(
             f"| {_gallery_cell(rejection.image, _rejection_alt(rejection), store, THUMBNAIL_SIDE)} "
-            f"| {_text(rejection.shot)} | {rejection.attempt + 1} | {rejection.seed} "
-            f"| {_distance(rejection.figures.identity_distance, dataset.identity_checked)} "
-            f"| {_text('; '.join(rejection.reasons))} | {outcome} |"
+            f"| {cell_text(rejection.shot)} | {rejection.attempt + 1} | {rejection.seed} "
+            f"| {distance_text(rejection.figures.identity_distance, dataset.identity_checked)} "
+            f"| {cell_text('; '.join(rejection.reasons))} | {outcome} |"
         )
     return "\n".join([*lines, ""])
 
@@ -149,12 +149,12 @@ def checkpoints_markdown(lora: LoraRef, store: ArtifactStore | None = None) -> s
     """The plot of identity distance by step, then each checkpoint's step, loss, identity distance and samples,
     the chosen one marked, and where and why training stopped early."""
     store = store or get_store()
-    lines = [f"### {_text(lora.trigger)}: checkpoints", ""]
+    lines = [f"### {cell_text(lora.trigger)}: checkpoints", ""]
     if lora.stopped_early is not None:
         stop = lora.stopped_early
-        lines += [f"Training stopped early at step {stop.step}: {_text(stop.reason)}.", ""]
+        lines += [f"Training stopped early at step {stop.step}: {cell_text(stop.reason)}.", ""]
     if lora.scores_plot is not None:
-        lines += [_image(f"{lora.trigger}: identity distance by step", image_url(lora.scores_plot, store)), ""]
+        lines += [markdown_image(f"{lora.trigger}: identity distance by step", image_url(lora.scores_plot, store)), ""]
     lines += [
         f"Median identity distance of each checkpoint's samples to the reference face (same person below "
         f"{IDENTITY_THRESHOLD}, lower is closer; — where not scored or too few faces were found).",
@@ -184,7 +184,7 @@ def renders_markdown(
     (best frame and median over the frames scored), prompt and seed."""
     store = store or get_store()
     lines = [
-        _image("renders: contact sheet", image_url(contact_sheet, store)),
+        markdown_image("renders: contact sheet", image_url(contact_sheet, store)),
         "",
         f"Identity distance to the reference (same person below {IDENTITY_THRESHOLD}, lower is closer): "
         "the best-scoring frame and the median over the frames scored.",
@@ -195,11 +195,11 @@ def renders_markdown(
     for item in renders:
         alt = f"{item.kind} s{item.seed}"
         lines.append(
-            f"| {_render_cell(item, alt, store)} | {item.kind}, {item.size}px, {item.steps} steps"
+            f"| {render_cell(item, alt, store)} | {item.kind}, {item.size}px, {item.steps} steps"
             + (f", {item.frames} frames" if item.kind == "video" else "")
-            + f" | {_distance(item.identity_distance, item.frames_scored > 0)} "
-            f"| {_median(item)} "
-            f"| {item.faces_found} / {item.frames_scored} | {item.seed} | {_text(item.prompt)} |"
+            + f" | {distance_text(item.identity_distance, item.frames_scored > 0)} "
+            f"| {median_text(item)} "
+            f"| {item.faces_found} / {item.frames_scored} | {item.seed} | {cell_text(item.prompt)} |"
         )
     return "\n".join([*lines, ""])
 
@@ -209,9 +209,9 @@ def strengths_markdown(trigger: str, strengths: Strengths, store: ArtifactStore 
     chosen pair marked."""
     store = store or get_store()
     lines = [
-        f"### {_text(trigger)}: render strengths",
+        f"### {cell_text(trigger)}: render strengths",
         "",
-        _image(f"{trigger}: identity distance by strength", image_url(strengths.grid, store)),
+        markdown_image(f"{trigger}: identity distance by strength", image_url(strengths.grid, store)),
         "",
         f"Identity distance of each still to the reference (same person below {IDENTITY_THRESHOLD}, lower is "
         "closer); a pair scores the median, a still without a face a miss. Renders take the chosen pair unless "
@@ -225,7 +225,7 @@ def strengths_markdown(trigger: str, strengths: Strengths, store: ArtifactStore 
         chosen = (lora, speed) == (strengths.lora_scale, strengths.speed_lora_scale)
         lines.append(
             f"| {lora:g} | {'—' if speed is None else f'{speed:g}'} "
-            f"| {', '.join(_distance(distance, True) for distance in distances)} "
+            f"| {', '.join(distance_text(distance, True) for distance in distances)} "
             f"| {'miss' if median is None else f'{median:.3f}'} | {'**chosen**' if chosen else ''} |"
         )
     return "\n".join([*lines, ""])
@@ -248,7 +248,7 @@ def renders_artifact_key(trigger: str) -> str:
 
 def publish_dataset(dataset: DatasetRef, store: ArtifactStore | None = None) -> UUID | None:
     """The dataset's pictures as the markdown artifact '<trigger>-dataset-pictures' of the current run."""
-    return _publish(
+    return publish_markdown(
         dataset_artifact_key(dataset.trigger),
         lambda: dataset_markdown(dataset, store),
         f"{dataset.trigger}: the contact sheet and every refused try with its reasons",
@@ -257,7 +257,7 @@ def publish_dataset(dataset: DatasetRef, store: ArtifactStore | None = None) -> 
 
 def publish_checkpoints(lora: LoraRef, store: ArtifactStore | None = None) -> UUID | None:
     """The checkpoints' scores as the markdown artifact '<trigger>-checkpoint-plot' of the current run."""
-    return _publish(
+    return publish_markdown(
         checkpoints_artifact_key(lora.trigger),
         lambda: checkpoints_markdown(lora, store),
         f"{lora.trigger}: identity distance by step",
@@ -268,7 +268,7 @@ def publish_renders(
     trigger: str, renders: Sequence[RenderItem], contact_sheet: ArtifactRef, store: ArtifactStore | None = None
 ) -> UUID | None:
     """The renders as the markdown artifact '<trigger>-renders' of the current run."""
-    return _publish(
+    return publish_markdown(
         renders_artifact_key(trigger),
         lambda: renders_markdown(renders, contact_sheet, store),
         f"{trigger}: the renders and how like the reference they are (lower is closer)",
@@ -277,15 +277,16 @@ def publish_renders(
 
 def publish_strengths(trigger: str, strengths: Strengths, store: ArtifactStore | None = None) -> UUID | None:
     """The strength probe as the markdown artifact '<trigger>-strengths' of the current run."""
-    return _publish(
+    return publish_markdown(
         prefect_artifact_key(f"{trigger}-strengths"),
         lambda: strengths_markdown(trigger, strengths, store),
         f"{trigger}: how like the reference the LoRA looks at each pair of strengths (lower is closer)",
     )
 
 
-def _publish(key: str, markdown: Callable[[], str], description: str) -> UUID | None:
-    """Create the markdown artifact inside a Prefect flow or task run (elsewhere: nothing, None).
+def publish_markdown(key: str, markdown: Callable[[], str], description: str | Callable[[], str]) -> UUID | None:
+    """Create the markdown artifact inside a Prefect flow or task run (elsewhere: nothing, None). The description
+    (markdown too) is what the UI shows on the artifact's card and above every version of its key.
 
     Pictures are for people: a failure to make them is logged and never fails the stage that called this.
     """
@@ -295,7 +296,8 @@ def _publish(key: str, markdown: Callable[[], str], description: str) -> UUID | 
     if FlowRunContext.get() is None and TaskRunContext.get() is None:
         return None
     try:
-        return create_markdown_artifact(key=key, markdown=markdown(), description=description)
+        text = description if isinstance(description, str) else description()
+        return create_markdown_artifact(key=key, markdown=markdown(), description=text)
     except Exception as exc:
         log.warning("could not publish the pictures artifact %r: %s", key, exc)
         return None
@@ -304,7 +306,7 @@ def _publish(key: str, markdown: Callable[[], str], description: str) -> UUID | 
 # --- helpers ----------------------------------------------------------------------------------------------------
 
 
-def _image(alt: str, url: str) -> str:
+def markdown_image(alt: str, url: str) -> str:
     return f"![{_alt(alt)}]({url})"
 
 
@@ -313,16 +315,16 @@ def _gallery_cell(ref: ArtifactRef, alt: str, store: ArtifactStore, max_side: in
 
     Not a linked image (`[![alt](thumb)](full)`): the Prefect UI's v1 front end drops those.
     """
-    thumbnail = _image(alt, thumbnail_url(ref, store, max_side))
+    thumbnail = markdown_image(alt, thumbnail_url(ref, store, max_side))
     if isinstance(store, S3Store):
         return f"{thumbnail} [full size]({store.presigned_url(ref.key, PRESIGNED_URL_LIFETIME)})"
     return thumbnail
 
 
-def _render_cell(item: RenderItem, alt: str, store: ArtifactStore) -> str:
+def render_cell(item: RenderItem, alt: str, store: ArtifactStore) -> str:
     if item.kind == "image":
         return _gallery_cell(item.output, alt, store, THUMBNAIL_SIDE)
-    poster = _image(f"{alt} (poster)", picture_url(poster_frame(item, store), _poster_name(item), store))
+    poster = markdown_image(f"{alt} (poster)", picture_url(poster_frame(item, store), _poster_name(item), store))
     if isinstance(store, S3Store):  # a browser plays the video itself
         return f"{poster} [play video]({store.presigned_url(item.output.key, PRESIGNED_URL_LIFETIME)})"
     return poster
@@ -352,13 +354,13 @@ def _rejection_alt(rejection: Rejection) -> str:
     return f"{rejection.shot}, try {rejection.attempt + 1}: {'; '.join(rejection.reasons)}"
 
 
-def _distance(distance: float | None, scored: bool) -> str:
+def distance_text(distance: float | None, scored: bool) -> str:
     if not scored:
         return "not scored"
     return "no face" if distance is None else f"{distance:.3f}"
 
 
-def _median(item: RenderItem) -> str:
+def median_text(item: RenderItem) -> str:
     """The median over the frames scored; a miss where half the frames or more had no face."""
     if item.frames_scored == 0:
         return "not scored"
@@ -373,10 +375,10 @@ def _checkpoint_distance(distance: float | None, scored: bool) -> str:
     return "—" if distance is None else f"{distance:.3f}"
 
 
-def _text(text: str) -> str:
+def cell_text(text: str) -> str:
     """Text safe in a markdown table cell: no row breaks, no column breaks, no raw HTML."""
     return " ".join(text.split()).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _alt(text: str) -> str:
-    return _text(text).replace("[", "(").replace("]", ")")
+    return cell_text(text).replace("[", "(").replace("]", ")")
