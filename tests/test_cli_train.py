@@ -145,6 +145,21 @@ def test_print_config_writes_the_ai_toolkit_yaml_for_a_real_base(run, tmp_path):
     assert "image ostris/aitoolkit:latest" in result.stderr
 
 
+def test_a_two_expert_job_names_its_own_base_and_another_base_is_refused(run, tmp_path):
+    folder = training_folder(tmp_path)
+    args = ["Ada", "--dataset", str(folder), "--profile", "production", "--backend", "runpod-native", "--print-config"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    job = json.loads(result.stdout)
+    assert job["config"]["base"] == "wan22_14b" and job["config"]["experts"] == ["high_noise", "low_noise"]
+    refused = run(*args, "--set", "train.base=wan21_14b")
+    assert refused.exit_code == 2
+    assert (
+        "train.base=wan21_14b: profile 'production' trains and renders Wan-AI/Wan2.2-T2V-A14B-Diffusers, which is "
+        "wan22_14b (Wan 2.2 T2V-A14B)" in " ".join(refused.stderr.split())
+    )
+
+
 def test_stop_when_flat_is_refused_without_identity_scores_or_on_ai_toolkit_and_sends_the_face_otherwise(run, tmp_path):
     folder = training_folder(tmp_path)
     stop = ["--set", "train.stop_when_flat.min_step=3", "--set", "train.stop_when_flat.patience=1"]

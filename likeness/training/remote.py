@@ -326,6 +326,8 @@ class RemoteTraining:
                 final = self._progress(attempt)
                 if final and final["status"] == "done":
                     self._publish(final["uploaded"], final["loss"])
+                    if self.on_progress and final["time"] != seen_time:  # it ended between two polls
+                        self.on_progress(final["step"], final["total"], final["loss"], final["status"])
                     self.stopped_early = final.get("stopped_early")
                     return True
                 return False
@@ -395,5 +397,4 @@ class RemoteTraining:
             pods=len(self.pod_times),
         )
         checkpoints = tuple(self.published[s] for s in sorted(self.published))
-        stopped = EarlyStop.model_validate(self.stopped_early) if self.stopped_early else None
-        return RemoteResult(checkpoints=checkpoints, cost=cost, stopped_early=stopped)
+        return RemoteResult(checkpoints=checkpoints, cost=cost, stopped_early=self.stopped_early)

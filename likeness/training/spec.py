@@ -13,8 +13,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from likeness.config import Expert, ModelProfile, ModelSpec, TrainConfig
+from likeness.config import BASE_NAMES, Expert, ModelProfile, ModelSpec, TrainConfig
 from likeness.identity import Face
+from likeness.inputs import InvalidInput
 
 # AI Toolkit's names, which our trainer writes too, so one agent publishes either's training folder.
 OPTIMIZER_STATE = "optimizer.pt"
@@ -41,7 +42,14 @@ class TrainJob(BaseModel):
     def for_profile(
         cls, trigger: str, config: TrainConfig, profile: ModelProfile, device: str, reference: Face | None = None
     ) -> TrainJob:
-        """The job that trains `trigger`'s LoRA on the profile's video model."""
+        """The job that trains `trigger`'s LoRA on the profile's video model; InvalidInput where `config.base` names
+        another architecture than the profile's (the job would load one model and name its files for another)."""
+        if config.base != profile.train.base:
+            video = profile.models["video"].source
+            raise InvalidInput(
+                f"train.base={config.base}: profile {profile.name!r} trains and renders {video}, which is "
+                f"{profile.train.base} ({BASE_NAMES[profile.train.base]}); a LoRA trains on the model it renders with"
+            )
         return cls(
             name=trigger,
             trigger=trigger,
