@@ -74,13 +74,10 @@ def estimate_character(
         )
     shots = catalogue.shots(config.dataset.variations, garments=0, poses=0)
     dataset = config.dataset
-    video = profile.models["video"]
-    # Our trainer samples with the speed LoRAs as renders run (`train.sampler`); AI Toolkit samples its own way.
-    speeds = config.train.sampler == "render" and bool(video.speed_loras) and backend != "runpod-aitoolkit"
-    training = training_work(config.train, len(shots), len(video.speed_sigmas) if speeds else None)
+    training = training_work(config.train, len(shots), profile, backend)
     stages = [
-        (edit_work(dataset, shots, _fp8(profile, "editor")), profile.memory_mode("editor")),
-        (upscale_work(dataset, shots, _fp8(profile, "refiner")), profile.memory_mode("refiner")),
+        (edit_work(dataset, shots, profile), profile.memory_mode("editor")),
+        (upscale_work(dataset, shots, profile), profile.memory_mode("refiner")),
         (caption_work(dataset, shots), "none"),
         (training, profile.memory_mode("video")),
         (rendering_work(config.render, profile), profile.memory_mode("video")),
@@ -116,11 +113,12 @@ def _fp8(profile: ModelProfile, role: Role) -> bool:
     return profile.models[role].weights == "fp8"
 
 
-def edit_work(dataset: DatasetConfig, shots: list[Shot], fp8: bool = False) -> Work:
-    """The editor's work on `shots`: each edit's passes, prompt, conditions, decode and identity check; `fp8`: its
-    transformer's weights stored in fp8."""
+def edit_work(dataset: DatasetConfig, shots: list[Shot], profile: ModelProfile) -> Work:
+    """The editor's work on `shots`: each edit's passes, prompt, conditions, decode and identity check (its
+    transformer stored as the profile's editor says)."""
     edit = dataset.edit
-    work = Work("dataset: edit", calibrated_part="editor.transformer", fp8_parts=_denoisers(fp8, "transformer"))
+    fp8_parts = _denoisers(_fp8(profile, "editor"), "transformer")
+    work = Work("dataset: edit", calibrated_part="editor.transformer", fp8_parts=fp8_parts)
     parts = {"transformer": "editor.transformer", "text_encoder": "editor.text_encoder", "vae": "editor.vae_decode"}
     work.parameters = {part: roles.parameter_count(role_part) for part, role_part in parts.items()}
     cfg = 2 if edit.true_cfg_scale > 1 else 1
@@ -153,11 +151,11 @@ def edit_work(dataset: DatasetConfig, shots: list[Shot], fp8: bool = False) -> W
     return work
 
 
-def upscale_work(dataset: DatasetConfig, shots: list[Shot], fp8: bool = False) -> Work:
-    """The upscaler's and the refiner's work on `shots`, the guard's outcomes averaged (expected) and the worst;
-    `fp8`: the refiner's transformer stored in fp8."""
+def upscale_work(dataset: DatasetConfig, shots: list[Shot], profile: ModelProfile) -> Work:
+    """The upscaler's and the refiner's work on `shots`, the guard's outcomes averaged (expected) and the worst (the
+    refiner's transformer stored as the profile's refiner says)."""
     edit, upscale = dataset.edit, dataset.upscale
-    fp8_parts = _denoisers(fp8, "transformer")
+    fp8_parts = _denoisers(_fp8(profile, "refiner"), "transformer")
     work = Work("dataset: upscale + refine", calibrated_part="refiner.transformer", fp8_parts=fp8_parts)
     parts = {
         "transformer": "refiner.transformer",
@@ -228,9 +226,12 @@ def caption_work(dataset: DatasetConfig, shots: list[Shot]) -> Work:
     return work
 
 
-def training_work(train: TrainConfig, images: int, speed_steps: int | None = None) -> Work:
-    """A LoRA's training on `images`: the steps, the samples of its checkpoints, the encodes before. `speed_steps`:
-    the steps of the video model's speed LoRAs, where the samples are made with them; None: `train.sample_steps`."""
+def training_work(train: TrainConfig, images: int, profile: ModelProfile, backend: Backend = "local") -> Work:
+    """A LoRA's training on `images` with `backend`: the steps, the samples of its checkpoints, the encodes before."""
+    video = profile.models["video"]
+    # Our trainer samples with the speed LoRAs as renders run (`train.sampler`); AI Toolkit samples its own way.
+    speeds = train.sampler == "render" and bool(video.speed_loras) and backend != "runpod-aitoolkit"
+    speed_steps = len(video.speed_sigmas) if speeds else None
     step = roles.lora_training_step(train.base, train.size, train.rank, train.gradient_checkpointing)
     experts = train.trained_experts
     family = "video-5b" if train.base == "wan22_5b" else "video"
@@ -311,7 +312,7 @@ def rendering_work(render: RenderConfig, profile: ModelProfile, jobs: list[Rende
     five_b = "TI2V-5B" in profile.models["video"].source
     family = "video-5b" if five_b else "video"
     experts = ("transformer",) if five_b else ("high_noise", "low_noise")
-    fp8 = _denoisers(profile.models["video"].weights == "fp8", *experts)
+    fp8 = _denoisers(_fp8(profile, "video"), *experts)
     work = Work("renders", calibrated_part=f"{family}.transformer", fp8_parts=fp8)
     work.parameters = {
         **dict.fromkeys(experts, roles.parameter_count(f"{family}.transformer")),

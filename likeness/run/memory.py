@@ -29,11 +29,7 @@ def memory_for_dataset(profile: ModelProfile, config: DatasetConfig, shots: list
     """`profile` with the editor's and the refiner's modes chosen for the dataset stage's shots on this GPU."""
 
     def works() -> dict[Role, Work]:
-        fp8 = {role: profile.models[role].weights == "fp8" for role in ("editor", "refiner")}
-        return {
-            "editor": edit_work(config, shots, fp8["editor"]),
-            "refiner": upscale_work(config, shots, fp8["refiner"]),
-        }
+        return {"editor": edit_work(config, shots, profile), "refiner": upscale_work(config, shots, profile)}
 
     return _chosen(profile, works, say)
 
@@ -41,7 +37,7 @@ def memory_for_dataset(profile: ModelProfile, config: DatasetConfig, shots: list
 def memory_for_training(profile: ModelProfile, config: TrainConfig, images: int, say: Say) -> ModelProfile:
     """`profile` with the video model's mode chosen for training on this GPU (our trainer holds it resident where
     it fits)."""
-    return _chosen(profile, lambda: {"video": training_work(config, images)}, say)
+    return _chosen(profile, lambda: {"video": training_work(config, images, profile)}, say)
 
 
 def memory_for_renders(
