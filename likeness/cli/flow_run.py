@@ -49,13 +49,12 @@ class StageTracker:
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.stage = "start-up"
-        self.done = self.total = 0
         self.text = ""
         self._bars: dict[str, Any] = {}
         self._printed: tuple[str, float] = ("", 0.0)
 
     def __call__(self, stage: str, done: int, total: int, text: str) -> None:
-        self.stage, self.done, self.total, self.text = stage, done, total, text
+        self.stage, self.text = stage, text
         if console.is_terminal:
             if stage not in self._bars:
                 self._bars[stage] = self.progress.add_task(stage, total=total)
