@@ -107,7 +107,7 @@ def _text_entries(path: Path, text: str) -> list[PromptEntry]:
         if len(line) > MAX_PROMPT_CHARS:
             problems.append(f"line {number}: {_too_long('the prompt', line)}")
             continue
-        control = next((ch for ch in line if ch != "\t" and unicodedata.category(ch) == "Cc"), None)
+        control = control_character(line)
         if control is not None:
             problems.append(f"line {number}: control character U+{ord(control):04X}: is it text?")
             continue
@@ -163,6 +163,11 @@ def _yaml_entries(path: Path, text: str) -> list[PromptEntry]:
     if problems:
         raise PromptsFileProblem(path, problems)
     return entries
+
+
+def control_character(text: str) -> str | None:
+    """The first control character in a prompt (a tab is fine): a sign it is not text."""
+    return next((ch for ch in text if ch != "\t" and unicodedata.category(ch) == "Cc"), None)
 
 
 def _check_count(path: Path, count: int) -> None:

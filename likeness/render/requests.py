@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,7 +20,7 @@ from PIL import Image
 from likeness.config import SEED_RANGE, ModelProfile, RenderConfig, render_template
 from likeness.inputs import InvalidInput, normalise_reference
 from likeness.media.post_fx import UnknownPostFx, post_fx_preset
-from likeness.render.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, PromptEntry
+from likeness.render.prompt_files import MAX_PROMPT_CHARS, MAX_PROMPTS, PromptEntry, control_character
 from likeness.render.prompts import video_prompt
 from likeness.storage.locations import read_location
 
@@ -81,7 +80,7 @@ def listed_prompts(prompts: Sequence[str], field: str = "prompts") -> list[Promp
     problems = []
     for number, prompt in enumerate(prompts, start=1):
         text = prompt.strip()
-        control = next((ch for ch in text if ch != "\t" and unicodedata.category(ch) == "Cc"), None)
+        control = control_character(text)
         if not text:
             problems.append(f"prompt {number} is empty")
         elif len(text) > MAX_PROMPT_CHARS:
