@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import statistics
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,6 +122,14 @@ def _scaled(rect: dlib.rectangle, factor: float) -> dlib.rectangle:
         round(value * factor) for value in (rect.left(), rect.top(), rect.right(), rect.bottom())
     )
     return dlib.rectangle(left, top, right, bottom)
+
+
+def median_distance(distances: Sequence[float | None]) -> float | None:
+    """The median of identity distances, a miss (None: no face found) ranked above every distance; None where misses
+    reach the median: a set of images that loses the face scores worse than one that draws it every time."""
+    misses = sum(distance is None for distance in distances)
+    median = statistics.median(sorted(d for d in distances if d is not None) + [math.inf] * misses)
+    return median if math.isfinite(median) else None
 
 
 def identity_distance(a: Sequence[float], b: Sequence[float]) -> float:

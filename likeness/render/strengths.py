@@ -13,13 +13,12 @@ leave the strengths open.
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageOps
 
 from likeness.config import RenderConfig, StrengthProbe
+from likeness.identity import median_distance
 from likeness.records import LoraRef, StrengthStill
 
 # A character LoRA strength and the speed LoRAs' (None: the video model has none).
@@ -41,10 +40,8 @@ def probe_pairs(probe: StrengthProbe, speed_loras: bool) -> list[Pair]:
 
 def pair_median(distances: Sequence[float | None]) -> float | None:
     """The median of a pair's distances, a still without a face (None) above every distance; None where such
-    misses reach the median."""
-    misses = sum(distance is None for distance in distances)
-    median = statistics.median(sorted(d for d in distances if d is not None) + [math.inf] * misses)
-    return median if math.isfinite(median) else None
+    misses reach the median (as a checkpoint's samples score)."""
+    return median_distance(distances)
 
 
 def choose_strengths(scores: Mapping[Pair, Sequence[float | None]]) -> tuple[Pair, float] | None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import io
 import math
-import statistics
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -38,6 +37,7 @@ from likeness.identity import (
     get_identity_model,
     identity_distance,
     main_face,
+    median_distance,
 )
 
 PLOT_SIZE = (8.0, 4.5)  # inches at PLOT_DPI: 800x450 px
@@ -84,11 +84,7 @@ class CheckpointScore(BaseModel):
     @property
     def distance(self) -> float | None:
         """Median over all samples with a miss ranked above every distance; None when misses reach the median."""
-        misses = len(self.samples) - self.faces_found
-        median = statistics.median(
-            sorted(sample.distance for sample in self.samples if sample.distance is not None) + [math.inf] * misses
-        )
-        return median if math.isfinite(median) else None
+        return median_distance([sample.distance for sample in self.samples])
 
 
 def score_checkpoint(
