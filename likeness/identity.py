@@ -124,6 +124,12 @@ def _scaled(rect: dlib.rectangle, factor: float) -> dlib.rectangle:
     return dlib.rectangle(left, top, right, bottom)
 
 
+def main_face_distance(reference: Face, faces: Sequence[Face]) -> float | None:
+    """The identity distance of the main face among `faces` (as curation picks it) to `reference`; None: no face."""
+    face = main_face(faces)
+    return identity_distance(reference.embedding, face.embedding) if face is not None else None
+
+
 def median_distance(distances: Sequence[float | None]) -> float | None:
     """The median of identity distances, a miss (None: no face found) ranked above every distance; None where misses
     reach the median: a set of images that loses the face scores worse than one that draws it every time."""

@@ -9,14 +9,12 @@ median over the frames scored (a frame without a face counts as a miss in the me
 
 from __future__ import annotations
 
-import math
-import statistics
 import tempfile
 from pathlib import Path
 
 from PIL import Image
 
-from likeness.identity import get_identity_model, identity_distance, main_face, reference_face
+from likeness.identity import get_identity_model, main_face_distance, median_distance, reference_face
 from likeness.media.imaging import contact_sheet, sample_frames
 from likeness.records import RenderItem
 from likeness.run.pictures import publish_renders
@@ -43,17 +41,13 @@ def score_render(item: RenderItem, reference: ArtifactRef) -> RenderItem:
     """The render with its identity distance to the reference: the best frame's, and the median over frames."""
     model = get_identity_model()
     face, _ = reference_face(load_image(reference), "the reference photo", model)
-    distances = []
     frames = render_frames(item)
-    for frame in frames:
-        found = main_face(model.faces(frame))
-        distances.append(identity_distance(face.embedding, found.embedding) if found else math.inf)
-    found = [d for d in distances if math.isfinite(d)]
-    median = statistics.median(distances)
+    distances = [main_face_distance(face, model.faces(frame)) for frame in frames]
+    found = [d for d in distances if d is not None]
     return item.model_copy(
         update={
             "identity_distance": min(found) if found else None,
-            "identity_median": median if math.isfinite(median) else None,
+            "identity_median": median_distance(distances),
             "faces_found": len(found),
             "frames_scored": len(frames),
         }

@@ -12,7 +12,7 @@ the output folder and the Prefect UI.
 from __future__ import annotations
 
 from likeness.config import ModelProfile, RenderConfig, render_template
-from likeness.identity import Face, FaceIdentityModel, get_identity_model, identity_distance, main_face, reference_face
+from likeness.identity import Face, FaceIdentityModel, get_identity_model, main_face_distance, reference_face
 from likeness.records import LoraRef, RenderItem, Strengths, StrengthStill
 from likeness.render.jobs import RenderJob
 from likeness.render.strengths import by_pair, choose_strengths, probe_pairs, strengths_grid
@@ -28,8 +28,7 @@ STAGE_VERSION = 1
 
 def still_distance(item: RenderItem, face: Face, model: FaceIdentityModel) -> float | None:
     """The identity distance of the still's main face to the reference face (None: no face found)."""
-    found = main_face(model.faces(load_image(item.output)))
-    return identity_distance(face.embedding, found.embedding) if found else None
+    return main_face_distance(face, model.faces(load_image(item.output)))
 
 
 @stage_task("probe-strengths", STAGE_VERSION)

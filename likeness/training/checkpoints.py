@@ -35,8 +35,7 @@ from likeness.identity import (
     Face,
     FaceIdentityModel,
     get_identity_model,
-    identity_distance,
-    main_face,
+    main_face_distance,
     median_distance,
 )
 
@@ -95,9 +94,7 @@ def score_checkpoint(
     scored = []
     for index, image in enumerate(samples):
         faces = model.faces(image)
-        face = main_face(faces)
-        distance = identity_distance(reference.embedding, face.embedding) if face is not None else None
-        scored.append(SampleScore(prompt_index=index, distance=distance, faces=len(faces)))
+        scored.append(SampleScore(prompt_index=index, distance=main_face_distance(reference, faces), faces=len(faces)))
     return CheckpointScore(step=step, samples=tuple(scored))
 
 
