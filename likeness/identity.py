@@ -12,10 +12,12 @@ documented rule. The model files come from the `face-recognition-models` package
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import statistics
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +43,10 @@ EMBEDDING_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # Detector scores measured here: real faces 1.0-1.8 upright, 0.25-0.6 when turned, sheared or blurred; a stray
 # detection on the astronaut photo's flag patch scored 0.02-0.3, but 1.29 once rotated, so no score is a clean cut.
 CLEAR_FACE_SCORE = 0.5
+# One run searches the same pixels several times (the reference by every stage that scores against it, an upscaled
+# shot by the refine's guard and then by its mask), and a search is 0.2-1.5 s of CPU: the answers for the images
+# searched last are kept, by content.
+REMEMBERED_SEARCHES = 64
 
 
 class Face(BaseModel):
@@ -85,10 +91,25 @@ class FaceIdentityModel:
         self._embedder = dlib.face_recognition_model_v1(str(folder / EMBEDDING_FILE))
         # dlib does not promise that its models may be called from several threads at once.
         self._lock = threading.Lock()
+        self._searched: OrderedDict[bytes, tuple[Face, ...]] = OrderedDict()
 
     def faces(self, image: Image.Image) -> list[Face]:
         """Every face in the image with its landmarks and embedding, largest first."""
         rgb = image.convert("RGB")
+        key = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).digest()
+        with self._lock:
+            if key in self._searched:
+                self._searched.move_to_end(key)
+                return list(self._searched[key])
+        found = self._search(rgb)
+        with self._lock:
+            self._searched[key] = tuple(found)
+            while len(self._searched) > REMEMBERED_SEARCHES:
+                self._searched.popitem(last=False)
+        return found
+
+    def _search(self, rgb: Image.Image) -> list[Face]:
+        """Detect, align and embed every face in an RGB image."""
         scale = DETECTION_SIDE / max(rgb.size)
         size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         pixels, copy_pixels = np.asarray(rgb), np.asarray(rgb.resize(size, Image.Resampling.BILINEAR))

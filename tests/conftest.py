@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# One intra-op thread for the tests that run models in the pytest workers too, set before anything imports torch:
+# several workers on two cores, each with a thread per core, spin against each other and the CLIs they start
+# (tests/test_render.py, test_stages.py and test_uso_refine.py together: 50 s of CPU with two threads, 44 s with one).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
 
 from tests.prefect_server import prefect_api, quiet_prefect_env  # noqa: F401  (fixtures)

@@ -175,3 +175,35 @@ def test_the_upsampled_search_runs_only_where_it_can_find_a_face_big_enough_to_t
     # A face the first pass finds ends the search there, whatever the size.
     calls.clear()
     assert model.faces(astronaut()) and calls == [0]
+
+
+def test_the_same_pixels_are_searched_once_and_the_oldest_answers_are_forgotten(monkeypatch) -> None:
+    import likeness.identity
+
+    model = FaceIdentityModel()
+    detector, calls = model._detector, []
+
+    class Counted:
+        def run(self, pixels: np.ndarray, upsample: int, threshold: float):
+            calls.append(pixels.shape)
+            return detector.run(pixels, upsample, threshold)
+
+    model._detector = Counted()
+    photo = astronaut()
+    first = model.faces(photo)
+    assert first and len(calls) == 1
+    # The same pixels in another mode, as a stage reloads them from the store: answered without a search, equal.
+    assert model.faces(photo.convert("RGBA")) == first and len(calls) == 1
+    changed = photo.copy()
+    changed.putpixel((0, 0), (0, 0, 0))
+    assert model.faces(changed) and len(calls) == 2
+
+    monkeypatch.setattr(likeness.identity, "REMEMBERED_SEARCHES", 2)
+    small = [Image.new("RGB", (64, 48), (shade, shade, shade)) for shade in (10, 20)]
+    for image in small:
+        assert model.faces(image) == []
+    assert len(calls) == 4
+    model.faces(photo)  # forgotten: two newer images were searched since
+    assert len(calls) == 5
+    model.faces(small[1])
+    assert len(calls) == 5

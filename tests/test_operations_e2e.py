@@ -311,9 +311,9 @@ def test_a_gpu_worker_killed_mid_stage_leaves_a_rerun_that_redoes_only_that_stag
     if "cpu-machine" not in studio.workers:
         studio.start_worker("cpu-machine", "likeness-cpu")
     studio.start_worker("gpu-machine-3", "likeness-gpu", "--limit", "1")
-    # Long enough to be killed in: 600 steps of the tiny trainer (30 ms each), a checkpoint every 200; one still.
+    # Long enough to be killed in: 300 steps of the tiny trainer (30-60 ms each), a checkpoint every 100; one still.
     kai = ["-p", "name=Kai", "-p", "reference=drop/Ada.jpg", *SMALL, "-p", "beyond_limits=true"]
-    kai += ["-p", "overrides.train.steps=600", "-p", "overrides.train.checkpoint_every=200"]
+    kai += ["-p", "overrides.train.steps=300", "-p", "overrides.train.checkpoint_every=100"]
     kai += ["-p", "overrides.render.video_prompts=[]"]
     started = studio.likeness("run", "produce", *kai)
     assert started.returncode == 0, started.stderr[-3000:]
@@ -345,7 +345,7 @@ def test_a_gpu_worker_killed_mid_stage_leaves_a_rerun_that_redoes_only_that_stag
     for name in names:
         if name.startswith("studio/sha256/") and name.rsplit("/", 1)[1].startswith("Kai_"):
             checkpoints.setdefault(name.rsplit("/", 1)[1], set()).add(name.split("/")[2])
-    assert {"Kai_000000200.safetensors", "Kai_000000600.safetensors"} <= set(checkpoints)
+    assert {"Kai_000000100.safetensors", "Kai_000000300.safetensors"} <= set(checkpoints)
     assert all(len(digests) == 1 for digests in checkpoints.values()), checkpoints
     assert not [name for name in names if name.endswith((".part", ".tmp")) or "/tmp" in name]
 

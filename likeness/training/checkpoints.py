@@ -23,9 +23,6 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
@@ -157,6 +154,12 @@ def scores_table(scores: Sequence[CheckpointScore], best_step: int) -> list[dict
 
 def score_plot_png(scores: Sequence[CheckpointScore], best_step: int, title: str) -> bytes:
     """An 800x450 PNG of identity distance by step: medians, every sample, the threshold, the best step."""
+    # Imported here: matplotlib takes 0.4 s to import, and most processes that read this module never plot (a pod's
+    # trainer scoring its samples, the dataset and render stages).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     _check_best(scores, best_step)
     ordered = sorted(scores, key=lambda score: score.step)
     steps = [score.step for score in ordered]
