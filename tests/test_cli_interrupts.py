@@ -99,7 +99,7 @@ def test_a_signal_stops_the_run_within_seconds_and_a_rerun_resumes(
         os.killpg(cli.process.pid, signum)
     else:
         cli.process.send_signal(signum)
-    assert cli.finish(timeout=30) == code
+    assert cli.finish(timeout=30) == code, cli.stderr[-3000:]
     took = time.monotonic() - sent
     assert took < 10, f"took {took:.1f} s to stop"
     assert f"interrupted ({signal.Signals(signum).name}) during {stage}" in cli.stderr

@@ -82,19 +82,32 @@ class FlowRun:
         self.server: TemporaryPrefectServer | None = None
         self.tracker: StageTracker | None = None
         self.exporting = False
+        self._interrupts: list[Interrupted] = []
 
     def start(self, refresh: bool, verbose: bool) -> None:
         """Run to the end, or stop on Ctrl-C / SIGTERM saying what was interrupted."""
         configure_environment(refresh)
         try:
-            with interruptible(on_forced_exit=self._say_interrupted):
+            with interruptible(on_forced_exit=self._say_interrupted) as self._interrupts:
                 try:
                     self._run(verbose)
                 except Interrupted as interrupt:
-                    exit_now(interrupt.exit_code, partial(self._say_interrupted, interrupt))
+                    self._exit_interrupted(interrupt)
+                except BaseException:
+                    # However the run unwound after a signal (a connection cut, a library's own clean-up), it was
+                    # interrupted, and the shell should hear 128 + the signal.
+                    self._exit_if_interrupted()
+                    raise
         except (OSError, ServerStartError) as exc:
             self._stop_server()
             fail(f"{describe_failure(exc)} (during {self._where()}); details in {self.log_path}")
+
+    def _exit_interrupted(self, interrupt: Interrupted) -> None:
+        exit_now(interrupt.exit_code, partial(self._say_interrupted, interrupt))
+
+    def _exit_if_interrupted(self) -> None:
+        if self._interrupts:
+            self._exit_interrupted(self._interrupts[0])
 
     def _say_interrupted(self, interrupt: Interrupted) -> None:
         self._stop_server(drain_s=1.0)
@@ -181,6 +194,8 @@ class FlowRun:
                 progress.remove_announcer(say)
         if state.is_completed():
             return state.result(), str(state.state_details.flow_run_id)
+        # A signal can end the flow Crashed where Prefect caught it: that is an interruption, not a failure.
+        self._exit_if_interrupted()
         if state.is_cancelling() or state.is_cancelled():
             self._mark_cancelled(state)
             fail(

@@ -75,10 +75,12 @@ def stop_on_signal_at_start_up() -> None:
 
 
 @contextmanager
-def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float = 5.0) -> Iterator[None]:
+def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float = 5.0) -> Iterator[list[Interrupted]]:
     """Within this block SIGINT and SIGTERM raise `Interrupted`; `on_forced_exit` runs before a forced exit.
 
-    Handle `Interrupted` inside the block: leaving it disarms the forced exit.
+    Yields the signals received so far (none or one): code that Prefect or a library unwinds its own way (a run
+    that ends Crashed rather than raising) can still tell it was interrupted. Handle `Interrupted` inside the
+    block: leaving it disarms the forced exit.
     """
     received: list[Interrupted] = []
     timers: list[threading.Timer] = []
@@ -100,7 +102,7 @@ def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float 
 
     previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}
     try:
-        yield
+        yield received
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
