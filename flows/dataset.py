@@ -29,7 +29,7 @@ from likeness.storage.artifacts import ArtifactRef
 from tasks.caption import caption_image
 from tasks.curation import make_mask, measure_image, measure_reference
 from tasks.dataset import assemble_dataset
-from tasks.upscale import upscale_image
+from tasks.upscale import upscale_image, uso_subject
 from tasks.variations import edit_variation
 
 # Qwen-Image's VAE downsamples 8x and its transformer packs 2x2 latent patches.
@@ -74,7 +74,7 @@ def build_dataset(
     """Turn one reference photo (and optional garment and pose images) into a captioned, curated LoRA dataset."""
     garments, poses = list(garments or []), list(poses or [])
     shots = catalogue.shots(config.variations, garments=len(garments), poses=len(poses))
-    profile = memory_for_dataset(profile, config, shots, say=print)
+    profile = memory_for_dataset(profile.for_upscale(config.upscale), config, shots, say=print)
     face = measure_reference(reference) if config.curation.identity else None
     # Four steps a shot: edited, upscaled, masked, captioned.
     progress = StageProgress("dataset", 4 * len(shots), f"{trigger}-dataset", unit="shots", items=len(shots))
@@ -86,6 +86,7 @@ def build_dataset(
     kept_shots = [shot for shot in shots if shot.id in chosen]
     picks = [chosen[shot.id] for shot in kept_shots]
 
+    subject = uso_subject(reference, config.upscale.uso_subject_size) if config.upscale.uso else None
     upscaled = upscale_image.map(
         [pick.image for pick in picks],
         unmapped(config.upscale),
@@ -93,6 +94,7 @@ def build_dataset(
         [pick.seed for pick in picks],
         unmapped(profile),
         unmapped(face),
+        unmapped(subject),
     )
     progress.wait(upscaled, "upscale")
     pipelines.release("upscaler", "refiner")

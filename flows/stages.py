@@ -149,9 +149,9 @@ def dataset_inputs(
     and resolved: the input images read and stored by the run's first tasks."""
     trigger = normalise_trigger(name)
     model_profile = load_profile(profile)
-    if roles:
-        preflight(model_profile, get_settings(), roles, FORM_ADVICE)
     config = RunConfig.from_profile(model_profile, overrides, beyond_limits=beyond_limits)
+    if roles:
+        preflight(model_profile.for_upscale(config.dataset.upscale), get_settings(), roles, FORM_ADVICE)
     run_catalogue = catalogue_at(catalogue)
     shots = run_catalogue.shots(config.dataset.variations, garments=len(garments or []), poses=len(poses or []))
     check_inputs_used(shots, len(garments or []), len(poses or []))

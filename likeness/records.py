@@ -25,6 +25,8 @@ class UpscaleResult(Record):
     identity_distance: float | None
     # Every start step refined and its distance, in the order tried.
     tries: tuple[tuple[int, float | None], ...]
+    # The reference crop USO conditioned every refine on; None: refined without USO.
+    uso_subject: ArtifactRef | None = None
 
 
 class Rejection(Record):

@@ -75,6 +75,7 @@ def manifest_lines(
             "refine_tries": [list(tried) for tried in item.upscale.tries],
             "pre_refine_identity_distance": _rounded(item.upscale.pre_refine_distance),
             "final_identity_distance": _rounded(item.upscale.identity_distance),
+            "refine_uso_subject": item.upscale.uso_subject.key if item.upscale.uso_subject else None,
             "sha256": item.image.sha256,
             "mask": f"masks/{item.filename(trigger)}",
             "rejected": [_rejected(rejection) for rejection in item.rejected],

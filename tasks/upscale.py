@@ -1,19 +1,25 @@
 """Upscale: ESRGAN 4x in tiles (through spandrel), resize to a long side of `config.size`, then a FLUX img2img
 refine in overlapping tiles from a start step the identity guard chooses per image.
 
+With `config.uso`, every refine (the guard's tries too) is conditioned on the character as ByteDance USO does it:
+the reference's face and surroundings (`uso_subject`) enter the transformer as subject tokens, through the DiT LoRA
+fused into the refiner (likeness.models.uso).
+
 The refine runs the last `steps - start_step` of `steps` steps: a late start keeps the character, an early one
 adds skin and eye detail at the risk of drifting from the face. The guard bisects `config.start_steps` for the
 lowest start step whose identity distance to the reference stays within `config.identity_tolerance` of the
 ESRGAN output's, and records every step it tried. It judges each step on the face and its surroundings alone
 (a tile or so of a full-body shot), then refines the whole image once at the step it chose.
 
-    result = upscale_image.fn(edited, profile.upscale, "ada, front view", 0, profile, reference_embedding)
+    subject = uso_subject.fn(reference, profile.upscale.uso_subject_size)
+    result = upscale_image.fn(edited, profile.upscale, "ada, front view", 0, profile, reference_embedding, subject)
     result.image, result.start_step, result.tries
 """
 
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -21,9 +27,9 @@ import numpy as np
 from PIL import Image
 
 from likeness.config import ModelProfile, UpscaleConfig
-from likeness.dataset.guard import choose_start_step, guard_region, target_size
+from likeness.dataset.guard import choose_start_step, face_surroundings, guard_region, target_size
 from likeness.media.tiling import apply_tiled
-from likeness.models.pipelines import get_pipeline, gpu_lock
+from likeness.models.pipelines import get_pipeline, get_uso_encoders, gpu_lock
 from likeness.records import UpscaleResult
 from likeness.run.interrupts import check_stop, stop_between_steps
 from likeness.stages import stage_task
@@ -31,8 +37,9 @@ from likeness.storage.artifacts import ArtifactRef, load_image, put_image
 
 if TYPE_CHECKING:
     from likeness.identity import Face
+    from likeness.models.uso import SubjectCondition
 
-STAGE_VERSION = 3
+STAGE_VERSION = 4
 
 
 def _esrgan(model: Any, image: Image.Image) -> Image.Image:
@@ -81,10 +88,19 @@ def _prompt_inputs(refiner: Any, prompt: str) -> dict[str, Any]:
 
 
 def refine(
-    refiner: Any, image: Image.Image, prompt_inputs: dict[str, Any], config: UpscaleConfig, start_step: int, seed: int
+    refiner: Any,
+    image: Image.Image,
+    prompt_inputs: dict[str, Any],
+    config: UpscaleConfig,
+    start_step: int,
+    seed: int,
+    subject: SubjectCondition | None = None,
 ) -> Image.Image:
-    """FLUX img2img from `start_step` on overlapping tiles of `image` (whole if it fits one), each with `seed`."""
+    """FLUX img2img from `start_step` on overlapping tiles of `image` (whole if it fits one), each with `seed`;
+    conditioned on USO's `subject` tokens when given."""
     import torch
+
+    from likeness.models.uso import conditioned
 
     multiple = refiner.vae_scale_factor * 2
     # FLUX.2 klein refines through its inpainting pipeline: a white mask repaints everything, i.e. img2img.
@@ -99,23 +115,36 @@ def refine(
         )
         source = Image.fromarray(padded)
         extra = {"mask_image": Image.new("L", source.size, 255)} if masked else {}
-        output = refiner(
-            **prompt_inputs,
-            **extra,
-            image=source,
-            strength=config.strength_at(start_step),
-            num_inference_steps=config.steps,
-            height=source.height,
-            width=source.width,
-            guidance_scale=config.guidance_scale,
-            # The same seed for every tile: neighbours get the same noise statistics, so their detail matches.
-            generator=torch.Generator("cpu").manual_seed(seed),
-            callback_on_step_end=stop_between_steps,
-        ).images[0]
+        with conditioned(refiner.transformer, subject) if subject else nullcontext():
+            output = refiner(
+                **prompt_inputs,
+                **extra,
+                image=source,
+                strength=config.strength_at(start_step),
+                num_inference_steps=config.steps,
+                height=source.height,
+                width=source.width,
+                guidance_scale=config.guidance_scale,
+                # The same seed for every tile: neighbours get the same noise statistics, so their detail matches.
+                generator=torch.Generator("cpu").manual_seed(seed),
+                callback_on_step_end=stop_between_steps,
+            ).images[0]
         return output.crop((0, 0, tile.width, tile.height))
 
     with gpu_lock:
         return apply_tiled(image, refine_tile, config.tile, config.overlap)
+
+
+@stage_task("uso-subject", STAGE_VERSION, gpu=False)
+def uso_subject(reference: ArtifactRef, long_side: int) -> ArtifactRef:
+    """The reference's face and surroundings (the whole photo where no face is found) at USO's subject size."""
+    from likeness.identity import get_identity_model, main_face
+    from likeness.models.uso import subject_image
+
+    photo = load_image(reference).convert("RGB")
+    face = main_face(get_identity_model().faces(photo))
+    crop = photo.crop(face_surroundings(face.box, photo.size)) if face else photo
+    return put_image(subject_image(crop, long_side), "uso-subject.png")
 
 
 @stage_task("upscale-image", STAGE_VERSION)
@@ -126,19 +155,25 @@ def upscale_image(
     seed: int,
     profile: ModelProfile,
     reference: tuple[float, ...] | None,
+    subject: ArtifactRef | None = None,
 ) -> UpscaleResult:
-    """ESRGAN 4x, resize to a long side of `config.size`, refine from the start step the identity guard picks."""
+    """ESRGAN 4x, resize to a long side of `config.size`, refine from the start step the identity guard picks
+    (conditioned on USO's `subject` when given)."""
+    from likeness.models.uso import encode_subject
+
     source = load_image(image)
     upscaler = get_pipeline("upscaler", profile)
     refiner = get_pipeline("refiner", profile)
+    encoders = get_uso_encoders(profile) if subject and config.uso_style else None
     with gpu_lock:
         upscaled = esrgan_upscale(upscaler, source, config.esrgan_tile, config.esrgan_overlap)
         prompt_inputs = _prompt_inputs(refiner, prompt)
+        condition = encode_subject(refiner, load_image(subject), encoders) if subject else None
     upscaled = upscaled.resize(target_size(*source.size, config.size), Image.Resampling.LANCZOS)
     face = main_face_of(upscaled, reference)
     if face is None or reference is None:
         # Nothing to guard: the configured start step, and what distance there is to record.
-        refined = refine(refiner, upscaled, prompt_inputs, config, config.start_step, seed)
+        refined = refine(refiner, upscaled, prompt_inputs, config, config.start_step, seed, condition)
         distance = face_distance(refined, reference)
         return UpscaleResult(
             image=put_image(refined, image.filename),
@@ -146,6 +181,7 @@ def upscale_image(
             pre_refine_distance=None,
             identity_distance=distance,
             tries=((config.start_step, distance),),
+            uso_subject=subject,
         )
     # The guard judges each start step on the face and its surroundings only, then the whole image is refined
     # once at the step it chose: a few tiles per try instead of the whole image.
@@ -156,7 +192,7 @@ def upscale_image(
     tried: dict[int, Image.Image] = {}
 
     def distance_at(start_step: int) -> float | None:
-        tried[start_step] = refine(refiner, crop, prompt_inputs, config, start_step, seed)
+        tried[start_step] = refine(refiner, crop, prompt_inputs, config, start_step, seed, condition)
         return face_distance(tried[start_step], reference)
 
     low, high = config.start_steps
@@ -166,7 +202,9 @@ def upscale_image(
     whole = region == (0, 0, *upscaled.size)
     # A close-up's face region is the whole image: its refine at the chosen step is already done.
     refined = (
-        tried[choice.start_step] if whole else refine(refiner, upscaled, prompt_inputs, config, choice.start_step, seed)
+        tried[choice.start_step]
+        if whole
+        else refine(refiner, upscaled, prompt_inputs, config, choice.start_step, seed, condition)
     )
     return UpscaleResult(
         image=put_image(refined, image.filename),
@@ -174,4 +212,5 @@ def upscale_image(
         pre_refine_distance=baseline,
         identity_distance=face_distance(refined, reference),
         tries=choice.tries,
+        uso_subject=subject,
     )

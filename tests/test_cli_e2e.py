@@ -25,6 +25,7 @@ STAGES = (
     "measure-reference",
     "edit-variation",
     "measure-image",
+    "uso-subject",
     "upscale-image",
     "face-mask",
     "caption-image",

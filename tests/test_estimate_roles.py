@@ -42,6 +42,9 @@ PUBLISHED = {
     "video.text_encoder": 5.68e9,
     # Wan 2.2's VAE (the TI2V-5B's): Wan2.2_VAE.pth, 2.82 GB of float32, 705M.
     "video-5b.vae_decode": 705e6,
+    # SigLIP so400m's vision tower, 428M (the "400M" of its name), and USO's projector: 3 x (729 x 64 + 1152 x 3072)
+    # weights and their biases, 10.8M.
+    "refiner.image_encoder": 439e6,
 }
 
 # dlib's face descriptor network worked out by hand from its anet_type and dlib's padding rules (no padding at stride
@@ -93,7 +96,10 @@ def test_production_shapes_are_the_profiles():
         "width": 1024, "height": 1024, "conditions": 1, "condition_area": 1024 * 1024,
         "vl_condition_area": 384 * 384, "prompt_tokens": roles.EDIT_PROMPT_TOKENS,
     }  # fmt: skip
-    assert roles.production_shape("refiner.transformer") == {"width": 1024, "height": 1024}
+    # USO's subject at 512 px beside each tile: 32 x 32 tokens; no style reference.
+    assert roles.production_shape("refiner.transformer") == {
+        "width": 1024, "height": 1024, "subject_tokens": 1024, "style_tokens": 0,
+    }  # fmt: skip
     assert roles.production_shape("upscaler") == {"width": 512, "height": 512}
     assert roles.production_shape("captioner")["new_tokens"] == 80
     assert roles.production_shape("video.transformer") == {"frames": 81, "width": 704, "height": 704}

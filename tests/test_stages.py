@@ -373,7 +373,7 @@ def test_the_guard_judges_start_steps_on_the_face_and_refines_the_whole_image_on
 
     calls = []
 
-    def blurring_refine(refiner, image, prompt_inputs, config, start_step, seed):
+    def blurring_refine(refiner, image, prompt_inputs, config, start_step, seed, subject=None):
         calls.append((image.size, start_step))
         return image.filter(ImageFilter.GaussianBlur((config.steps - start_step) * 0.8))
 
@@ -446,13 +446,17 @@ def test_permissive_refines_with_flux2_klein_through_its_inpainting_pipeline(ref
     from tasks.upscale import upscale_image
 
     # The tiny profile with permissive's refiner architecture: FLUX.2 klein, which has no img2img pipeline.
-    models = {**TINY.models, "refiner": TINY.models["refiner"].model_copy(update={"source": "tiny:refiner-klein"})}
-    klein = TINY.model_copy(update={"models": models, "name": "tiny-klein"})
+    # As permissive's: no USO, which is a LoRA for FLUX.1.
+    refiner = TINY.models["refiner"].model_copy(update={"source": "tiny:refiner-klein", "uso": None})
+    upscale = TINY.upscale.model_copy(update={"uso": False})
+    klein = TINY.model_copy(
+        update={"models": {**TINY.models, "refiner": refiner}, "upscale": upscale, "name": "tiny-klein"}
+    )
     refiner = pipelines.get_pipeline("refiner", klein)
     assert type(refiner).__name__ == "Flux2KleinInpaintPipeline"
     calls = []
     hook = refiner.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
-    config = TINY.upscale.model_copy(update={"guidance_scale": 0.0})
+    config = upscale.model_copy(update={"guidance_scale": 0.0})
     try:
         result = upscale_image.fn(
             put_image(load_image(reference).resize((48, 64)), "front.png"), config, "Ada", 0, klein, None

@@ -37,7 +37,7 @@ from likeness.config.limits import (
     check_shot_count,
 )
 from likeness.config.pod import BACKENDS, Backend, GpuCloud, PodConfig
-from likeness.config.profile import ROLES, LoraSpec, ModelProfile, ModelSpec, Offload, Role
+from likeness.config.profile import ROLES, LoraSpec, ModelProfile, ModelSpec, Offload, Role, UsoSpec
 from likeness.config.render import RenderConfig, StrengthProbe
 from likeness.config.run import RunConfig, merge_nested
 from likeness.config.training import (
@@ -97,6 +97,7 @@ __all__ = [
     "Role",
     "ROLES",
     "LoraSpec",
+    "UsoSpec",
     "ModelSpec",
     "ModelProfile",
     "Offload",

@@ -32,6 +32,10 @@ class UpscaleConfig(Stage):
     The refine runs the last steps of `steps` from a start step the identity guard picks per image: the lowest
     in `start_steps` (low, high) whose identity distance stays within `identity_tolerance` of the ESRGAN
     output's. Where identity cannot be measured (no reference embedding, no face) it starts at `start_step`.
+
+    With `uso`, every refine is conditioned on the character's reference as ByteDance USO does it (the refiner's
+    `uso` files): the reference's face and surroundings, scaled to a long side of `uso_subject_size`, enter the
+    transformer as subject tokens beside the image's; with `uso_style` the same crop is USO's style reference too.
     """
 
     size: int = Field(gt=0)
@@ -45,6 +49,16 @@ class UpscaleConfig(Stage):
     overlap: int = Field(ge=0)
     esrgan_tile: int = Field(gt=0)
     esrgan_overlap: int = Field(ge=0)
+    uso: bool = False
+    # 512 is USO's own content reference size (its inference.py's `content_ref`).
+    uso_subject_size: int = Field(default=512, ge=16)
+    uso_style: bool = False
+
+    @model_validator(mode="after")
+    def _style_with_subject(self) -> UpscaleConfig:
+        if self.uso_style and not self.uso:
+            raise ValueError("uso_style needs uso: the style reference is a part of USO's conditioning")
+        return self
 
     @model_validator(mode="after")
     def _start_inside_schedule(self) -> UpscaleConfig:

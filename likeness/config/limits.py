@@ -127,6 +127,12 @@ class UpscaleLimits(Frozen):
     # A 64-filter ESRGAN holds several 64-channel float32 maps at 4x the tile: 1 GB each for a 512 px tile.
     esrgan_tile: Limit = _soft(1024, "as a 64-filter ESRGAN then holds 4 GB per feature map (at 4096x4096)")
     identity_tolerance: Limit = _soft(0.3, "half the 0.6 distance at which dlib's face model calls two faces strangers")
+    uso_subject_size: Limit = Limit(
+        soft=Ceiling(max=512, why="the content reference size USO runs at (its inference.py's content_ref)"),
+        hard=Ceiling(max=1024, why="the largest content reference USO's own demo takes"),
+        # USO's preprocess_ref crops the reference to multiples of 16 before the VAE.
+        multiple=Multiple(of=16, why="as USO crops its references to multiples of 16 (FLUX's VAE and 2x2 packing)"),
+    )
 
 
 class CaptionLimits(Frozen):

@@ -34,6 +34,30 @@ class LoraSpec(Frozen):
     scale: float = Field(default=1.0, gt=0)
 
 
+class UsoSpec(Frozen):
+    """ByteDance USO for a FLUX.1 refiner: its DiT LoRA and SigLIP projector, files of `source` (a hub repo, a local
+    folder or `tiny:uso`), and the SigLIP image encoder they were trained with, found like a model. The projector and
+    the encoder make style tokens only: None where a run has no style reference."""
+
+    source: str
+    revision: str | None = None
+    lora: str = "uso_flux_v1.0/dit_lora.safetensors"
+    projector: str | None = "uso_flux_v1.0/projector.safetensors"
+    image_encoder: str | None = "google/siglip-so400m-patch14-384"
+    licence: str
+
+    def lora_file(self) -> LoraSpec:
+        return LoraSpec(source=self.source, file=self.lora, revision=self.revision, licence=self.licence)
+
+    def projector_file(self) -> LoraSpec | None:
+        if self.projector is None:
+            return None
+        return LoraSpec(source=self.source, file=self.projector, revision=self.revision, licence=self.licence)
+
+    def image_encoder_model(self) -> ModelSpec | None:
+        return None if self.image_encoder is None else ModelSpec(source=self.image_encoder, licence=self.licence)
+
+
 class ModelSpec(Frozen):
     """Where one role's weights come from: a hub repo id, a local folder, or `tiny:<role>`; optionally a LoRA
     fused into them and the scheduler config values that go with it."""
@@ -57,6 +81,8 @@ class ModelSpec(Frozen):
     # profile's dtype layer by layer as each computes (diffusers' layerwise casting): half the memory, the same
     # arithmetic on rounded weights. None: stored in the profile's dtype.
     weights: Literal["fp8"] | None = None
+    # The refiner's USO files; a run uses them when its `upscale.uso` is on.
+    uso: UsoSpec | None = None
 
     @model_validator(mode="after")
     def _sigmas_with_speed_loras(self) -> ModelSpec:
@@ -108,11 +134,34 @@ class ModelProfile(Frozen):
         }
         return self.model_copy(update={"models": models})
 
+    def for_upscale(self, upscale: UpscaleConfig) -> ModelProfile:
+        """This profile as a run with `upscale` loads it: without the USO files the run does not use (all of them
+        with USO off, the style projector and encoder without a style reference), so nothing checks, downloads or
+        loads them."""
+        uso = self.models["refiner"].uso
+        if uso is None or upscale.uso_style:
+            return self
+        used = uso.model_copy(update={"projector": None, "image_encoder": None}) if upscale.uso else None
+        refiner = self.models["refiner"].model_copy(update={"uso": used})
+        return self.model_copy(update={"models": {**self.models, "refiner": refiner}})
+
     @model_validator(mode="after")
     def _every_role(self) -> ModelProfile:
         missing = [role for role in ROLES if role not in self.models]
         if missing:
             raise ValueError(f"profile {self.name!r} names no model for: {', '.join(missing)}")
+        return self
+
+    @model_validator(mode="after")
+    def _uso_on_the_refiner(self) -> ModelProfile:
+        elsewhere = [role for role, spec in self.models.items() if spec.uso and role != "refiner"]
+        if elsewhere:
+            raise ValueError(f"profile {self.name!r}: USO conditions the refiner only, not the {elsewhere[0]}")
+        uso = self.models["refiner"].uso
+        if self.upscale.uso and not uso:
+            raise ValueError(f"profile {self.name!r}: upscale.uso is on but its refiner names no USO files")
+        if self.upscale.uso_style and uso and not (uso.projector and uso.image_encoder):
+            raise ValueError(f"profile {self.name!r}: upscale.uso_style needs its USO's projector and image_encoder")
         return self
 
     @model_validator(mode="after")

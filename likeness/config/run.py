@@ -56,6 +56,23 @@ class RunConfig(Frozen):
                     soft=False,
                 )
             )
+        if config.dataset.upscale.uso and not profile.models["refiner"].uso:
+            problems.append(
+                Problem(
+                    f"dataset.upscale.uso=true: profile {profile.name!r} names no USO files for its refiner "
+                    f"({profile.models['refiner'].source}); USO is a LoRA for FLUX.1-dev refiners",
+                    soft=False,
+                )
+            )
+        uso = profile.models["refiner"].uso
+        if config.dataset.upscale.uso_style and uso and not (uso.projector and uso.image_encoder):
+            problems.append(
+                Problem(
+                    f"dataset.upscale.uso_style=true: profile {profile.name!r} names no USO projector and image "
+                    "encoder for the style reference",
+                    soft=False,
+                )
+            )
         if problems:
             raise InvalidSettings([f"{p.text}; {SOFT_ADVICE}" if p.soft else p.text for p in problems])
         return config

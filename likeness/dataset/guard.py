@@ -69,9 +69,15 @@ def guard_region(
     """The part of the image the guard refines to judge a start step: the face box grown by `GUARD_MARGIN` of its
     size on every side (room for the detector and the refine's context), inside the image; the whole image when
     that part would take as many refine tiles (a close-up), so the guard's refine is the result."""
+    region = face_surroundings(face_box, size)
+    width, height = size
+    tiles = len(tile_grid(region[2] - region[0], region[3] - region[1], tile, overlap))
+    return (0, 0, width, height) if tiles >= len(tile_grid(width, height, tile, overlap)) else region
+
+
+def face_surroundings(face_box: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The face box grown by `GUARD_MARGIN` of its size on every side, inside an image of `size`."""
     left, top, right, bottom = face_box
     grow_x, grow_y = round((right - left) * GUARD_MARGIN), round((bottom - top) * GUARD_MARGIN)
     width, height = size
-    region = max(0, left - grow_x), max(0, top - grow_y), min(width, right + grow_x), min(height, bottom + grow_y)
-    tiles = len(tile_grid(region[2] - region[0], region[3] - region[1], tile, overlap))
-    return (0, 0, width, height) if tiles >= len(tile_grid(width, height, tile, overlap)) else region
+    return max(0, left - grow_x), max(0, top - grow_y), min(width, right + grow_x), min(height, bottom + grow_y)

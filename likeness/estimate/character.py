@@ -164,25 +164,31 @@ def upscale_work(dataset: DatasetConfig, shots: list[Shot], profile: ModelProfil
         "vae": "refiner.vae_decode",
         "upscaler": "upscaler",
     }
+    if upscale.uso_style:
+        parts["image_encoder"] = "refiner.image_encoder"
     work.parameters = {part: roles.parameter_count(role_part) for part, role_part in parts.items()}
     # Every refine call is counted at a whole tile: the guard's region can be smaller.
     tile = {"width": upscale.tile, "height": upscale.tile}
-    refiner = roles.evaluation("refiner.transformer", **tile)
+    refiner = roles.evaluation("refiner.transformer", **tile, **roles.uso_tokens(upscale))
     tile_vae = [roles.evaluation("refiner.vae_encode", **tile), roles.evaluation("refiner.vae_decode", **tile)]
     texts = [roles.evaluation("refiner.text_encoder"), roles.evaluation("refiner.text_encoder_2")]
+    # USO's subject is encoded once an image (and, with uso_style, its style tokens); its LoRA is fused, no weights.
+    subject = upscale.uso_subject_size
+    uso = [roles.evaluation("refiner.vae_encode", width=subject, height=subject)] if upscale.uso else []
+    uso += [roles.evaluation("refiner.image_encoder")] if upscale.uso_style else []
     esrgan = roles.evaluation("upscaler", width=upscale.esrgan_tile, height=upscale.esrgan_tile)
     identity = roles.evaluation_flops("identity")
     for shot in shots:
         width, height = shot_size(shot.aspect, edit.size, EDIT_MULTIPLE)
         esrgan_tiles = len(tile_grid(width, height, upscale.esrgan_tile, upscale.esrgan_overlap))
-        fixed = esrgan_tiles * esrgan.flops + sum(text.flops for text in texts)
+        fixed = esrgan_tiles * esrgan.flops + sum(part.flops for part in (*texts, *uso))
         # Without identity (--no-identity) there is no reference to guard the face against.
         face_share = face_share_of(shot) if dataset.curation.identity else None
         outcomes = guard_outcomes(upscale, target_size(width, height, upscale.size), face_share)
         # The prompt is encoded once an image; each refined tile is a pipeline call of its own (the transformer and
         # the VAE).
         weights = work.weight_bytes()
-        prompt_bytes = weights["text_encoder"] + weights["text_encoder_2"]
+        prompt_bytes = weights["text_encoder"] + weights["text_encoder_2"] + weights.get("image_encoder", 0)
         tile_bytes = weights["transformer"] + weights["vae"]
         counts = [
             Count(
@@ -203,6 +209,8 @@ def upscale_work(dataset: DatasetConfig, shots: list[Shot], profile: ModelProfil
     work.working("text_encoder", texts[0].activation_bytes)
     work.working("text_encoder_2", texts[1].activation_bytes)
     work.working("upscaler", esrgan.activation_bytes)
+    if upscale.uso_style:
+        work.working("image_encoder", uso[-1].activation_bytes)
     return work
 
 

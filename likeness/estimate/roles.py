@@ -12,7 +12,9 @@ The parts (`role.part`, roles as production.yaml names them):
     editor.text_encoder      its Qwen2.5-VL-7B: the prompt with each condition image (once per edit without CFG)
     editor.vae_encode        its VAE encoding one condition image
     editor.vae_decode        its VAE decoding the output
-    refiner.transformer      FLUX.1-dev's 12B transformer: one img2img pass over one tile
+    refiner.transformer      FLUX.1-dev's 12B transformer: one img2img pass over one tile (and USO's subject and
+                             style tokens)
+    refiner.image_encoder    USO's SigLIP so400m vision tower and its projector on one style reference
     refiner.text_encoder     CLIP-L on its 77 tokens
     refiner.text_encoder_2   T5-XXL's encoder on its 512 tokens
     refiner.vae_encode       FLUX's VAE encoding one tile
@@ -103,6 +105,7 @@ FLUX_DEV_TRANSFORMER: dict[str, Any] = {
     "joint_attention_dim": 4096, "num_attention_heads": 24, "num_layers": 19, "num_single_layers": 38,
     "patch_size": 1, "pooled_projection_dim": 768,
 }  # fmt: skip
+FLUX_DEV_TRANSFORMER_HIDDEN = 24 * 128
 # vae/config.json of black-forest-labs/FLUX.1-dev (AutoencoderKL, 16 latent channels).
 FLUX_VAE: dict[str, Any] = {
     "act_fn": "silu", "block_out_channels": (128, 256, 512, 512), "down_block_types": ("DownEncoderBlock2D",) * 4,
@@ -124,6 +127,13 @@ T5_XXL: dict[str, Any] = {
     "tie_word_embeddings": False, "vocab_size": 32128,
 }  # fmt: skip
 CLIP_TOKENS, T5_TOKENS = 77, 512  # FluxImg2ImgPipeline pads to these (max_sequence_length 512 for FLUX.1-dev)
+# config.json of google/siglip-so400m-patch14-384, its vision_config (USO's image encoder; the text tower never loads).
+SIGLIP_SO400M_VISION: dict[str, Any] = {
+    "hidden_size": 1152, "image_size": 384, "intermediate_size": 4304, "num_attention_heads": 16,
+    "num_hidden_layers": 27, "patch_size": 14,
+}  # fmt: skip
+# USO's projector (uso/flux/model.py in bytedance/USO): 729 SigLIP tokens of three layers, each to 64 style tokens.
+USO_STYLE_TOKENS = 3 * 64
 
 # Kim2091/UltraSharp's 4x-UltraSharp.pth as spandrel reads it: ESRGAN's RRDBNet, 23 blocks of 64 features (growth 32).
 ESRGAN_4X_ULTRASHARP: dict[str, Any] = {"in_nc": 3, "out_nc": 3, "num_filters": 64, "num_blocks": 23, "scale": 4}
@@ -214,6 +224,18 @@ def _build_clip_l() -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     return CLIPTextModel(CLIPTextConfig(**CLIP_L))
+
+
+def _build_uso_image_encoder() -> Any:
+    from torch import nn
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from likeness.models.uso import StyleProjector
+
+    vision = SIGLIP_SO400M_VISION
+    tokens = (vision["image_size"] // vision["patch_size"]) ** 2
+    projector = StyleProjector(tokens, USO_STYLE_TOKENS // 3, vision["hidden_size"], FLUX_DEV_TRANSFORMER_HIDDEN)
+    return nn.ModuleDict({"encoder": SiglipVisionModel(SiglipVisionConfig(**vision)), "projector": projector})
 
 
 def _build_t5_xxl() -> Any:
@@ -312,6 +334,7 @@ _BUILDERS: dict[str, Callable[[], Any]] = {
     "qwen_image_vae": _build_qwen_image_vae,
     "qwen25_vl": _build_qwen25_vl,
     "flux_transformer": _build_flux_transformer,
+    "uso_image_encoder": _build_uso_image_encoder,
     "flux_vae": _build_flux_vae,
     "clip_l": _build_clip_l,
     "t5_xxl": _build_t5_xxl,
@@ -455,19 +478,34 @@ def _image_vae_decode(model: Any, width: int, height: int) -> Measure:
     return _measure(lambda: model.decode(_empty(1, model.config.z_dim, 1, height // 8, width // 8)))
 
 
-def _refiner_transformer(model: Any, width: int, height: int) -> Measure:
+def _refiner_transformer(
+    model: Any, width: int, height: int, subject_tokens: int = 0, style_tokens: int = 0
+) -> Measure:
     import torch
 
-    image_tokens = (height // 16) * (width // 16)  # 8x VAE, 2x2 latent patches packed into 64 channels
+    # 8x VAE, 2x2 latent patches packed into 64 channels; USO's subject tokens follow the image's.
+    tokens = (height // 16) * (width // 16) + subject_tokens
+    # USO's style tokens join the text's after its embedder: counted through it, 0.02% of an evaluation more.
+    text_tokens = T5_TOKENS + style_tokens
     config = model.config
     return _measure(lambda: model(
-        hidden_states=_empty(1, image_tokens, config.in_channels),
-        encoder_hidden_states=_empty(1, T5_TOKENS, config.joint_attention_dim),
+        hidden_states=_empty(1, tokens, config.in_channels),
+        encoder_hidden_states=_empty(1, text_tokens, config.joint_attention_dim),
         pooled_projections=_empty(1, config.pooled_projection_dim),
         timestep=torch.zeros(1, device="meta"), guidance=torch.zeros(1, device="meta"),
-        img_ids=torch.zeros(image_tokens, 3, device="meta"), txt_ids=torch.zeros(T5_TOKENS, 3, device="meta"),
+        img_ids=torch.zeros(tokens, 3, device="meta"), txt_ids=torch.zeros(text_tokens, 3, device="meta"),
         return_dict=False,
     ))  # fmt: skip
+
+
+def _uso_image_encoder(model: Any) -> Measure:
+    side = SIGLIP_SO400M_VISION["image_size"]
+
+    def encode() -> Any:
+        hidden_states = model["encoder"](pixel_values=_empty(1, 3, side, side), output_hidden_states=True)
+        return model["projector"](hidden_states.hidden_states)
+
+    return _measure(encode)
 
 
 def _text_encoder(model: Any, tokens: int) -> Measure:
@@ -563,6 +601,13 @@ def _condition_shape(profile: Any) -> dict[str, int]:
     return {"width": width, "height": height}
 
 
+def uso_tokens(upscale: Any) -> dict[str, int]:
+    """The tokens USO adds to a refine's transformer pass: the subject's (a square crop at `uso_subject_size`, an
+    assumption: a face crop is about as tall as wide) and, with `uso_style`, the projector's style tokens."""
+    subject = (upscale.uso_subject_size // 16) ** 2 if upscale.uso else 0
+    return {"subject_tokens": subject, "style_tokens": USO_STYLE_TOKENS if upscale.uso_style else 0}
+
+
 def _tile(side: int) -> dict[str, int]:
     return {"width": side, "height": side}
 
@@ -577,7 +622,10 @@ _PARTS: dict[str, tuple[str, Callable[..., Measure], Callable[[Any], dict[str, i
     "editor.text_encoder": ("qwen25_vl", _editor_text_encoder, _prompt_shape, "production"),
     "editor.vae_encode": ("qwen_image_vae", _image_vae_encode, _condition_shape, "production"),
     "editor.vae_decode": ("qwen_image_vae", _image_vae_decode, lambda p: _tile(p.edit.size), "production"),
-    "refiner.transformer": ("flux_transformer", _refiner_transformer, lambda p: _tile(p.upscale.tile), "production"),
+    "refiner.transformer": ("flux_transformer", _refiner_transformer, lambda p: {
+        **_tile(p.upscale.tile), **uso_tokens(p.upscale),
+    }, "production"),
+    "refiner.image_encoder": ("uso_image_encoder", _uso_image_encoder, lambda p: {}, "production"),
     "refiner.text_encoder": ("clip_l", _text_encoder, lambda p: {"tokens": CLIP_TOKENS}, "production"),
     "refiner.text_encoder_2": ("t5_xxl", _text_encoder, lambda p: {"tokens": T5_TOKENS}, "production"),
     "refiner.vae_encode": ("flux_vae", _flux_vae_encode, lambda p: _tile(p.upscale.tile), "production"),

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 gpu_lock = threading.RLock()
 load_counts: Counter[str] = Counter()
-_loaded: dict[tuple[str, str, str | None, str, str, bool, bool], Any] = {}
+_loaded: dict[tuple[Any, ...], Any] = {}
 _loading = threading.Lock()
 
 
@@ -113,7 +113,16 @@ def _load_refiner(path: Path, profile: ModelProfile, device: str) -> Any:
     if declared not in _REFINER_PIPELINES:
         raise ValueError(f"refiner {path}: {declared} is not supported; use a FLUX.1 or FLUX.2 klein repo")
     pipeline = getattr(diffusers, _REFINER_PIPELINES[declared])
-    return _place(pipeline.from_pretrained(path, dtype=_torch_dtype(profile)), profile, "refiner", device)
+    pipe = pipeline.from_pretrained(path, dtype=_torch_dtype(profile))
+    if profile.models["refiner"].uso:
+        if not isinstance(pipe, diffusers.FluxImg2ImgPipeline):
+            raise ValueError(f"refiner {path}: USO is a LoRA for FLUX.1 transformers, not for {declared}'s")
+        from likeness.models.profiles import uso_paths
+        from likeness.models.uso import load_uso_lora
+
+        # Fused before any fp8 storage or offload: a refine step then costs a base step.
+        load_uso_lora(pipe, uso_paths(profile, get_settings()).lora)
+    return _place(pipe, profile, "refiner", device)
 
 
 def _load_upscaler(path: Path, profile: ModelProfile, device: str) -> Any:
@@ -173,9 +182,10 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
     """The loaded model for `role` under `profile`, loading it on first use in this process."""
     settings = settings or get_settings()
     spec = profile.models[role]
-    # Precision and memory modes are set when a model loads: a profile with others gets a load of its own.
+    # Precision, memory modes and a fused USO LoRA are set when a model loads: a profile with others gets a load of
+    # its own.
     modes = (profile.memory_mode(role), profile.vae_tiling, profile.vae_slicing)
-    key = (role, spec.source, spec.weights, profile.dtype, *modes)
+    key = (role, spec.source, spec.weights, profile.dtype, *modes, spec.uso is not None)
     with _loading:
         if key not in _loaded:
             if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS"):
@@ -195,6 +205,28 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
                 model.set_progress_bar_config(disable=True)
             _loaded[key] = model
             load_counts[role] += 1
+        return _loaded[key]
+
+
+def get_uso_encoders(profile: ModelProfile, settings: Settings | None = None) -> Any:
+    """The refiner's USO style encoders (SigLIP and the projector), loaded on first use; released with the refiner."""
+    from likeness.models.profiles import uso_paths
+    from likeness.models.uso import load_uso_encoders
+
+    settings = settings or get_settings()
+    uso = profile.models["refiner"].uso
+    if uso is None:
+        raise ValueError(f"profile {profile.name!r}: its refiner names no USO files")
+    key = ("refiner", uso.source, uso.image_encoder, profile.dtype, "uso-encoders", False, False, True)
+    with _loading:
+        if key not in _loaded:
+            paths = uso_paths(profile, settings)
+            if paths.projector is None or paths.image_encoder is None:
+                raise ValueError(f"profile {profile.name!r}: a USO style reference needs a projector and an encoder")
+            device = device_for(profile, settings)
+            log.info("loading the refiner's USO style encoders from %s and %s", uso.source, uso.image_encoder)
+            _loaded[key] = load_uso_encoders(paths.projector, paths.image_encoder, _torch_dtype(profile), device)
+            load_counts["refiner-uso-encoders"] += 1
         return _loaded[key]
 
 

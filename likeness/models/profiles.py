@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import ValidationError
@@ -103,7 +103,7 @@ def spec_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path
 
 def _hub_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     token = settings.hf_token.get_secret_value() if settings.hf_token else None
     offline = not settings.download_models
@@ -113,6 +113,10 @@ def _hub_path(what: str, spec: ModelSpec | LoraSpec, settings: Settings) -> Path
                 hf_hub_download(spec.source, spec.file, revision=spec.revision, token=token, local_files_only=offline)
             )
         return Path(snapshot_download(spec.source, revision=spec.revision, token=token, local_files_only=offline))
+    except HFValidationError:
+        raise ProfileUnavailable(
+            f"the {what} weights ({spec.source}) are neither a folder on this machine nor a Hugging Face repo id"
+        ) from None
     except LocalEntryNotFoundError:
         raise ProfileUnavailable(
             f"the {what} weights ({spec.source}{'/' + spec.file if spec.file else ''}) are not in the "
@@ -145,3 +149,35 @@ def preflight(
             model_path(role, profile, settings)
         if spec.lora and not spec.lora.source.startswith("tiny:"):
             lora_path(role, profile, settings)
+        if spec.uso and not spec.uso.source.startswith("tiny:"):
+            uso_paths(profile, settings)
+
+
+class UsoPaths(NamedTuple):
+    """The local files of a refiner's USO: the DiT LoRA, and the projector and the SigLIP encoder's folder where the
+    profile names them (a style reference needs them)."""
+
+    lora: Path
+    projector: Path | None
+    image_encoder: Path | None
+
+
+def uso_paths(profile: ModelProfile, settings: Settings) -> UsoPaths:
+    """Where the refiner's USO files are on disk (fetched as the profile's other weights are); each error names
+    the file it could not find."""
+    uso = profile.models["refiner"].uso
+    if uso is None:
+        raise ProfileUnavailable(f"profile {profile.name!r}: its refiner names no USO files")
+
+    def file(what: str, spec: LoraSpec) -> Path:
+        path = spec_path(what, spec, settings)
+        if not path.is_file():
+            raise ProfileUnavailable(f"the {what} file {path} does not exist; the profile names {uso.source}")
+        return path
+
+    projector, encoder = uso.projector_file(), uso.image_encoder_model()
+    return UsoPaths(
+        lora=file("USO DiT LoRA", uso.lora_file()),
+        projector=file("USO projector", projector) if projector else None,
+        image_encoder=spec_path("USO image encoder", encoder, settings) if encoder else None,
+    )

@@ -116,7 +116,7 @@ def prepare_character(
         say(f"{trigger}: {out} is up to date (same photo, profile and settings; files unchanged)")
         return None
     warning = check_reference_face(reference, str(image), config.dataset.curation.identity)
-    preflight(model_profile, settings)
+    preflight(model_profile.for_upscale(config.dataset.upscale), settings)
     store = get_store()
     check_out_location(out, settings, store)
     transformer = video_transformer_config(model_profile, settings)

@@ -13,7 +13,9 @@ video = Wan 2.x text-to-video (diffusers layout), video-a14b = Wan-AI/Wan2.2-T2V
 `transformer` for high noise, `transformer_2` for low noise, split at boundary_ratio 0.875),
 video-a14b-lightx2v = lightx2v/Wan2.2-Distill-Loras' T2V A14B 4-step LoRAs (high and low noise),
 animator = Wan-AI/Wan2.2-I2V-A14B-Diffusers, animator-lightx2v = its I2V A14B 4-step LoRAs,
-prompter = a chat LM laid out as Qwen/Qwen3-4B-Instruct-2507.
+prompter = a chat LM laid out as Qwen/Qwen3-4B-Instruct-2507,
+uso = bytedance-research/USO's DiT LoRA and SigLIP projector for the refiner,
+siglip = the image encoder USO's projector reads (google/siglip-so400m-patch14-384).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from likeness.models.tiny.images import (
 )
 from likeness.models.tiny.parts import byte_level_bpe as _byte_level_bpe  # noqa: F401 (tests build tokenizers with it)
 from likeness.models.tiny.text import build_captioner, build_prompter
+from likeness.models.tiny.uso import build_siglip, build_uso
 from likeness.models.tiny.video import (
     build_animator,
     build_animator_lightx2v,
@@ -43,7 +46,7 @@ from likeness.models.tiny.video import (
 
 TINY_ROLES = (
     "editor", "editor-lightning", "refiner", "refiner-klein", "upscaler", "captioner", "video", "video-a14b",
-    "video-a14b-lightx2v", "animator", "animator-lightx2v", "prompter",
+    "video-a14b-lightx2v", "animator", "animator-lightx2v", "prompter", "uso", "siglip",
 )  # fmt: skip
 
 _MARKER = ".complete"
@@ -98,4 +101,6 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "animator": build_animator,
     "animator-lightx2v": build_animator_lightx2v,
     "prompter": build_prompter,
+    "uso": build_uso,
+    "siglip": build_siglip,
 }
