@@ -1,4 +1,6 @@
-"""However a run unwinds after Ctrl-C, the CLI ends with 128 + the signal and says what was interrupted."""
+"""However a run unwinds after a signal, the CLI ends with 128 + the signal and says what was interrupted; a signal
+that a library's own handler takes first (Prefect's flow engine owns SIGTERM while a flow runs) still stops the
+run's model work at once."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import sys
 import textwrap
 
 import pytest
+
+from tests.conftest import cli_env
 
 RUN = """
 import os, signal, sys, time
@@ -80,3 +84,59 @@ def test_the_same_error_without_a_signal_is_a_failure_naming_it(tmp_path):
     assert "error:" in answer.stderr
     assert "Connection reset by peer" in answer.stderr
     assert "interrupted" not in answer.stderr
+
+
+# A real Prefect flow whose task polls the stop flag, as model work does between steps; SIGTERM arrives while it works.
+TERMINATED_WHILE_A_TASK_WORKS = """
+import os, signal, sys, threading, time
+from prefect import flow, task
+from likeness.run.interrupts import Interrupted, StageStopped, check_stop, exit_now, interruptible
+
+started = threading.Event()
+
+
+@task
+def work_until_stopped():
+    started.set()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            check_stop()
+        except StageStopped:
+            print("the task saw the stop flag", file=sys.stderr)
+            raise
+        time.sleep(0.02)
+    print("the task was never stopped", file=sys.stderr)
+
+
+@flow
+def character():
+    work_until_stopped.submit().wait()
+
+
+def terminate_once_started():
+    started.wait(60)
+    time.sleep(0.3)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+threading.Thread(target=terminate_once_started, daemon=True).start()
+with interruptible(on_forced_exit=lambda interrupt: print("forced exit", file=sys.stderr), grace_s=60):
+    try:
+        character()
+    except Interrupted as interrupt:
+        exit_now(interrupt.exit_code, lambda: print(f"interrupted ({interrupt})", file=sys.stderr))
+"""
+
+
+def test_sigterm_taken_by_prefects_flow_engine_still_raises_the_stop_flag_at_once(tmp_path, models_dir, prefect_api):
+    env = cli_env(tmp_path, models_dir, api=prefect_api)
+    answer = subprocess.run(
+        [sys.executable, "-c", TERMINATED_WHILE_A_TASK_WORKS], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert answer.returncode == 143, answer.stderr[-3000:]
+    assert "the task saw the stop flag" in answer.stderr
+    assert "the task was never stopped" not in answer.stderr
+    # Prefect unwound the flow and handed the signal back: the run ended through our handler, not the forced exit.
+    assert "interrupted (SIGTERM)" in answer.stderr
+    assert "forced exit" not in answer.stderr

@@ -9,6 +9,11 @@ through `exit_now`, so no thread can hold the interpreter's exit; if unwinding i
 server that no longer answers), the process exits anyway after `grace_s`, and a second signal
 exits at once. Before a run's own handling is in place (the CLI reading its inputs, importing its
 libraries), `stop_on_signal_at_start_up` ends the process at once: nothing has started to unwind.
+
+A library may put its own handler in place of ours: Prefect's flow engine owns SIGTERM while a flow runs, unwinds
+the flow (waiting for its task threads to finish what they are doing) and only then hands the signal back. So the
+stop flag and the forced exit do not wait for our handler: a watcher thread reads every signal from the
+interpreter's wake-up pipe, which the interpreter writes to whichever handler is installed.
 """
 
 from __future__ import annotations
@@ -84,28 +89,64 @@ def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float 
     """
     received: list[Interrupted] = []
     timers: list[threading.Timer] = []
+    handled: list[int] = []
+    lock = threading.Lock()
 
     def force(interrupt: Interrupted) -> None:
         exit_now(interrupt.exit_code, lambda: on_forced_exit(interrupt))
 
-    def handle(signum: int, frame: object) -> None:
-        interrupt = Interrupted(signum)
-        if received:
-            force(received[0])
-        received.append(interrupt)
+    def begin_stopping(signum: int) -> Interrupted:
+        """The first signal raises the stop flag and arms the forced exit; later ones change nothing here."""
+        with lock:
+            if received:
+                return received[0]
+            interrupt = Interrupted(signum)
+            received.append(interrupt)
         request_stop()
         timer = threading.Timer(grace_s, force, args=(interrupt,))
         timer.daemon = True
         timer.start()
         timers.append(timer)
+        return interrupt
+
+    def handle(signum: int, frame: object) -> None:
+        handled.append(signum)
+        interrupt = begin_stopping(signum)
+        if len(handled) > 1:
+            force(interrupt)
         raise interrupt
 
     previous = {signum: signal.signal(signum, handle) for signum in SIGNALS}
     try:
-        yield received
+        with _watching_signals(begin_stopping):
+            yield received
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         for timer in timers:
             timer.cancel()
         clear_stop()
+
+
+@contextmanager
+def _watching_signals(on_signal: Callable[[int], object]) -> Iterator[None]:
+    """Call `on_signal` from a thread of its own for every SIGINT and SIGTERM, whoever's handler runs for it."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # the interpreter's signal handler must never block on it
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+
+    def watch() -> None:
+        try:
+            while chunk := os.read(read_end, 64):
+                for signum in chunk:
+                    if signum in SIGNALS:
+                        on_signal(signum)
+        finally:
+            os.close(read_end)
+
+    threading.Thread(target=watch, name="signal watcher", daemon=True).start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(write_end)  # the watcher reads the end of the pipe and stops
