@@ -23,6 +23,7 @@ from likeness.dataset.catalogue import Catalogue, Shot, shot_size
 from likeness.dataset.curation import Figures, Kept, judge
 from likeness.models import pipelines
 from likeness.records import DatasetItem, DatasetRef, Rejection
+from likeness.run.interrupts import stop_flag_on_signals
 from likeness.run.memory import memory_for_dataset
 from likeness.run.progress import StageProgress, announce
 from likeness.storage.artifacts import ArtifactRef
@@ -72,71 +73,76 @@ def build_dataset(
     poses: list[ArtifactRef] | None = None,
 ) -> DatasetRef:
     """Turn one reference photo (and optional garment and pose images) into a captioned, curated LoRA dataset."""
-    garments, poses = list(garments or []), list(poses or [])
-    shots = catalogue.shots(config.variations, garments=len(garments), poses=len(poses))
-    profile = memory_for_dataset(profile.for_upscale(config.upscale), config, shots, say=print)
-    face = measure_reference(reference) if config.curation.identity else None
-    # Four steps a shot: edited, upscaled, masked, captioned.
-    progress = StageProgress("dataset", 4 * len(shots), f"{trigger}-dataset", unit="shots", items=len(shots))
+    # A deployment's run cancelled from the UI ends with SIGTERM: its edits, refines and captions stop at their
+    # next step, not at the end of their image.
+    with stop_flag_on_signals():
+        garments, poses = list(garments or []), list(poses or [])
+        shots = catalogue.shots(config.variations, garments=len(garments), poses=len(poses))
+        profile = memory_for_dataset(profile.for_upscale(config.upscale), config, shots, say=print)
+        face = measure_reference(reference) if config.curation.identity else None
+        # Four steps a shot: edited, upscaled, masked, captioned.
+        progress = StageProgress("dataset", 4 * len(shots), f"{trigger}-dataset", unit="shots", items=len(shots))
 
-    chosen, tries = edit_and_curate(
-        reference, shots, {"garment": garments, "pose": poses}, config, profile, face, progress
-    )
-    pipelines.release("editor")
-    kept_shots = [shot for shot in shots if shot.id in chosen]
-    picks = [chosen[shot.id] for shot in kept_shots]
-
-    subject = uso_subject(reference, config.upscale.uso_subject_size) if config.upscale.uso else None
-    upscaled = upscale_image.map(
-        [pick.image for pick in picks],
-        unmapped(config.upscale),
-        [refine_prompt(trigger, shot) for shot in kept_shots],
-        [pick.seed for pick in picks],
-        unmapped(profile),
-        unmapped(face),
-        unmapped(subject),
-    )
-    progress.wait(upscaled, "upscale")
-    pipelines.release("upscaler", "refiner")
-    finals = [future.result() for future in upscaled]
-    masks = make_mask.map([final.image for final in finals])
-    progress.wait(masks, "mask")
-    captions = caption_image.map(
-        [final.image for final in finals],
-        unmapped(trigger),
-        [list(shot.tags) for shot in kept_shots],
-        unmapped(config.caption),
-        unmapped(profile),
-    )
-    progress.wait(captions, "caption")
-    pipelines.release("captioner")
-
-    items = [
-        DatasetItem(
-            shot=shot.id,
-            entry=shot.entry,
-            group=shot.group,
-            intensity=shot.intensity,
-            edit_prompt=shot.prompt,
-            seed=pick.seed,
-            attempt=pick.attempt,
-            edited=pick.image,
-            figures=pick.figures,
-            upscale=final,
-            mask=mask.result(),
-            caption=caption.result(),
-            rejected=tuple(tries[shot.id]),
+        chosen, tries = edit_and_curate(
+            reference, shots, {"garment": garments, "pose": poses}, config, profile, face, progress
         )
-        for shot, pick, final, mask, caption in zip(kept_shots, picks, finals, masks, captions, strict=True)
-    ]
-    dropped = [tuple(tries[shot.id]) for shot in shots if shot.id not in chosen]
-    tags = {tag for shot in kept_shots for tag in shot.tags}
-    repeated = phrases_in_every_caption([item.caption for item in items], ignore=[trigger, *tags])
-    if repeated:
-        announce(f"every caption says {', '.join(map(repr, repeated))}: the LoRA will bake it in with the trigger word")
-    return assemble_dataset(
-        trigger, reference, items, dropped, config.curation.identity, repeated, profile.output_identity()
-    )
+        pipelines.release("editor")
+        kept_shots = [shot for shot in shots if shot.id in chosen]
+        picks = [chosen[shot.id] for shot in kept_shots]
+
+        subject = uso_subject(reference, config.upscale.uso_subject_size) if config.upscale.uso else None
+        upscaled = upscale_image.map(
+            [pick.image for pick in picks],
+            unmapped(config.upscale),
+            [refine_prompt(trigger, shot) for shot in kept_shots],
+            [pick.seed for pick in picks],
+            unmapped(profile),
+            unmapped(face),
+            unmapped(subject),
+        )
+        progress.wait(upscaled, "upscale")
+        pipelines.release("upscaler", "refiner")
+        finals = [future.result() for future in upscaled]
+        masks = make_mask.map([final.image for final in finals])
+        progress.wait(masks, "mask")
+        captions = caption_image.map(
+            [final.image for final in finals],
+            unmapped(trigger),
+            [list(shot.tags) for shot in kept_shots],
+            unmapped(config.caption),
+            unmapped(profile),
+        )
+        progress.wait(captions, "caption")
+        pipelines.release("captioner")
+
+        items = [
+            DatasetItem(
+                shot=shot.id,
+                entry=shot.entry,
+                group=shot.group,
+                intensity=shot.intensity,
+                edit_prompt=shot.prompt,
+                seed=pick.seed,
+                attempt=pick.attempt,
+                edited=pick.image,
+                figures=pick.figures,
+                upscale=final,
+                mask=mask.result(),
+                caption=caption.result(),
+                rejected=tuple(tries[shot.id]),
+            )
+            for shot, pick, final, mask, caption in zip(kept_shots, picks, finals, masks, captions, strict=True)
+        ]
+        dropped = [tuple(tries[shot.id]) for shot in shots if shot.id not in chosen]
+        tags = {tag for shot in kept_shots for tag in shot.tags}
+        repeated = phrases_in_every_caption([item.caption for item in items], ignore=[trigger, *tags])
+        if repeated:
+            announce(
+                f"every caption says {', '.join(map(repr, repeated))}: the LoRA will bake it in with the trigger word"
+            )
+        return assemble_dataset(
+            trigger, reference, items, dropped, config.curation.identity, repeated, profile.output_identity()
+        )
 
 
 def edit_and_curate(

@@ -4,6 +4,7 @@ run's model work at once."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -88,9 +89,9 @@ def test_the_same_error_without_a_signal_is_a_failure_naming_it(tmp_path):
 
 # A real Prefect flow whose task polls the stop flag, as model work does between steps; SIGTERM arrives while it works.
 TERMINATED_WHILE_A_TASK_WORKS = """
-import os, signal, sys, threading, time
+import contextlib, os, signal, sys, threading, time
 from prefect import flow, task
-from likeness.run.interrupts import Interrupted, StageStopped, check_stop, exit_now, interruptible
+from likeness.run.interrupts import Interrupted, StageStopped, check_stop, exit_now, interruptible, stop_flag_on_signals
 
 started = threading.Event()
 
@@ -110,8 +111,9 @@ def work_until_stopped():
 
 
 @flow
-def character():
-    work_until_stopped.submit().wait()
+def stage():
+    with {stage_arms}:
+        work_until_stopped.submit().wait()
 
 
 def terminate_once_started():
@@ -121,18 +123,25 @@ def terminate_once_started():
 
 
 threading.Thread(target=terminate_once_started, daemon=True).start()
-with interruptible(on_forced_exit=lambda interrupt: print("forced exit", file=sys.stderr), grace_s=60):
+with {process_arms}:
     try:
-        character()
+        stage()
     except Interrupted as interrupt:
-        exit_now(interrupt.exit_code, lambda: print(f"interrupted ({interrupt})", file=sys.stderr))
+        exit_now(interrupt.exit_code, lambda: print(f"interrupted ({{interrupt}})", file=sys.stderr))
 """
+AS_THE_CLI_RUNS_IT = "interruptible(on_forced_exit=lambda interrupt: print('forced exit', file=sys.stderr), grace_s=60)"
+
+
+def terminated_while_a_task_works(tmp_path, models_dir, api: str, process_arms: str, stage_arms: str):
+    script = TERMINATED_WHILE_A_TASK_WORKS.format(process_arms=process_arms, stage_arms=stage_arms)
+    env = cli_env(tmp_path, models_dir, api=api)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
 
 
 def test_sigterm_taken_by_prefects_flow_engine_still_raises_the_stop_flag_at_once(tmp_path, models_dir, prefect_api):
-    env = cli_env(tmp_path, models_dir, api=prefect_api)
-    answer = subprocess.run(
-        [sys.executable, "-c", TERMINATED_WHILE_A_TASK_WORKS], capture_output=True, text=True, timeout=120, env=env
+    # The stage's own arming is there too, as in build_dataset, and adds nothing inside the CLI's.
+    answer = terminated_while_a_task_works(
+        tmp_path, models_dir, prefect_api, AS_THE_CLI_RUNS_IT, "stop_flag_on_signals()"
     )
     assert answer.returncode == 143, answer.stderr[-3000:]
     assert "the task saw the stop flag" in answer.stderr
@@ -140,3 +149,16 @@ def test_sigterm_taken_by_prefects_flow_engine_still_raises_the_stop_flag_at_onc
     # Prefect unwound the flow and handed the signal back: the run ended through our handler, not the forced exit.
     assert "interrupted (SIGTERM)" in answer.stderr
     assert "forced exit" not in answer.stderr
+
+
+def test_a_deployment_run_ended_by_its_worker_stops_the_stage_threads_at_their_next_step(
+    tmp_path, models_dir, prefect_api
+):
+    # No CLI around it: a worker's flow run process, which the worker cancels with SIGTERM.
+    answer = terminated_while_a_task_works(
+        tmp_path, models_dir, prefect_api, "contextlib.nullcontext()", "stop_flag_on_signals()"
+    )
+    assert "the task saw the stop flag" in answer.stderr, answer.stderr[-3000:]
+    assert "the task was never stopped" not in answer.stderr
+    # Prefect hands the signal back to the default handler once the flow has unwound.
+    assert answer.returncode == -signal.SIGTERM, answer.stderr[-3000:]

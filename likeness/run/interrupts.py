@@ -37,8 +37,12 @@ __all__ = [
     "exit_now",
     "interruptible",
     "stop_between_steps",
+    "stop_flag_on_signals",
     "stop_on_signal_at_start_up",
 ]
+
+# How many `_watching_signals` blocks are open: the interpreter has one wake-up pipe, so only the outermost sets it.
+_watchers = 0
 
 
 class Interrupted(KeyboardInterrupt):
@@ -129,8 +133,29 @@ def interruptible(on_forced_exit: Callable[[Interrupted], None], grace_s: float 
 
 
 @contextmanager
+def stop_flag_on_signals() -> Iterator[None]:
+    """Within this block SIGINT and SIGTERM raise the stop flag at once, whoever handles them.
+
+    For a stage whose model work runs in worker threads when no CLI runs it: a deployment's flow run that its
+    Prefect worker ends with SIGTERM (a cancel from the UI). Prefect's flow engine takes that signal and then waits
+    for the stage's threads; with the flag raised they stop at their next step, rather than finish their image while
+    the worker counts down to SIGKILL. Inside `interruptible` (the CLI's runs), or off the main thread, it adds
+    nothing.
+    """
+    if _watchers or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        with _watching_signals(lambda signum: request_stop()):
+            yield
+    finally:
+        clear_stop()
+
+
+@contextmanager
 def _watching_signals(on_signal: Callable[[int], object]) -> Iterator[None]:
     """Call `on_signal` from a thread of its own for every SIGINT and SIGTERM, whoever's handler runs for it."""
+    global _watchers
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)  # the interpreter's signal handler must never block on it
     previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
@@ -145,8 +170,10 @@ def _watching_signals(on_signal: Callable[[int], object]) -> Iterator[None]:
             os.close(read_end)
 
     threading.Thread(target=watch, name="signal watcher", daemon=True).start()
+    _watchers += 1
     try:
         yield
     finally:
+        _watchers -= 1
         signal.set_wakeup_fd(previous)
         os.close(write_end)  # the watcher reads the end of the pipe and stops
