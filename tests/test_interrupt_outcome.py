@@ -132,7 +132,9 @@ with {process_arms}:
 AS_THE_CLI_RUNS_IT = "interruptible(on_forced_exit=lambda interrupt: print('forced exit', file=sys.stderr), grace_s=60)"
 
 
-def terminated_while_a_task_works(tmp_path, models_dir, api: str, process_arms: str, stage_arms: str):
+def terminated_while_a_task_works(
+    tmp_path, models_dir, api: str, process_arms: str, stage_arms: str
+) -> subprocess.CompletedProcess[str]:
     script = TERMINATED_WHILE_A_TASK_WORKS.format(process_arms=process_arms, stage_arms=stage_arms)
     env = cli_env(tmp_path, models_dir, api=api)
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
