@@ -8,8 +8,11 @@ fused into the refiner (likeness.models.uso).
 The refine runs the last `steps - start_step` of `steps` steps: a late start keeps the character, an early one
 adds skin and eye detail at the risk of drifting from the face. The guard bisects `config.start_steps` for the
 lowest start step whose identity distance to the reference stays within `config.identity_tolerance` of the
-ESRGAN output's, and records every step it tried. It judges each step on the face and its surroundings alone
-(a tile or so of a full-body shot), then refines the whole image once at the step it chose.
+ESRGAN output's, and records every step it tried. It judges each step on the refine's own tile around the face
+(`guard_tile`), then refines the rest of the image at the step it chose and blends that tile in as it was judged.
+Where no tile holds the face with room around it (a close-up), or with `config.guard_on_tile` off, it judges on
+the face and its surroundings, then refines the whole image at the step it chose (a close-up's surroundings are
+the whole image: already done).
 
     subject = uso_subject.fn(reference, profile.upscale.uso_subject_size)
     result = upscale_image.fn(edited, profile.upscale, "ada, front view", 0, profile, reference_embedding, subject)
@@ -27,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from likeness.config import ModelProfile, UpscaleConfig
-from likeness.dataset.guard import choose_start_step, face_surroundings, guard_region, target_size
+from likeness.dataset.guard import choose_start_step, face_surroundings, guard_region, guard_tile, target_size
 from likeness.media.tiling import apply_tiled
 from likeness.models.pipelines import get_pipeline, get_uso_encoders, gpu_lock
 from likeness.records import UpscaleResult
@@ -39,7 +42,7 @@ if TYPE_CHECKING:
     from likeness.identity import Face
     from likeness.models.uso import SubjectCondition
 
-STAGE_VERSION = 4
+STAGE_VERSION = 5
 
 
 def _esrgan(model: Any, image: Image.Image) -> Image.Image:
@@ -95,9 +98,10 @@ def refine(
     start_step: int,
     seed: int,
     subject: SubjectCondition | None = None,
+    done: dict[tuple[int, int, int, int], Image.Image] | None = None,
 ) -> Image.Image:
     """FLUX img2img from `start_step` on overlapping tiles of `image` (whole if it fits one), each with `seed`;
-    conditioned on USO's `subject` tokens when given."""
+    conditioned on USO's `subject` tokens when given. `done`: tiles already refined at `start_step`, by box."""
     import torch
 
     from likeness.models.uso import conditioned
@@ -132,7 +136,7 @@ def refine(
         return output.crop((0, 0, tile.width, tile.height))
 
     with gpu_lock:
-        return apply_tiled(image, refine_tile, config.tile, config.overlap)
+        return apply_tiled(image, refine_tile, config.tile, config.overlap, done=done)
 
 
 @stage_task("uso-subject", STAGE_VERSION, gpu=False)
@@ -183,9 +187,10 @@ def upscale_image(
             tries=((config.start_step, distance),),
             uso_subject=subject,
         )
-    # The guard judges each start step on the face and its surroundings only, then the whole image is refined
-    # once at the step it chose: a few tiles per try instead of the whole image.
-    region = guard_region(face.box, upscaled.size, config.tile, config.overlap)
+    # The guard judges each start step on the refine's tile around the face, or else on the face and its
+    # surroundings: a tile or a few per try instead of the whole image.
+    judged = guard_tile(face.box, upscaled.size, config.tile, config.overlap) if config.guard_on_tile else None
+    region = judged.box if judged else guard_region(face.box, upscaled.size, config.tile, config.overlap)
     crop = upscaled.crop(region)
     baseline = face_distance(crop, reference)
 
@@ -199,13 +204,11 @@ def upscale_image(
     choice = choose_start_step(
         range(low, high + 1), distance_at, baseline, config.identity_tolerance, config.start_step
     )
-    whole = region == (0, 0, *upscaled.size)
-    # A close-up's face region is the whole image: its refine at the chosen step is already done.
-    refined = (
-        tried[choice.start_step]
-        if whole
-        else refine(refiner, upscaled, prompt_inputs, config, choice.start_step, seed, condition)
-    )
+    if region == (0, 0, *upscaled.size):
+        refined = tried[choice.start_step]  # the guard's refine at the chosen step is the whole image's
+    else:
+        done = {region: tried[choice.start_step]} if judged else None
+        refined = refine(refiner, upscaled, prompt_inputs, config, choice.start_step, seed, condition, done)
     return UpscaleResult(
         image=put_image(refined, image.filename),
         start_step=choice.start_step,

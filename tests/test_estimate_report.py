@@ -7,7 +7,7 @@ import json
 import pytest
 from rich.console import Console
 
-from likeness.estimate.refines import FACE_SHARE, Refine, face_share_of, guard_outcomes
+from likeness.estimate.refines import FACE_SHARE, Refine, TileCalls, face_share_of, guard_outcomes
 from likeness.estimate.report import Measured, measured_against_estimate, measured_table
 from likeness.models.profiles import load_profile
 from likeness.records import StageCost
@@ -20,22 +20,42 @@ def test_a_close_up_is_guarded_on_the_whole_image():
     outcomes = guard_outcomes(UPSCALE, (2048, 2048), FACE_SHARE["close-up of the face"])
     assert len(outcomes) == 8  # the lowest start step that keeps the face, 12 to 18, or none
     # Every step keeps it: the bisection tries 15, 13 and 12 (5 + 7 + 8 steps) and keeps 12.
-    assert outcomes[0] == Refine(tile_steps=20 * 9, tiles=3 * 9, face_checks=3 + 2)
+    assert outcomes[0] == Refine(calls=(TileCalls(1024, 1024, calls=3 * 9, steps=20 * 9),), face_checks=3 + 2)
     # None does: it tries 15, 17 and 18 (5 + 3 + 2 steps) and keeps the latest of equal drift, 18.
-    assert outcomes[-1] == Refine(tile_steps=10 * 9, tiles=3 * 9, face_checks=5)
+    assert outcomes[-1] == Refine(calls=(TileCalls(1024, 1024, calls=3 * 9, steps=10 * 9),), face_checks=5)
     assert all(90 <= outcome.tile_steps <= 180 for outcome in outcomes)
+    assert outcomes[-1].tiles == 27
 
 
-def test_a_full_body_shot_is_guarded_on_its_face_then_refined_whole():
+def test_a_full_body_shot_is_guarded_on_the_tile_around_its_face_which_the_whole_image_reuses():
     outcomes = guard_outcomes(UPSCALE, (1536, 2048), FACE_SHARE["full body"])
-    # A 164 px face grown by 3/4 of it each side: one tile, three tries; then the 6 tiles of the whole at the step
-    # kept (12 if every step keeps the face, 18 if none).
-    assert outcomes[0] == Refine(tile_steps=20 + 8 * 6, tiles=3 + 6, face_checks=5)
-    assert outcomes[-1] == Refine(tile_steps=10 + 2 * 6, tiles=3 + 6, face_checks=5)
+    # A 164 px face in one of the image's six 1024 px tiles: three tries on that tile, then the other five tiles of
+    # the whole at the step kept (12 if every step keeps the face, 18 if none).
+    assert outcomes[0] == Refine(calls=(TileCalls(1024, 1024, calls=3 + 5, steps=20 + 8 * 5),), face_checks=5)
+    assert outcomes[-1] == Refine(calls=(TileCalls(1024, 1024, calls=3 + 5, steps=10 + 2 * 5),), face_checks=5)
+
+
+def test_a_face_no_tile_holds_is_guarded_on_its_surroundings_at_their_own_size():
+    # Upper body on 1536x2048: the 410 px face sits across the overlap of the two columns, so the guard refines its
+    # surroundings, 1026 x 923 px: two calls a try, padded to 1024 x 928 as the refine pads them.
+    outcomes = guard_outcomes(UPSCALE, (1536, 2048), FACE_SHARE["upper body"])
+    face_region, whole = TileCalls(1024, 928, calls=3 * 2, steps=20 * 2), TileCalls(1024, 1024, calls=6, steps=8 * 6)
+    assert outcomes[0] == Refine(calls=(face_region, whole), face_checks=5)
+    assert (outcomes[0].tile_steps, outcomes[0].tiles) == (40 + 48, 6 + 6)
+
+
+def test_off_the_tile_the_guard_refines_a_full_body_face_at_its_surroundings_size():
+    outcomes = guard_outcomes(
+        UPSCALE.model_copy(update={"guard_on_tile": False}), (1536, 2048), FACE_SHARE["full body"]
+    )
+    # The 164 px face grown by 3/4 of it each side: one 410 px region, padded to 416 px, three tries; then all six
+    # tiles of the whole at the step kept.
+    assert outcomes[0] == Refine(calls=(TileCalls(416, 416, 3, 20), TileCalls(1024, 1024, 6, 8 * 6)), face_checks=5)
 
 
 def test_a_hidden_face_is_refined_once_at_the_configured_step():
-    assert guard_outcomes(UPSCALE, (1536, 2048), None) == [Refine((20 - UPSCALE.start_step) * 6, 6, 0)]
+    steps = (20 - UPSCALE.start_step) * 6
+    assert guard_outcomes(UPSCALE, (1536, 2048), None) == [Refine((TileCalls(1024, 1024, 6, steps),), 0)]
 
 
 def test_the_face_share_follows_the_shots_framing():

@@ -81,6 +81,28 @@ def test_upscale_reaches_the_target_and_a_later_start_step_runs_fewer_steps(refe
     assert late[1] != early[1]
 
 
+def test_a_tile_refined_on_its_own_is_the_tile_the_whole_images_refine_blends_in(reference):
+    from likeness.media.tiling import tile_grid
+    from tasks.upscale import _prompt_inputs, refine
+
+    refiner = pipelines.get_pipeline("refiner", TINY)
+    config, prompt = TINY.upscale, _prompt_inputs(refiner, "photo of Ada")
+    image = load_image(reference).convert("RGB").resize((128, 128))
+    calls = []
+    hook = refiner.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        whole = refine(refiner, image, prompt, config, 2, seed=7)
+        # The guard's refine of one tile: the same seed, and nothing but the tile's own pixels.
+        box = tile_grid(128, 128, config.tile, config.overlap)[4].box
+        alone = refine(refiner, image.crop(box), prompt, config, 2, seed=7)
+        calls.clear()
+        reused = refine(refiner, image, prompt, config, 2, 7, done={box: alone})
+    finally:
+        hook.remove()
+    assert len(calls) == (9 - 1) * (config.steps - 2)  # the other eight tiles, two steps each
+    assert reused.tobytes() == whole.tobytes()
+
+
 def test_captions_start_with_the_trigger_and_what_the_stage_knows(reference):
     from tasks.caption import caption_image
 
@@ -373,7 +395,8 @@ def test_the_guard_judges_start_steps_on_the_face_and_refines_the_whole_image_on
 
     calls = []
 
-    def blurring_refine(refiner, image, prompt_inputs, config, start_step, seed, subject=None):
+    def blurring_refine(refiner, image, prompt_inputs, config, start_step, seed, subject=None, done=None):
+        assert done is None  # no 64 px tile holds the face: nothing of the guard's is reused
         calls.append((image.size, start_step))
         return image.filter(ImageFilter.GaussianBlur((config.steps - start_step) * 0.8))
 
@@ -407,6 +430,63 @@ def test_the_guard_judges_start_steps_on_the_face_and_refines_the_whole_image_on
     assert load_image(result.image).size == (768, 1024)
 
 
+def test_the_guard_judges_on_the_refines_own_tile_and_the_whole_image_reuses_it(likeness_env, monkeypatch):
+    from PIL import ImageFilter
+
+    import tasks.upscale as upscale
+    from likeness.media.tiling import apply_tiled, tile_grid
+    from tests.photos import grace_hopper
+
+    def resize(model, image, tile=None, overlap=0):
+        return image.resize((image.width * 4, image.height * 4), Image.Resampling.LANCZOS)
+
+    refined_tiles = []  # (tile size, start step) of every tile the refine computes
+    reused, outputs = [], []
+
+    def blurring_refine(refiner, image, prompt_inputs, config, start_step, seed, subject=None, done=None):
+        def blur(tile):
+            refined_tiles.append((tile.size, start_step))
+            return tile.filter(ImageFilter.GaussianBlur((config.steps - start_step) * 0.8))
+
+        reused.append(dict(done or {}))
+        outputs.append(apply_tiled(image, blur, config.tile, config.overlap, done=done))
+        return outputs[-1]
+
+    monkeypatch.setattr(upscale, "esrgan_upscale", resize)
+    monkeypatch.setattr(upscale, "refine", blurring_refine)
+    reference = upscale.main_face_of(grace_hopper(), (0.0,) * 128).embedding
+    shot = Image.new("RGB", (192, 256), (128, 128, 128))
+    shot.paste(grace_hopper().resize((96, 112)), (48, 8))
+    config = TINY.upscale.model_copy(
+        update={"size": 1024, "steps": 20, "start_step": 16, "start_steps": (10, 18), "tile": 512, "overlap": 64}
+    )
+    result = upscale.upscale_image.fn(put_image(shot, "front.png"), config, "photo of Ada", 0, TINY, reference)
+
+    grid = tile_grid(768, 1024, 512, 64)  # 2 x 3 tiles of 512 px
+    tries = len(result.tries)
+    # Each try refines one tile of the grid, the one around the face; the whole image then refines the other five.
+    assert refined_tiles[:tries] == [((512, 512), step) for step, _ in result.tries]
+    assert refined_tiles[tries:] == [((512, 512), result.start_step)] * (len(grid) - 1)
+    (judged,) = reused[-1]
+    assert any(tile.box == judged for tile in grid)
+    assert reused[:-1] == [{}] * tries
+    # What the guard judged at the chosen step is what the image blends in.
+    chosen = [step for step, _ in result.tries].index(result.start_step)
+    assert reused[-1][judged] is outputs[chosen]
+    assert 10 < result.start_step <= 18 and result.identity_distance is not None
+    assert load_image(result.image).size == (768, 1024)
+
+    # Off the tile, the guard refines the face's surroundings on their own, and the whole image all six tiles.
+    on_tile = len(refined_tiles)
+    for record in (refined_tiles, reused, outputs):
+        record.clear()
+    config = config.model_copy(update={"guard_on_tile": False})
+    result = upscale.upscale_image.fn(put_image(shot, "side.png"), config, "photo of Ada", 0, TINY, reference)
+    assert reused == [{}] * (len(result.tries) + 1)
+    assert refined_tiles[-len(grid) :] == [((512, 512), result.start_step)] * len(grid)
+    assert len(refined_tiles) > on_tile
+
+
 def test_the_guard_region_grows_the_face_box_inside_the_image():
     from likeness.dataset.guard import GUARD_MARGIN, guard_region
 
@@ -420,6 +500,30 @@ def test_the_guard_region_grows_the_face_box_inside_the_image():
     # Small images are one tile however large the face: the whole image.
     assert guard_region((40, 40, 60, 60), (96, 128), 64, 16) != (0, 0, 96, 128)
     assert guard_region((40, 40, 60, 60), (64, 64), 64, 16) == (0, 0, 64, 64)
+
+
+def test_the_guard_tile_is_the_refine_grids_tile_with_most_room_around_the_face():
+    from likeness.dataset.guard import GUARD_TILE_MARGIN, guard_tile
+    from likeness.media.tiling import Tile, tile_grid
+
+    assert GUARD_TILE_MARGIN == 0.25
+    # Head and shoulders at 2048x2048 (the grid's tiles start at 0, 512 and 1024): the top middle tile holds the
+    # 614 px face with 205 px on every side.
+    tile = guard_tile((717, 205, 1331, 819), (2048, 2048), 1024, 128)
+    assert tile == Tile(512, 0, 1024, 1024)
+    assert tile in tile_grid(2048, 2048, 1024, 128)
+    # A full-body face near the left: of the two tiles that hold it, the one with more room.
+    assert guard_tile((300, 200, 460, 360), (1536, 2048), 1024, 128) == Tile(0, 0, 1024, 1024)
+    # The image's edge is room enough: a face in the corner is judged on the corner tile.
+    assert guard_tile((0, 0, 160, 160), (1536, 2048), 1024, 128) == Tile(0, 0, 1024, 1024)
+    # Across the 256 px overlap of a 1792 px row's two tiles (0 and 768): no tile holds all of it.
+    assert guard_tile((760, 300, 1040, 580), (1792, 1024), 1024, 128) is None
+    # Narrower, it fits the second tile, with 8 px more than the 70 px of room it needs.
+    assert guard_tile((846, 300, 1126, 580), (1792, 1024), 1024, 128) == Tile(768, 0, 1024, 1024)
+    # A close-up's face is larger than a tile.
+    assert guard_tile((512, 204, 1536, 1228), (2048, 2048), 1024, 128) is None
+    # An image in one tile is its own guard tile.
+    assert guard_tile((20, 20, 40, 40), (64, 64), 64, 16) == Tile(0, 0, 64, 64)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from likeness.dataset.guard import GuardChoice, choose_start_step, target_size
-from likeness.media.tiling import apply_tiled
+from likeness.media.tiling import apply_tiled, tile_grid
 
 
 class Recorder:
@@ -264,3 +264,32 @@ def test_overlapping_tiles_blend_without_seams() -> None:
         steepest = 60 / (overlap * scale) + 1
         assert np.abs(np.diff(grey, axis=0)).max() <= steepest
         assert np.abs(np.diff(grey, axis=1)).max() <= steepest
+
+
+def test_tiles_already_computed_are_blended_in_without_calling_the_function_again() -> None:
+    image = photo(333, 211, seed=2)
+    grid = tile_grid(333, 211, 96, 17)
+    first = TileFunction(doubled)
+    whole = apply_tiled(image, first, tile=96, overlap=17, scale=2)
+    # The outputs of two tiles, computed earlier as the function computes them: the same image, two calls fewer.
+    done = {grid[4].box: doubled(image.crop(grid[4].box)), grid[-1].box: doubled(image.crop(grid[-1].box))}
+    second = TileFunction(doubled)
+    reused = apply_tiled(image, second, tile=96, overlap=17, scale=2, done=done)
+    assert len(second.sizes) == len(first.sizes) - 2 == len(grid) - 2
+    assert np.array_equal(np.asarray(reused), np.asarray(whole))
+    # What is blended in is the given output, whatever it is: a black tile darkens its part of the image.
+    black = {grid[4].box: Image.new("RGB", (96 * 2, 96 * 2))}
+    darkened = np.asarray(apply_tiled(image, doubled, tile=96, overlap=17, scale=2, done=black), dtype=np.int16)
+    left, top, right, bottom = grid[4].box
+    middle = np.s_[(top + bottom) - 8 : (top + bottom) + 8, (left + right) - 8 : (left + right) + 8]
+    assert darkened[middle].mean() < np.asarray(whole, dtype=np.int16)[middle].mean()
+    # A whole image in one tile is taken from `done` too.
+    small = photo(60, 50)
+    assert apply_tiled(small, pytest.fail, tile=64, overlap=16, done={(0, 0, 60, 50): small}) is not None
+
+
+def test_a_computed_tile_of_the_wrong_size_is_refused() -> None:
+    image = photo(300, 200)
+    box = tile_grid(300, 200, 128, 32)[0].box
+    with pytest.raises(ValueError, match="expected 128x128"):
+        apply_tiled(image, lambda piece: piece, tile=128, overlap=32, done={box: Image.new("RGB", (64, 64))})

@@ -43,6 +43,10 @@ class UpscaleConfig(Stage):
     start_step: int = Field(ge=0)
     start_steps: tuple[int, int]
     identity_tolerance: float = Field(ge=0.0)
+    # The guard judges a start step on the refine's own tile around the face, which the whole image's refine then
+    # blends in as it was judged; false: on the face's surroundings, refined on their own and then again in the
+    # whole image (three to four times the tiles for a head-and-shoulders shot).
+    guard_on_tile: bool = True
     guidance_scale: float = Field(ge=0.0)
     # The refine's tiles (output pixels) and the ESRGAN's (input pixels), and how much neighbours overlap.
     tile: int = Field(gt=0)

@@ -167,10 +167,7 @@ def upscale_work(dataset: DatasetConfig, shots: list[Shot], profile: ModelProfil
     if upscale.uso_style:
         parts["image_encoder"] = "refiner.image_encoder"
     work.parameters = {part: roles.parameter_count(role_part) for part, role_part in parts.items()}
-    # Every refine call is counted at a whole tile: the guard's region can be smaller.
-    tile = {"width": upscale.tile, "height": upscale.tile}
-    refiner = roles.evaluation("refiner.transformer", **tile, **roles.uso_tokens(upscale))
-    tile_vae = [roles.evaluation("refiner.vae_encode", **tile), roles.evaluation("refiner.vae_decode", **tile)]
+    uso_tokens = roles.uso_tokens(upscale)
     texts = [roles.evaluation("refiner.text_encoder"), roles.evaluation("refiner.text_encoder_2")]
     # USO's subject is encoded once an image (and, with uso_style, its style tokens); its LoRA is fused, no weights.
     subject = upscale.uso_subject_size
@@ -186,26 +183,24 @@ def upscale_work(dataset: DatasetConfig, shots: list[Shot], profile: ModelProfil
         face_share = face_share_of(shot) if dataset.curation.identity else None
         outcomes = guard_outcomes(upscale, target_size(width, height, upscale.size), face_share)
         # The prompt is encoded once an image; each refined tile is a pipeline call of its own (the transformer and
-        # the VAE).
+        # the VAE), at the tile's own size: the guard's region can be smaller than a tile.
         weights = work.weight_bytes()
         prompt_bytes = weights["text_encoder"] + weights["text_encoder_2"] + weights.get("image_encoder", 0)
         tile_bytes = weights["transformer"] + weights["vae"]
-        counts = [
-            Count(
-                fixed
-                + refine.tile_steps * refiner.flops
-                + refine.tiles * sum(vae.flops for vae in tile_vae)
-                + refine.face_checks * identity,
-                prompt_bytes + refine.tiles * tile_bytes,
-                refine.tile_steps,
-            )
-            for refine in outcomes
-        ]
+        counts = []
+        for refine in outcomes:
+            flops = fixed + refine.face_checks * identity
+            for call in refine.calls:
+                tile = {"width": call.width, "height": call.height}
+                transformer = roles.evaluation("refiner.transformer", **tile, **uso_tokens)
+                vae = [roles.evaluation("refiner.vae_encode", **tile), roles.evaluation("refiner.vae_decode", **tile)]
+                flops += call.steps * transformer.flops + call.calls * sum(part.flops for part in vae)
+                work.working("transformer", transformer.activation_bytes)
+                work.working("vae", max(part.activation_bytes for part in vae))
+            counts.append(Count(flops, prompt_bytes + refine.tiles * tile_bytes, refine.tile_steps))
         mean = Count(*(sum(values) / len(counts) for values in zip(*counts, strict=True)))
         work.add(mean, max(counts))
         work.evaluations += sum(refine.tile_steps for refine in outcomes) / len(outcomes)
-    work.working("transformer", refiner.activation_bytes)
-    work.working("vae", max(vae.activation_bytes for vae in tile_vae))
     work.working("text_encoder", texts[0].activation_bytes)
     work.working("text_encoder_2", texts[1].activation_bytes)
     work.working("upscaler", esrgan.activation_bytes)

@@ -12,7 +12,7 @@ a function that changes nothing gives its input back exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,24 +77,35 @@ def _ramps(axis: list[tuple[int, int]], scale: int) -> list[np.ndarray]:
 
 
 def apply_tiled(
-    image: Image.Image, function: Callable[[Image.Image], Image.Image], tile: int, overlap: int, scale: int = 1
+    image: Image.Image,
+    function: Callable[[Image.Image], Image.Image],
+    tile: int,
+    overlap: int,
+    scale: int = 1,
+    done: Mapping[tuple[int, int, int, int], Image.Image] | None = None,
 ) -> Image.Image:
     """`function` applied to overlapping tiles of `image` and blended; it must return each tile `scale` times
-    larger. An image that fits in one tile is passed whole."""
+    larger. An image that fits in one tile is passed whole. `done`: outputs already computed, by their tile's box
+    (`Tile.box`), used in place of calling `function` on those tiles."""
     image = image.convert("RGB")
+    done = done or {}
     rows, columns = spans(image.height, tile, overlap), spans(image.width, tile, overlap)
+
+    def output(box: tuple[int, int, int, int]) -> Image.Image:
+        piece = image.crop(box)
+        return _checked(done[box] if box in done else function(piece), piece.size, scale)
+
     if len(rows) == len(columns) == 1:
-        return _checked(function(image), image.size, scale)
+        return output((0, 0, image.width, image.height))
     row_weights, column_weights = _ramps(rows, scale), _ramps(columns, scale)
     total = np.zeros((image.height * scale, image.width * scale, 3), dtype=np.float32)
     weight_sum = np.zeros((image.height * scale, image.width * scale, 1), dtype=np.float32)
     for (top, height), row_weight in zip(rows, row_weights, strict=True):
         for (left, width), column_weight in zip(columns, column_weights, strict=True):
-            piece = image.crop((left, top, left + width, top + height))
-            output = np.asarray(_checked(function(piece), piece.size, scale), dtype=np.float32)
+            pixels = np.asarray(output((left, top, left + width, top + height)), dtype=np.float32)
             weight = np.outer(row_weight, column_weight)[..., None]
             region = np.s_[top * scale : (top + height) * scale, left * scale : (left + width) * scale]
-            total[region] += output * weight
+            total[region] += pixels * weight
             weight_sum[region] += weight
     return Image.fromarray(np.clip(np.rint(total / weight_sum), 0, 255).astype(np.uint8))
 
