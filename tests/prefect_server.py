@@ -18,6 +18,7 @@ import pytest
 from likeness.run.prefect_server import free_port
 
 STARTUP_TIMEOUT_S = 90
+START_ATTEMPTS = 3
 # The server's database in memory. Prefect supports it (prefect/server/database/configurations.py keeps an in-memory
 # SQLite on one pooled connection for the server's life; its migrations run on that engine): every request and service
 # then takes turns on one connection, so none meets SQLITE_BUSY, which on a file the server answers with a 503 and the
@@ -70,42 +71,47 @@ def prefect_server(home: Path, ui: bool = False, database: str = IN_MEMORY) -> I
     the API URL. With `ui`, it also serves the UI (the v2 front end at /v2/, v1 at the root) and is ready when both
     answer."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, **quiet_prefect_env(home)}
-    env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
-    if ui:
-        env["PREFECT_UI_ENABLED"] = "true"
-        env["PREFECT_UI_API_URL"] = f"{base}/api"
-        # The UI's files are copied out of the prefect package on start: into the test's folder, not the venv.
-        env["PREFECT_UI_STATIC_DIRECTORY"] = str(home / "ui")
-    env.pop("PREFECT_API_URL", None)
-    log = (home / "server.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    api = f"{base}/api"
-    ready = [f"{api}/health", *([f"{base}/v2/"] if ui else [])]
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not all(_answers(url) for url in ready):
-            if process.poll() is not None or time.monotonic() > deadline:
-                tail = (home / "server.log").read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"Prefect server did not start on {api}:\n{tail}")
-            time.sleep(0.5)
-        yield api
-    finally:
-        if "prefect" in sys.modules:
-            # Flows run in this process queue their logs: send them while the server still answers.
-            from prefect.logging.handlers import APILogWorker
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = {**os.environ, **quiet_prefect_env(home)}
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database
+        if ui:
+            env["PREFECT_UI_ENABLED"] = "true"
+            env["PREFECT_UI_API_URL"] = f"{base}/api"
+            # The UI's files are copied out of the prefect package on start: into the test's folder, not the venv.
+            env["PREFECT_UI_STATIC_DIRECTORY"] = str(home / "ui")
+        env.pop("PREFECT_API_URL", None)
+        log = (home / "server.log").open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        api = f"{base}/api"
+        ready = [f"{api}/health", *([f"{base}/v2/"] if ui else [])]
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not all(_answers(url) for url in ready):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = (home / "server.log").read_text(errors="replace")[-3000:]
+                    if "already in use" in tail and attempt < START_ATTEMPTS:
+                        break  # another process took the port since it was picked: pick another
+                    raise RuntimeError(f"Prefect server did not start on {api}:\n{tail}")
+                time.sleep(0.5)
+            else:
+                yield api
+                return
+        finally:
+            if "prefect" in sys.modules:
+                # Flows run in this process queue their logs: send them while the server still answers.
+                from prefect.logging.handlers import APILogWorker
 
-            APILogWorker.drain_all(timeout=5)
-        stop_process_group(process)
-        log.close()
+                APILogWorker.drain_all(timeout=5)
+            stop_process_group(process)
+            log.close()
 
 
 def _answers(url: str) -> bool:

@@ -84,3 +84,38 @@ def test_four_clis_sharing_a_prefect_home_all_start_their_servers(tmp_path):
     envs = [_env(tmp_path / "shared-home", tmp_path, None) for _ in range(4)]
     answers = _run_at_once(TEMPORARY_SERVER_THEN_REGISTER, envs)
     assert [(code, out.strip()) for code, out, _ in answers] == [(0, SLUG)] * 4, [err for *_, err in answers]
+
+
+def test_a_servers_port_is_picked_below_the_ports_outgoing_connections_take(tmp_path, monkeypatch):
+    import socket
+
+    from likeness.run import prefect_server as server
+
+    first_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {server.free_port() for _ in range(20)}
+    assert all(server.LISTEN_PORTS_FROM <= port < first_ephemeral for port in ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free
+    # A kernel that gives outgoing connections every port from 1024: any free port.
+    narrow = tmp_path / "ip_local_port_range"
+    narrow.write_text("1024\t65535\n")
+    monkeypatch.setattr(server, "EPHEMERAL_RANGE", narrow)
+    assert 1024 <= server.free_port() <= 65535
+
+
+def test_the_test_server_picks_another_port_when_its_first_is_taken_before_it_binds(tmp_path, monkeypatch):
+    import socket
+
+    import tests.prefect_server as harness
+
+    pick = harness.free_port
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        picks = iter([port])
+        # The first port picked is taken before the server binds it, as another process can.
+        monkeypatch.setattr(harness, "free_port", lambda: next(picks, None) or pick())
+        with prefect_server(tmp_path / "home") as api:
+            assert f":{port}/" not in api

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -27,6 +28,10 @@ STARTUP_TIMEOUT_S = 90
 PARENT_POLL_S = 0.2
 STOP_GRACE_S = 1.0
 START_LOCK = "likeness-server-start.lock"
+# Where a server's port is picked: below the ports the kernel gives outgoing connections (from 32768 on Linux by
+# default), so that no connection opened between the check and the server's bind can take it.
+LISTEN_PORTS_FROM = 20000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 class ServerStartError(RuntimeError):
@@ -34,10 +39,25 @@ class ServerStartError(RuntimeError):
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
+    """A TCP port on 127.0.0.1 that is free now, below the kernel's ephemeral range where one is (else any)."""
+    below = range(LISTEN_PORTS_FROM, max(LISTEN_PORTS_FROM, _first_ephemeral_port()))
+    for port in random.sample(below, k=min(32, len(below))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _first_ephemeral_port() -> int:
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 class TemporaryPrefectServer:
