@@ -164,3 +164,47 @@ def test_a_deployment_run_ended_by_its_worker_stops_the_stage_threads_at_their_n
     assert "the task was never stopped" not in answer.stderr
     # Prefect hands the signal back to the default handler once the flow has unwound.
     assert answer.returncode == -signal.SIGTERM, answer.stderr[-3000:]
+
+
+# Prefect's flow engine raises from its SIGTERM handler, which leaves the stage's block at once, before the threads
+# the engine then waits for have looked at the flag.
+LEFT_BY_THE_SIGNAL = """
+import os, signal, sys
+from likeness.run.interrupts import StageStopped, check_stop, clear_stop, stop_flag_on_signals
+
+
+class Terminated(Exception):
+    pass
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
+signal.signal(signal.SIGTERM, raise_terminated)
+for attempt in range(20):
+    clear_stop()
+    try:
+        with stop_flag_on_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            signal.pause()
+    except Terminated:
+        pass
+    try:
+        check_stop()
+    except StageStopped:
+        continue
+    sys.exit(f"attempt {attempt}: the flag was down once the signal had left the block")
+with stop_flag_on_signals():
+    pass
+try:
+    check_stop()
+except StageStopped:
+    sys.exit("a block left without a signal left the flag up")
+print("ok")
+"""
+
+
+def test_the_stop_flag_stays_up_once_a_signal_has_left_the_stages_block():
+    answer = subprocess.run([sys.executable, "-c", LEFT_BY_THE_SIGNAL], capture_output=True, text=True, timeout=60)
+    assert answer.stdout.strip() == "ok", answer.stderr

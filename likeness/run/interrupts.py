@@ -28,6 +28,9 @@ from contextlib import contextmanager
 from likeness.stop import StageStopped, check_stop, clear_stop, request_stop, stop_between_steps
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How long leaving a watched block waits for the watcher to read what is left in the pipe (a forked child holding the
+# pipe's write end open would keep it reading).
+WATCHER_JOIN_S = 1.0
 
 __all__ = [
     "SIGNALS",
@@ -145,11 +148,19 @@ def stop_flag_on_signals() -> Iterator[None]:
     if _watchers or threading.current_thread() is not threading.main_thread():
         yield
         return
+    signalled: list[int] = []
+
+    def stop(signum: int) -> None:
+        signalled.append(signum)
+        request_stop()
+
     try:
-        with _watching_signals(lambda signum: request_stop()):
+        with _watching_signals(stop):
             yield
     finally:
-        clear_stop()
+        # After a signal the flag stays up: Prefect leaves this block at once and then waits for the stage's threads.
+        if not signalled:
+            clear_stop()
 
 
 @contextmanager
@@ -169,7 +180,8 @@ def _watching_signals(on_signal: Callable[[int], object]) -> Iterator[None]:
         finally:
             os.close(read_end)
 
-    threading.Thread(target=watch, name="signal watcher", daemon=True).start()
+    watcher = threading.Thread(target=watch, name="signal watcher", daemon=True)
+    watcher.start()
     _watchers += 1
     try:
         yield
@@ -177,3 +189,5 @@ def _watching_signals(on_signal: Callable[[int], object]) -> Iterator[None]:
         _watchers -= 1
         signal.set_wakeup_fd(previous)
         os.close(write_end)  # the watcher reads the end of the pipe and stops
+        # A signal that ended the block is in the pipe: it is seen before the block's caller goes on.
+        watcher.join(timeout=WATCHER_JOIN_S)
