@@ -5,10 +5,12 @@
 No model runs: the counts come from the profiles' settings through the code the dataset stage uses (the
 catalogue's shot sizes, the refine's tile grid, the guard's region around the face, its bisection), so they
 hold on any machine. An edit is `steps` evaluations of the editor's transformer, twice that with true CFG; a
-refine is `steps - start step` evaluations per tile. The guard refines the region around the face once per
-start step it tries (a face that survives every candidate leads it to the lowest, the most steps; one that
-survives none to the highest), then the whole image once at the step it chose. Curation may edit a shot again
-(up to `curation.max_tries` edits): the figures are for an edit kept on its first try, and the most.
+refine is `steps - start step` evaluations per tile. The guard refines the tile around the face once per start
+step it tries (a face that survives every candidate leads it to the lowest, the most steps; one that survives none
+to the highest), then the rest of the image at the step it chose; where no tile holds the face, or with
+`guard_on_tile` off (the figures in brackets), it refines the face's surroundings per try and then the whole image.
+Curation may edit a shot again (up to `curation.max_tries` edits): the figures are for an edit kept on its first
+try, and the most.
 
 How large the face is in a shot is an assumption, by framing: likeness.estimate.character.FACE_SHARE.
 """
@@ -59,8 +61,13 @@ def main() -> None:
         if name == "production":
             for framing, share in FACE_SHARE.items():
                 size = (1536, 2048) if framing in ("full body", "upper body") else (2048, 2048)
+                off = profile.upscale.model_copy(update={"guard_on_tile": False})
                 figures = [refine_evaluations(profile.upscale, size, share, s) for s in (True, False)]
-                print(f"      {framing:20s} {size[0]}x{size[1]}: {figures[0]} / {figures[1]}")
+                before = [refine_evaluations(off, size, share, s) for s in (True, False)]
+                print(
+                    f"      {framing:20s} {size[0]}x{size[1]}: {figures[0]} / {figures[1]}"
+                    f" (off the tile: {before[0]} / {before[1]})"
+                )
 
 
 if __name__ == "__main__":
