@@ -45,7 +45,8 @@ def seed_without_speed_loras() -> ModelProfile:
 SEED = {
     "dataset": {"curation": {"identity": False, "max_tries": 1}},
     # AI Toolkit samples its checkpoints its own way: at the sample steps, with CFG.
-    "train": {"base": "wan21_14b", "sampler": "training"},
+    # AI Toolkit checkpoints gradients unless told otherwise.
+    "train": {"base": "wan21_14b", "sampler": "training", "gradient_checkpointing": True},
 }
 
 

@@ -17,7 +17,7 @@ from likeness.models.pipelines import get_pipeline, gpu_lock
 from likeness.models.profiles import device_for
 from likeness.records import EarlyStop, LoraCheckpoint, LoraRef, TrainingSet
 from likeness.run.interrupts import check_stop
-from likeness.run.memory import memory_for_training
+from likeness.run.memory import checkpointing_for_training, memory_for_training
 from likeness.run.progress import StageProgress
 from likeness.settings import get_settings
 from likeness.stages import stage_task
@@ -67,10 +67,11 @@ def publish_checkpoint(job: TrainJob, folder: Path, step: int, loss: float | Non
 @stage_task("fit-lora", STAGE_VERSION, retries=1, retry_delay_seconds=30)
 def fit_lora(dataset: TrainingSet, config: TrainConfig, profile: ModelProfile) -> LoraRef:
     """Train the character LoRA here, saving a checkpoint every `checkpoint_every` steps."""
-    job = train_job(dataset.trigger, config, profile, dataset.reference)
     # The LoRA trains on the video model as published, as on a pod: stored fp8 weights are for renders.
     published = profile.models["video"].model_copy(update={"weights": None})
     training = profile.model_copy(update={"models": {**profile.models, "video": published}})
+    config = checkpointing_for_training(training, config, len(dataset.items), say=print)
+    job = train_job(dataset.trigger, config, profile, dataset.reference)
     pipe = get_pipeline("video", memory_for_training(training, config, len(dataset.items), say=print))
     progress = StageProgress("train", config.steps, f"{dataset.trigger}-train", unit="steps")
     losses: dict[int, float] = {}

@@ -37,8 +37,9 @@ def training(train: dict, backend: Backend = "local") -> object:
 def test_every_step_adds_a_training_step_of_flops_and_twice_the_steps_costs_about_twice():
     train = PROFILE.train
     base, twice = training({"steps": train.steps}), training({"steps": 2 * train.steps})
-    step = roles.lora_training_step(train.base, train.size, train.rank, train.gradient_checkpointing)
-    # The steps added are each a forward, a recompute and a backward; the checkpoints' samples come on top.
+    assert train.gradient_checkpointing == "auto"  # off on an H100, where both experts stay resident without it
+    step = roles.lora_training_step(train.base, train.size, train.rank, gradient_checkpointing=False)
+    # The steps added are each a forward and a backward; the checkpoints' samples come on top.
     assert twice.flops - base.flops >= train.steps * step["step"]
     assert twice.evaluations > 1.9 * base.evaluations
     assert 1.9 < twice.seconds / base.seconds < 2.1
@@ -76,3 +77,30 @@ def test_samples_made_as_renders_run_take_the_speed_loras_4_evaluations_where_cf
     assert rendered.seconds < kept.seconds
     # AI Toolkit samples its own way, whatever the sampler says.
     assert training({}, "runpod-aitoolkit").evaluations == kept.evaluations
+
+
+def test_auto_checkpointing_is_off_where_the_experts_stay_resident_without_it_and_on_elsewhere():
+    from likeness.estimate.character import checkpointing_decided
+
+    train, images = PROFILE.train, 32
+    assert train.gradient_checkpointing == "auto"
+    for gpu, on in [("H100", False), ("H200", False), ("A100 80GB", False), ("L40S", True), ("RTX 5090", True)]:
+        decided = checkpointing_decided(train, images, PROFILE, GPUS[gpu].memory_gib * 2**30)
+        assert decided.gradient_checkpointing is on, gpu
+    # A GPU not known yet (a pod's), or a video model the profile offloads: on.
+    assert checkpointing_decided(train, images, PROFILE, None).gradient_checkpointing is True
+    offloaded = PROFILE.with_memory_modes({"video": "model"})
+    assert checkpointing_decided(train, images, offloaded, 80e9).gradient_checkpointing is True
+    named = train.model_copy(update={"gradient_checkpointing": True})
+    assert checkpointing_decided(named, images, PROFILE, 80e9) is named
+
+
+def test_training_without_checkpointing_on_an_h100_saves_a_third_of_the_steps_flops_and_a_pod_keeps_it():
+    auto, on = training({}), training({"gradient_checkpointing": True})
+    assert auto.memory_mode == on.memory_mode == "none"  # both resident: nothing moves over PCIe
+    assert 0.6 < auto.flops / on.flops < 0.75
+    assert auto.seconds < 0.75 * on.seconds
+    assert auto.peak_bytes <= GPUS["H100"].memory_gib * 2**30 * 0.9
+    # A pod's GPU is picked as it starts: the estimate counts checkpointing on, as the pod trains.
+    pod = training({}, backend="runpod-native")
+    assert pod.flops == training({"gradient_checkpointing": True}, backend="runpod-native").flops

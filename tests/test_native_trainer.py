@@ -12,14 +12,15 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
-from likeness.config import StopWhenFlat
+from likeness.config import StopWhenFlat, render_template
 from likeness.identity import reference_face
 from likeness.models import pipelines
 from likeness.models.profiles import ProfileUnavailable, load_profile
 from likeness.models.wan_lora import read_lora_metadata
 from likeness.training.data import DatasetProblem, read_training_folder
+from likeness.training.examples import text_encoder_off_the_gpu
 from likeness.training.native import Trainer
-from likeness.training.sampling import SampleSettings, sample_settings
+from likeness.training.sampling import SampleSettings, encode_sample_prompts, sample_settings, write_samples
 from likeness.training.spec import SAMPLES_FOLDER, TrainJob
 
 
@@ -236,3 +237,81 @@ def test_a_speed_lora_missing_here_fails_before_the_first_step(likeness_env, tmp
     # The training sampler needs no speed LoRA.
     kept = job.config.model_copy(update={"sampler": "training"})
     Trainer(job.model_copy(update={"model": model, "config": kept}), pipe, data, tmp_path / "out")
+
+
+def test_the_text_encoder_runs_only_before_the_first_step_and_samples_are_the_pipelines_own(likeness_env, tmp_path):
+    images, masks = folder_of(tmp_path)
+    pipe = pipelines.get_pipeline("video", load_profile("tiny-a14b"))
+    steps_done: list[int] = []
+    encoded_after: list[int] = []
+    hook = pipe.text_encoder.register_forward_hook(lambda *_: encoded_after.append(len(steps_done)))
+    try:
+        job = job_for("tiny-a14b", steps=4, checkpoint_every=2, sampler="training", sample_guidance_scale=3.0)
+        Trainer(job, pipe, read_training_folder(images, masks), tmp_path / "out").train(
+            on_step=lambda step, total, loss: steps_done.append(step)
+        )
+    finally:
+        hook.remove()
+    # Three captions and the empty one, then each sample prompt and, with CFG, the empty negative: all before step 1.
+    assert steps_done == [1, 2, 3, 4]
+    assert encoded_after == [0] * (3 + 1 + 2 * len(job.config.sample_prompts))
+
+    # A sample from the prompts encoded ahead is the image the pipeline makes from the prompt itself.
+    settings = sample_settings(job)
+    (tmp_path / "direct").mkdir()
+    made = write_samples(pipe, job, tmp_path / "direct", 0, [], "none", encode_sample_prompts(pipe, job))
+    for index, template in enumerate(job.config.sample_prompts):
+        frames = pipe(
+            prompt=render_template(template, trigger=job.trigger),
+            height=job.config.size,
+            width=job.config.size,
+            num_frames=1,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            generator=torch.Generator("cpu").manual_seed(job.config.seed + index),
+            output_type="np",
+        ).frames[0]
+        expected = (np.clip(frames[0], 0, 1) * 255).round().astype(np.uint8)
+        assert np.array_equal(np.asarray(Image.open(made[index])), expected), template
+
+
+class PlacedEncoder:
+    """Where a text encoder's weights are, and every move asked of it (this machine has no GPU to move them to)."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.moves = torch.device(device), []
+
+    def to(self, device: str) -> PlacedEncoder:
+        self.moves.append(str(device))
+        self.device = torch.device(device)
+        return self
+
+
+def test_a_text_encoder_resident_on_a_gpu_waits_in_cpu_memory_and_comes_back_even_after_an_error():
+    class Pipe:
+        text_encoder = PlacedEncoder("cuda:0")
+
+    with pytest.raises(RuntimeError, match="out of memory"), text_encoder_off_the_gpu(Pipe):
+        assert Pipe.text_encoder.device.type == "cpu"
+        raise RuntimeError("out of memory")
+    assert Pipe.text_encoder.moves == ["cpu", "cuda:0"] and str(Pipe.text_encoder.device) == "cuda:0"
+
+    # On the CPU, or under offload (accelerate's hook moves it between calls), it stays where it is.
+    Pipe.text_encoder = PlacedEncoder("cpu")
+    with text_encoder_off_the_gpu(Pipe):
+        pass
+    hooked = PlacedEncoder("cuda:0")
+    hooked._hf_hook = object()  # type: ignore[attr-defined]
+    Pipe.text_encoder = hooked
+    with text_encoder_off_the_gpu(Pipe):
+        pass
+    assert hooked.moves == [] and str(hooked.device) == "cuda:0"
+
+
+def test_a_job_for_a_gpu_not_known_yet_trains_with_gradient_checkpointing():
+    production = load_profile("production")
+    assert production.train.gradient_checkpointing == "auto"
+    job = TrainJob.for_profile("Ada", production.train, production, "cuda")
+    assert job.config.gradient_checkpointing is True
+    decided = production.train.model_copy(update={"gradient_checkpointing": False})
+    assert TrainJob.for_profile("Ada", decided, production, "cuda").config.gradient_checkpointing is False

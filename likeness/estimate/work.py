@@ -52,6 +52,9 @@ class Work:
     calibrated_part: str | None = None
     # Parts whose weights are stored in fp8 (a role's `weights: fp8`): a byte a weight, computed in bf16.
     fp8_parts: frozenset[str] = frozenset()
+    # Parts a resident stage moves to CPU memory once they have encoded its inputs, before the others work (a
+    # trainer's text encoder): resident with the rest at first, then making room for the work's activations.
+    off_after_encoding: frozenset[str] = frozenset()
 
     def add(self, expected: Count, most: Count | None = None) -> None:
         self.expected = self.expected.plus(expected)
@@ -68,7 +71,10 @@ class Work:
         """Bytes on the GPU at the worst moment of this stage in `mode`."""
         weights = self.weight_bytes()
         block = int(max(weights.values()) * SEQUENTIAL_SHARE)
-        return gpus.peak_memory(weights, self.activations, 1, mode, block, self.state_bytes)
+        if mode != "none" or not self.off_after_encoding:
+            return gpus.peak_memory(weights, self.activations, 1, mode, block, self.state_bytes)
+        working = {part: count for part, count in weights.items() if part not in self.off_after_encoding}
+        return max(sum(weights.values()), gpus.peak_memory(working, self.activations, 1, mode, block, self.state_bytes))
 
 
 class StageEstimate(NamedTuple):

@@ -7,6 +7,8 @@ its reason, through `say` (the flow's log):
 
     profile = memory_for_dataset(profile, config.dataset, shots, say=print)
     # editor: resident, the cheapest that fits: 61.2 GiB of 71.5 GiB usable
+
+Training's `gradient_checkpointing: auto` is decided here too, by the same counts (`checkpointing_for_training`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from collections.abc import Callable, Sequence
 
 from likeness.config import DatasetConfig, ModelProfile, RenderConfig, Role, TrainConfig
 from likeness.dataset.catalogue import Shot
-from likeness.estimate.character import edit_work, rendering_work, training_work, upscale_work
+from likeness.estimate.character import (
+    checkpointing_decided,
+    edit_work,
+    rendering_work,
+    training_work,
+    upscale_work,
+)
 from likeness.estimate.work import Work, choose_mode
 from likeness.inputs import InvalidInput
 from likeness.models.profiles import device_for
@@ -36,8 +44,22 @@ def memory_for_dataset(profile: ModelProfile, config: DatasetConfig, shots: list
 
 def memory_for_training(profile: ModelProfile, config: TrainConfig, images: int, say: Say) -> ModelProfile:
     """`profile` with the video model's mode chosen for training on this GPU (our trainer holds it resident where
-    it fits)."""
+    it fits), for `config` with its gradient checkpointing decided (`checkpointing_for_training`)."""
     return _chosen(profile, lambda: {"video": training_work(config, images, profile)}, say)
+
+
+def checkpointing_for_training(profile: ModelProfile, config: TrainConfig, images: int, say: Say) -> TrainConfig:
+    """`config` with `gradient_checkpointing: auto` decided for this GPU (off where the video model stays resident
+    without it), said through `say`; on the CPU, on."""
+    device = device_for(profile, get_settings())
+    memory = None if device == "cpu" else gpu_memory_bytes(device)
+    decided = checkpointing_decided(config, images, profile, memory)
+    if config.gradient_checkpointing == "auto" and memory is not None:
+        if decided.gradient_checkpointing:
+            say("gradient checkpointing: on, as training without it would not hold the video model resident here")
+        else:
+            say("gradient checkpointing: off, as training without it holds the video model resident here")
+    return decided
 
 
 def memory_for_renders(

@@ -3,10 +3,14 @@ video's normalised Wan VAE latents at every training resolution, its face mask a
 and the text embedding of every caption (and of the empty one, for caption dropout).
 
     examples, embeddings = cache_examples(pipe, images, resolutions=(512, 256), multiple=16, masks=True)
+    with text_encoder_off_the_gpu(pipe):
+        ...  # the steps
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -84,3 +88,20 @@ def cache_examples(
                     weights = _mask_weights(item.mask, fitted.size, latents.shape).to(latents)
                 examples.append(Example(latents, weights, index))
     return examples, embeddings
+
+
+@contextmanager
+def text_encoder_off_the_gpu(pipe: Any) -> Iterator[None]:
+    """While inside, the pipeline's text encoder waits in CPU memory, where it sat resident on a GPU: training has
+    encoded every caption and sample prompt before its first step, and Wan's umt5-xxl (10.6 GiB) makes room for the
+    steps' activations. Under offload (accelerate's hooks) it leaves the GPU between calls already."""
+    encoder = pipe.text_encoder
+    device = encoder.device
+    if device.type == "cpu" or getattr(encoder, "_hf_hook", None) is not None:
+        yield
+        return
+    encoder.to("cpu")
+    try:
+        yield
+    finally:
+        encoder.to(device)

@@ -10,11 +10,11 @@ so one agent publishes either trainer's work and a restarted job resumes the sam
     <folder>/samples/<name>__000000500_0.png       one image per sample prompt, fixed seeds
 
 Each dataset image is one frame. VAE latents and text embeddings are computed once, before the first step
-(`likeness.training.examples`). The loss is rectified-flow velocity matching, as Wan was trained, weighted by the
-face masks when `masks` is on. Checkpoints are sampled as `train.sampler` says (`likeness.training.sampling`: by
-default as renders run, with the video model's speed LoRAs). With `train.stop_when_flat`, each sampled checkpoint
-is scored against the job's reference face, and training stops at the checkpoint where the scores went flat, in a
-line the pod agent reads.
+(`likeness.training.examples`), and the text encoder then waits in CPU memory. The loss is rectified-flow velocity
+matching, as Wan was trained, weighted by the face masks when `masks` is on. Checkpoints are sampled as
+`train.sampler` says (`likeness.training.sampling`: by default as renders run, with the video model's speed LoRAs).
+With `train.stop_when_flat`, each sampled checkpoint is scored against the job's reference face, and training stops
+at the checkpoint where the scores went flat, in a line the pod agent reads.
 
     python -m likeness.training.native job.json --dataset likeness-out/ada/dataset --masks likeness-out/ada/masks \\
         --out training/ada
@@ -46,8 +46,8 @@ from likeness.models.wan_lora import (
 )
 from likeness.training.checkpoints import CheckpointScore, StopDecision, flat_since, score_checkpoint
 from likeness.training.data import TrainingImage, read_training_folder
-from likeness.training.examples import Example, cache_examples
-from likeness.training.sampling import sample_settings, write_samples
+from likeness.training.examples import Example, cache_examples, text_encoder_off_the_gpu
+from likeness.training.sampling import encode_sample_prompts, sample_settings, write_samples
 from likeness.training.spec import OPTIMIZER_STATE, SAMPLES_FOLDER, TrainJob
 
 if TYPE_CHECKING:
@@ -151,6 +151,7 @@ class Trainer:
         examples, embeddings = cache_examples(
             self.pipe, self.images, self.config.resolutions, self.multiple, self.config.masks
         )
+        prompts = encode_sample_prompts(self.pipe, self.job)
         for expert in self.experts:
             # The LoRA's initial weights come from the global RNG: seed it, or a re-run differs.
             with torch.random.fork_rng(devices=[]):
@@ -166,44 +167,45 @@ class Trainer:
                 )
         written: list[int] = []
         try:
-            trainable = self._trainable()
-            optimizer = self._optimizer(trainable)
-            generator = torch.Generator("cpu").manual_seed(self.config.seed)
-            start = self._resume(optimizer, generator)
-            order = np.random.default_rng(self.config.seed).permutation(len(examples)).tolist()
-            checkpoint_steps = set(self.job.checkpoint_steps())
-            sampled_steps = set(self.job.sampled_steps())
-            # The samples so far count too, so a resumed run goes on counting (and one that stopped stays stopped).
-            scores = self._scores_up_to(start) if self.config.stop_when_flat else []
-            self.stopped = self._flat(scores)
-            for step in range(start + 1, self.config.steps + 1):
+            with text_encoder_off_the_gpu(self.pipe):
+                trainable = self._trainable()
+                optimizer = self._optimizer(trainable)
+                generator = torch.Generator("cpu").manual_seed(self.config.seed)
+                start = self._resume(optimizer, generator)
+                order = np.random.default_rng(self.config.seed).permutation(len(examples)).tolist()
+                checkpoint_steps = set(self.job.checkpoint_steps())
+                sampled_steps = set(self.job.sampled_steps())
+                # The samples so far count too, so a resumed run goes on counting (and one that stopped stays stopped).
+                scores = self._scores_up_to(start) if self.config.stop_when_flat else []
+                self.stopped = self._flat(scores)
+                for step in range(start + 1, self.config.steps + 1):
+                    if self.stopped:
+                        break
+                    if check_stop:
+                        check_stop()
+                    loss = self._step(step, examples, embeddings, order, optimizer, generator)
+                    line = PROGRESS_LINE.format(
+                        name=self.job.name,
+                        percent=100 * step // self.config.steps,
+                        step=step,
+                        total=self.config.steps,
+                        lr=self.config.learning_rate,
+                        loss=loss,
+                    )
+                    print(line, flush=True)
+                    if on_step:
+                        on_step(step, self.config.steps, loss)
+                    if step in checkpoint_steps:
+                        self._save(step, optimizer, generator)
+                        written.append(step)
+                        if step in sampled_steps:
+                            trained = [expert.transformer for expert in self.experts]
+                            samples = write_samples(self.pipe, self.job, self.folder, step, trained, ADAPTER, prompts)
+                            if self.config.stop_when_flat:
+                                scores.append(self._score(step, samples))
+                                self.stopped = self._flat(scores)
                 if self.stopped:
-                    break
-                if check_stop:
-                    check_stop()
-                loss = self._step(step, examples, embeddings, order, optimizer, generator)
-                line = PROGRESS_LINE.format(
-                    name=self.job.name,
-                    percent=100 * step // self.config.steps,
-                    step=step,
-                    total=self.config.steps,
-                    lr=self.config.learning_rate,
-                    loss=loss,
-                )
-                print(line, flush=True)
-                if on_step:
-                    on_step(step, self.config.steps, loss)
-                if step in checkpoint_steps:
-                    self._save(step, optimizer, generator)
-                    written.append(step)
-                    if step in sampled_steps:
-                        trained = [expert.transformer for expert in self.experts]
-                        samples = write_samples(self.pipe, self.job, self.folder, step, trained, ADAPTER)
-                        if self.config.stop_when_flat:
-                            scores.append(self._score(step, samples))
-                            self.stopped = self._flat(scores)
-            if self.stopped:
-                print(EARLY_STOP_LINE.format(name=self.job.name, **self.stopped._asdict()), flush=True)
+                    print(EARLY_STOP_LINE.format(name=self.job.name, **self.stopped._asdict()), flush=True)
         finally:
             for expert in self.experts:
                 expert.transformer.delete_adapters(ADAPTER)

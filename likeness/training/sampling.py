@@ -6,7 +6,8 @@ it will be used: where the model has speed LoRAs (production's A14B), those at s
 trained, Euler on their sigmas and no CFG, one transformer evaluation a step (4 a sample). "training", and a model
 without speed LoRAs, samples `train.sample_steps` of the model's own scheduler at `train.sample_guidance_scale`.
 
-    paths = write_samples(pipe, job, training_folder, 500, [pipe.transformer, pipe.transformer_2], ADAPTER)
+    prompts = encode_sample_prompts(pipe, job)  # before the first step
+    paths = write_samples(pipe, job, training_folder, 500, [pipe.transformer, pipe.transformer_2], ADAPTER, prompts)
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from likeness.config import ModelSpec, render_template
 from likeness.files import atomic_file
 from likeness.models.speed_loras import LIGHTX2V_GUIDANCE_SCALE, speed_loras_on
 from likeness.training.spec import SAMPLES_FOLDER, TrainJob
+
+# WanPipeline's default `max_sequence_length` for a call: the tokens a render's prompt is padded to.
+SAMPLE_TEXT_TOKENS = 512
 
 
 class SampleSettings(NamedTuple):
@@ -41,12 +45,44 @@ def sample_settings(job: TrainJob) -> SampleSettings:
     return SampleSettings(config.sample_steps, config.sample_guidance_scale, False)
 
 
+class EncodedPrompt(NamedTuple):
+    """A sample prompt's text embedding, and the empty negative prompt's where the samples use CFG."""
+
+    embeds: Any
+    negative: Any | None
+
+
+def encode_sample_prompts(pipe: Any, job: TrainJob) -> list[EncodedPrompt]:
+    """Every sample prompt encoded as the pipeline encodes a call's (`max_sequence_length` as its call's default):
+    once, before training's first step, so that the text encoder can wait in CPU memory while training runs."""
+    import torch
+
+    guided = sample_settings(job).guidance_scale > 1
+    with torch.no_grad():
+        return [
+            EncodedPrompt(
+                *pipe.encode_prompt(
+                    render_template(template, trigger=job.trigger),
+                    do_classifier_free_guidance=guided,
+                    max_sequence_length=SAMPLE_TEXT_TOKENS,
+                )
+            )
+            for template in job.config.sample_prompts
+        ]
+
+
 def write_samples(
-    pipe: Any, job: TrainJob, training_folder: Path, step: int, trained: list[Any], adapter: str
+    pipe: Any,
+    job: TrainJob,
+    training_folder: Path,
+    step: int,
+    trained: list[Any],
+    adapter: str,
+    prompts: list[EncodedPrompt],
 ) -> list[Path]:
-    """One image per sample prompt with the LoRA as of `step` (adapter `adapter` of the `trained` transformers),
-    fixed seeds, saved in the training folder's samples folder; training's adapters, trainable weights and scheduler
-    are as they were after."""
+    """One image per sample prompt (`prompts`, from `encode_sample_prompts`) with the LoRA as of `step` (adapter
+    `adapter` of the `trained` transformers), fixed seeds, saved in the training folder's samples folder; training's
+    adapters, trainable weights and scheduler are as they were after."""
     import torch
 
     folder = training_folder / SAMPLES_FOLDER
@@ -55,9 +91,10 @@ def write_samples(
     size = job.config.size
     paths = []
     with _speed_loras(pipe, job.model, trained, adapter) if settings.speed_loras else nullcontext():
-        for index, template in enumerate(job.config.sample_prompts):
+        for index, prompt in enumerate(prompts):
             frames = pipe(
-                prompt=render_template(template, trigger=job.trigger),
+                prompt_embeds=prompt.embeds,
+                negative_prompt_embeds=prompt.negative,
                 height=size,
                 width=size,
                 num_frames=1,

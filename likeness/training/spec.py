@@ -50,6 +50,10 @@ class TrainJob(BaseModel):
                 f"train.base={config.base}: profile {profile.name!r} trains and renders {video}, which is "
                 f"{profile.train.base} ({BASE_NAMES[profile.train.base]}); a LoRA trains on the model it renders with"
             )
+        if config.gradient_checkpointing == "auto":
+            # Not decided for this machine's GPU (likeness.run.memory): a pod's is picked as it starts. On fits
+            # wherever the video model does.
+            config = config.model_copy(update={"gradient_checkpointing": True})
         return cls(
             name=trigger,
             trigger=trigger,
