@@ -75,9 +75,8 @@ def estimate_character(
     shots = catalogue.shots(config.dataset.variations, garments=0, poses=0)
     dataset = config.dataset
     memory = gpu.memory_gib * 2**30 if backend == "local" else None  # a pod's GPU is picked as it starts
-    training = training_work(
-        checkpointing_decided(config.train, len(shots), profile, memory), len(shots), profile, backend
-    )
+    train = checkpointing_decided(config.train, len(shots), profile, memory)
+    training = training_work(train, len(shots), profile, backend)
     stages = [
         (edit_work(dataset, shots, profile), profile.memory_mode("editor")),
         (upscale_work(dataset, shots, profile), profile.memory_mode("refiner")),
@@ -283,17 +282,14 @@ def training_work(train: TrainConfig, images: int, profile: ModelProfile, backen
     return work
 
 
-def checkpointing_decided(
-    train: TrainConfig, images: int, profile: ModelProfile, memory_bytes: float | None
-) -> TrainConfig:
-    """`train` with `gradient_checkpointing: auto` decided for a GPU of `memory_bytes`: off where training without it
-    holds the video model resident there (in the memory mode the profile asks for), on otherwise and where the GPU is
-    not known (None)."""
+def checkpointing_decided(train: TrainConfig, images: int, profile: ModelProfile, memory: float | None) -> TrainConfig:
+    """`train` with `gradient_checkpointing: auto` decided for a GPU of `memory` bytes: off where training without it
+    holds the video model resident there (in the profile's memory mode), on otherwise and where the GPU is unknown."""
     if train.gradient_checkpointing != "auto":
         return train
-    if memory_bytes is not None:
+    if memory is not None:
         off = train.model_copy(update={"gradient_checkpointing": False})
-        if choose_mode(training_work(off, images, profile), memory_bytes, profile.memory_mode("video")).mode == "none":
+        if choose_mode(training_work(off, images, profile), memory, profile.memory_mode("video")).mode == "none":
             return off
     return train.model_copy(update={"gradient_checkpointing": True})
 
