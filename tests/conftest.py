@@ -12,8 +12,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 
+from likeness.heap import collect_less_often
 from tests.prefect_server import prefect_api, quiet_prefect_env  # noqa: F401  (fixtures)
 from tests.s3server import s3_server  # noqa: F401
+
+# The workers import the same libraries as a Likeness process and collect their heap as one does.
+collect_less_often()
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,14 @@ This module stays light: `main` takes Ctrl-C and SIGTERM before the commands and
 
 from __future__ import annotations
 
+from likeness.heap import collect_less_often
 from likeness.run.interrupts import stop_on_signal_at_start_up
 
 
 def main() -> None:
     """The `likeness` command: a signal ends it from its first instant, before any work starts."""
     stop_on_signal_at_start_up()
+    collect_less_often()
     from likeness.cli.app import app
 
     app()

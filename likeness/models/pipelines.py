@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from likeness.config import ModelProfile, Offload, Role
+from likeness.heap import freeze_what_lives_now
 from likeness.models.profiles import device_for, model_path
 from likeness.settings import Settings, get_settings
 
@@ -26,6 +27,7 @@ gpu_lock = threading.RLock()
 load_counts: Counter[str] = Counter()
 _loaded: dict[tuple[Any, ...], Any] = {}
 _loading = threading.Lock()
+_frozen = False
 
 
 def _torch_dtype(profile: ModelProfile) -> Any:
@@ -178,6 +180,18 @@ LOADERS: dict[Role, Callable[[Path, ModelProfile, str], Any]] = {
 }
 
 
+def _freeze_the_model_libraries() -> None:
+    """Import what every loader uses and freeze the heap, before the first model of the process loads: `release`'s
+    full collections then walk the models and the run's own objects, not the libraries (likeness.heap)."""
+    global _frozen
+    import diffusers.models  # noqa: F401
+    import peft  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401
+
+    freeze_what_lives_now()
+    _frozen = True
+
+
 def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = None) -> Any:
     """The loaded model for `role` under `profile`, loading it on first use in this process."""
     settings = settings or get_settings()
@@ -196,6 +210,8 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
 
                 diffusers_logging.disable_progress_bar()
                 transformers_logging.disable_progress_bar()
+            if not _frozen:
+                _freeze_the_model_libraries()
             device = device_for(profile, settings)
             path = model_path(role, profile, settings)
             log.info("loading %s from %s on %s", role, spec.source, device)
