@@ -65,15 +65,16 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from likeness.config import Expert, ModelSpec
 from likeness.inputs import InvalidInput
 from likeness.models.profiles import spec_path
 from likeness.models.wan_lora import LORA_TARGETS
 from likeness.settings import get_settings
+
+if TYPE_CHECKING:
+    import torch
 
 LIGHTX2V_REPO = "lightx2v/Wan2.2-Distill-Loras"
 # Expert -> file: `high_noise` goes into `transformer`, `low_noise` into `transformer_2`.
@@ -147,6 +148,7 @@ def speed_loras_on(pipe: Any, spec: ModelSpec, role: str = "video") -> Iterator[
 
 def write_tiny_speed_lora(transformer: torch.nn.Module, path: Path, rank: int, seed: int, scale: float) -> Path:
     """A speed LoRA for `transformer` in the real files' layout, random from `seed`, `scale` strong; returns `path`."""
+    import torch
     from safetensors.torch import save_file
 
     generator = torch.Generator().manual_seed(seed)

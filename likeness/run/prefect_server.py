@@ -24,6 +24,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
+from likeness.heap import collect_less_often
+
 STARTUP_TIMEOUT_S = 90
 PARENT_POLL_S = 0.2
 STOP_GRACE_S = 1.0
@@ -163,6 +165,7 @@ def main(port: int, parent_pid: int) -> None:
     if os.getppid() != parent_pid:
         return
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    collect_less_often()
     import uvicorn
 
     uvicorn.run(
