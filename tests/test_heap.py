@@ -25,14 +25,16 @@ def test_collecting_less_often_changes_only_the_young_generations_threshold():
         gc.set_threshold(*before)
 
 
-def test_a_flow_run_process_collects_less_often_from_its_first_import_of_ours():
+def test_a_flow_run_process_collects_less_often_and_imports_torch_only_when_a_task_needs_it():
+    # A produce or batch run on a CPU worker only dispatches its stages; a cached CLI run loads no model.
+    imports = "import gc, sys, flows.produce, flows.batch, flows.maintenance"
     said = subprocess.run(
-        [sys.executable, "-c", "import gc, flows; print(gc.get_threshold()[0])"],
+        [sys.executable, "-c", f"{imports}; print(gc.get_threshold()[0], 'torch' in sys.modules)"],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert said.stdout.strip() == str(YOUNG_GENERATION_ALLOCATIONS)
+    assert said.stdout.split() == [str(YOUNG_GENERATION_ALLOCATIONS), "False"]
 
 
 def test_the_first_load_freezes_the_libraries_and_a_released_model_is_still_freed(likeness_env):
