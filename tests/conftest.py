@@ -22,8 +22,14 @@ collect_less_often()
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One models folder for the session, so the tiny models are built once."""
-    return tmp_path_factory.mktemp("models")
+    """One models folder for the whole run, every xdist worker's too, so the tiny models are built once (a role's
+    folder appears whole, renamed into place, so workers building the same role at once keep the first)."""
+    basetemp = tmp_path_factory.getbasetemp()
+    # An xdist worker's basetemp is a folder of the run's own (popen-gw0, ...).
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp
+    models = shared / "models"
+    models.mkdir(exist_ok=True)
+    return models
 
 
 @pytest.fixture(scope="session")

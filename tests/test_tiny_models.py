@@ -56,6 +56,23 @@ def test_build_is_complete_small_and_idempotent(tiny):
     assert {role: (f / ".complete").stat().st_mtime_ns for role, f in tiny.items()} == marker_mtimes
 
 
+def test_a_role_another_process_built_meanwhile_is_kept_as_it_is(tmp_path):
+    from likeness.models.tiny import _build_atomically
+
+    folder = tmp_path / "editor"
+
+    def build_while_another_process_finishes(staging):
+        (staging / "ours").write_text("ours")
+        folder.mkdir()
+        (folder / "theirs").write_text("theirs")
+        (folder / ".complete").write_text("built\n")
+
+    _build_atomically(folder, build_while_another_process_finishes)
+    # Theirs may be loading already: it stays, and ours is gone with its staging folder.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["editor"]
+    assert sorted(p.name for p in folder.iterdir()) == [".complete", "theirs"]
+
+
 def test_two_builds_are_byte_identical(tiny, tmp_path):
     rebuilt = build_tiny_models(tmp_path, roles=["editor", "video"])
     for role in ("editor", "video"):

@@ -75,8 +75,10 @@ def _build_atomically(folder: Path, build: Callable[[Path], None]) -> None:
         build(staging)
         (staging / _MARKER).write_text("built by likeness.models.tiny\n")
         staging.chmod(0o755)  # mkdtemp makes it private; the repo folder should read like any other
+        if (folder / _MARKER).exists():
+            return  # another process built the same role meanwhile, and may be reading it already
         if folder.exists():
-            # Only an incomplete folder can be here (a complete one is never rebuilt).
+            # Left incomplete by a crash: a folder only ever appears whole, renamed from its staging folder.
             shutil.rmtree(folder)
         try:
             os.rename(staging, folder)
