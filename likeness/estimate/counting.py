@@ -15,12 +15,13 @@ Counting the real-size models takes seconds each: `likeness.estimate.counts.Coun
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import torch
-from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils import _pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -59,7 +60,8 @@ class LiveBytes(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.live: dict[int, tuple[int, StorageWeakRef]] = {}  # storage address -> (bytes, weak reference)
+        # Storage address -> (bytes, a weak reference whose callback forgets the storage when it is freed).
+        self.live: dict[int, tuple[int, weakref.ref]] = {}
         self.current = self.peak = 0
         self.paused = 0
 
@@ -79,18 +81,18 @@ class LiveBytes(TorchDispatchMode):
             if not isinstance(tensor, torch.Tensor):
                 continue
             storage = tensor.untyped_storage()
-            self._sweep()
-            if storage._cdata in self.live:
+            address = storage._cdata
+            if address in self.live:
                 continue
-            self.live[storage._cdata] = (storage.nbytes(), StorageWeakRef(storage))
+            # PyTorch keeps a storage's Python object for as long as the storage lives, so the callback runs when
+            # the last tensor on it goes, before its address can be reused.
+            self.live[address] = (storage.nbytes(), weakref.ref(storage, partial(self._freed, address)))
             self.current += storage.nbytes()
             self.peak = max(self.peak, self.current)
 
-    def _sweep(self) -> None:
-        for address, (size, reference) in list(self.live.items()):
-            if reference.expired():
-                del self.live[address]
-                self.current -= size
+    def _freed(self, address: int, _reference: weakref.ref) -> None:
+        size, _ = self.live.pop(address)
+        self.current -= size
 
 
 @contextmanager
