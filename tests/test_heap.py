@@ -50,3 +50,18 @@ def test_the_first_load_freezes_the_libraries_and_a_released_model_is_still_free
     del editor, holder
     pipelines.release("editor")
     assert loaded() is None
+
+
+def test_style_encoders_loaded_before_any_pipeline_are_not_frozen_with_the_libraries(likeness_env, monkeypatch):
+    # As in a fresh process whose first model is the refiner's USO encoders.
+    pipelines.clear()
+    gc.unfreeze()
+    monkeypatch.setattr(pipelines, "_frozen", False)
+    encoders = pipelines.get_uso_encoders(TINY)
+    assert gc.get_freeze_count() > 100_000
+    encoder = encoders.encoder
+    encoder.__dict__["_held_by"] = types.SimpleNamespace(model=encoder)
+    loaded = weakref.ref(encoder)
+    del encoders, encoder
+    pipelines.release("refiner")
+    assert loaded() is None

@@ -236,6 +236,8 @@ def get_uso_encoders(profile: ModelProfile, settings: Settings | None = None) ->
     key = ("refiner", uso.source, uso.image_encoder, profile.dtype, "uso-encoders", False, False, True)
     with _loading:
         if key not in _loaded:
+            if not _frozen:
+                _freeze_the_model_libraries()
             paths = uso_paths(profile, settings)
             if paths.projector is None or paths.image_encoder is None:
                 raise ValueError(f"profile {profile.name!r}: a USO style reference needs a projector and an encoder")
