@@ -255,7 +255,7 @@ def release(*roles: Role) -> None:
         for key in released:
             del _loaded[key]
     if not released:
-        return  # a full collection costs a fifth of a second on a heap holding torch and diffusers
+        return  # a full collection walks every model and object of the run (likeness.heap)
     gc.collect()
     if "torch" in sys.modules:
         import torch
