@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import gc
 
-# Allocations between two collections of the young generation (CPython's default is 700). A collection's cost is
-# that of the objects it walks: fewer, larger young collections do the same work and start a tenth of the full ones.
+# Allocations between two collections of the young generation (CPython's default is 700). A young collection costs
+# what it walks, so fewer, larger ones do about the same work; the full collections, which come after a number of
+# young ones, come far less often.
 YOUNG_GENERATION_ALLOCATIONS = 50_000
 
 
