@@ -13,8 +13,9 @@ editor, takes 41 GB). An evaluation runs on the inputs roles counts at the produ
 with bf16 weights, then with fp8 weights through diffusers' `enable_layerwise_casting` (stored in float8_e4m3fn and
 computed in bf16, as the estimate's "fp8" memory mode assumes: no FP8 arithmetic, so no torchao and no compute
 capability needed). A training step is what likeness.training.native does at the profile's size, rank and gradient
-checkpointing: a peft LoRA on its LORA_TARGETS in float32 under bf16 autocast, forward, backward and an AdamW step,
-on the loss roles counts the step with. Each call's peak is `torch.cuda.max_memory_allocated()`, weights included.
+checkpointing (`auto` decided for this GPU as the estimate decides it: off on an H100 for production): a peft LoRA
+on its LORA_TARGETS in float32 under bf16 autocast, forward, backward and an AdamW step, on the loss roles counts
+the step with. Each call's peak is `torch.cuda.max_memory_allocated()`, weights included.
 
 Prints, per part and weights: measured seconds (the median of up to 5 calls) beside the estimate's (`gpus.seconds`
 at the fraction of peak it assumes), their ratio, the fraction of the GPU's dense bf16 peak sustained, and peak
@@ -49,7 +50,8 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from torch.utils import _pytree  # noqa: E402
 
-from likeness.config import TrainConfig  # noqa: E402
+from likeness.config import RunConfig, TrainConfig  # noqa: E402
+from likeness.dataset.catalogue import load_catalogue  # noqa: E402
 from likeness.estimate import gpus, roles  # noqa: E402
 from likeness.estimate.calibration import (  # noqa: E402
     Measurement,
@@ -59,7 +61,7 @@ from likeness.estimate.calibration import (  # noqa: E402
     save_measurements,
     training_part,
 )
-from likeness.estimate.character import LORA_STATE_BYTES  # noqa: E402
+from likeness.estimate.character import LORA_STATE_BYTES, checkpointing_decided  # noqa: E402
 from likeness.estimate.gpus import GPUS, GpuType  # noqa: E402
 from likeness.inputs import InvalidInput  # noqa: E402
 from likeness.models import wan_flops  # noqa: E402
@@ -272,10 +274,18 @@ def training_job(train: TrainConfig) -> Job:
     return Job(training_part(train.base), shape, step["step"], {"bf16": peak}, run)
 
 
-def training_configs() -> dict[str, TrainConfig]:
-    """The training of each profile in TRAINING_PROFILES, by its part name (one per base)."""
-    configs = (load_profile(profile).train for profile in TRAINING_PROFILES)
-    return {training_part(train.base): train for train in configs}
+def training_configs(gpu: GpuType | None = None) -> dict[str, TrainConfig]:
+    """The training of each profile in TRAINING_PROFILES, by its part name (one per base), with gradient
+    checkpointing `auto` decided as `likeness estimate` decides it for `gpu` (on, where it is None)."""
+    configs = {}
+    for name in TRAINING_PROFILES:
+        profile = load_profile(name)
+        config = RunConfig.from_profile(profile, {})
+        shots = load_catalogue().shots(config.dataset.variations, garments=0, poses=0)
+        memory = gpu.memory_gib * 2**30 if gpu is not None else None
+        train = checkpointing_decided(config.train, len(shots), profile, memory)
+        configs[training_part(train.base)] = train
+    return configs
 
 
 # What is reported -----------------------------------------------------------------------------------------------
@@ -369,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if gpu is None:
         print(f"{device_name} is no GPU of likeness.estimate.gpus.GPUS ({', '.join(GPUS)}): add it there first")
         return 2
+    trainings = training_configs(gpu)
     path = calibration_file()
     try:
         read_calibration(path)  # a file that cannot take the results fails now, not after minutes on the GPU

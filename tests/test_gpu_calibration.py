@@ -218,8 +218,7 @@ def test_the_bench_builds_and_calls_each_transformer_on_the_inputs_roles_counts(
 
 @pytest.mark.usefixtures("one_block")
 def test_the_bench_trains_the_lora_through_gradient_checkpointing() -> None:
-    train = load_profile("production").train.model_copy(update={"size": 64})
-    assert train.gradient_checkpointing
+    train = load_profile("production").train.model_copy(update={"size": 64, "gradient_checkpointing": True})
     model = gpu_calibrate.build(train.base, "cpu")
     step = gpu_calibrate.training_step(model, train.base, train, "cpu")
     lora = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -228,6 +227,19 @@ def test_the_bench_trains_the_lora_through_gradient_checkpointing() -> None:
     assert model.is_gradient_checkpointing
     moved = [name for name, p in model.named_parameters() if p.requires_grad and not torch.equal(p, lora[name])]
     assert any("lora_B" in name for name in moved)  # B starts at zero: it moves only if gradients reached it
+
+
+def test_each_training_step_is_timed_with_checkpointing_decided_as_the_estimate_decides_it() -> None:
+    # production's `auto`: off where training without it keeps the experts resident, on where it would not, and on
+    # where the GPU is not known.
+    part = "lora_training_step:wan22_14b"
+    decided = [
+        gpu_calibrate.training_configs(gpu)[part].gradient_checkpointing
+        for gpu in (GPUS["H100"], GPUS["RTX 4090"], None)
+    ]
+    assert decided == [False, True, True]
+    job = gpu_calibrate.training_job(gpu_calibrate.training_configs(GPUS["H100"])[part])
+    assert job.shape["gradient_checkpointing"] == 0
 
 
 def test_the_estimate_times_a_stage_at_the_share_its_part_measured(likeness_env: Path) -> None:
