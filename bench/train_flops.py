@@ -3,18 +3,22 @@ costs on a rented H100.
 
     .venv/bin/python bench/train_flops.py [--price 2.69]
 
-The transformers are built on PyTorch's `meta` device from their published configurations (no weights) with the
-LoRA our trainer adds, and `torch.utils.flop_counter.FlopCounterMode` counts one forward and one backward pass at
-the training shape: one 512 px image (the production `train.size`) and UMT5's 512 text tokens. With gradient
-checkpointing the forward pass runs twice. The GPU's sustained throughput is calibrated on one published figure:
-Wan 2.2 T2V-A14B renders 720p 81 frames in 40 steps with CFG (80 evaluations) in 1041 s on one H100 (Wan 2.2's
-README); the same counter gives the FLOPs of those evaluations. Figures, not a test.
+The transformers are built on PyTorch's `meta` device from their published configurations (no weights) with the LoRA our
+trainer adds, and `torch.utils.flop_counter.FlopCounterMode` counts one forward and one backward pass at the training
+shape: one 512 px image (the production `train.size`) and UMT5's 512 text tokens. With gradient checkpointing
+(production's `auto` decides it off on an H100) the forward pass runs twice. The GPU's sustained throughput is
+calibrated on one published figure: Wan 2.2 T2V-A14B renders 720p 81 frames in 40 steps with CFG (80 evaluations) in
+1041 s on one H100 (Wan 2.2's README); the same counter gives the FLOPs of those evaluations. Figures, not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from likeness.config import RunConfig
+from likeness.dataset.catalogue import load_catalogue
+from likeness.estimate.character import checkpointing_decided
+from likeness.estimate.gpus import GPUS
 from likeness.models.profiles import load_profile
 from likeness.models.wan_flops import count_evaluation, latent_shape, meta_transformer
 from likeness.models.wan_lora import LORA_TARGETS
@@ -32,7 +36,11 @@ def main() -> None:
     print(f"calibration: one A14B evaluation at 720p 81 frames = {render_forward / 1e12:.0f} TFLOP;")
     print(f"  80 of them in {H100_RENDER_SECONDS} s on an H100 = {sustained / 1e12:.0f} TFLOP/s sustained (bf16)")
 
-    train = load_profile("production").train
+    profile = load_profile("production")
+    config = RunConfig.from_profile(profile, {})
+    images = len(load_catalogue().shots(config.dataset.variations, garments=0, poses=0))
+    # `auto` decided for the H100 this prices, as `likeness estimate` decides it.
+    train = checkpointing_decided(config.train, images, profile, GPUS["H100"].memory_gib * 2**30)
     print(f"\nproduction training: {train.steps} steps at {train.size} px, rank {train.rank}, "
           f"gradient checkpointing {'on' if train.gradient_checkpointing else 'off'}")  # fmt: skip
     for base in ("wan22_14b", "wan22_5b"):
