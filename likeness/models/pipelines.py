@@ -181,9 +181,12 @@ LOADERS: dict[Role, Callable[[Path, ModelProfile, str], Any]] = {
 
 
 def _freeze_the_model_libraries() -> None:
-    """Import what every loader uses and freeze the heap, before the first model of the process loads: `release`'s
-    full collections then walk the models and the run's own objects, not the libraries (likeness.heap)."""
+    """Import what every loader uses and freeze the heap, before the first model of the process loads (and never
+    again): `release`'s full collections then walk the models and the run's own objects, not the libraries
+    (likeness.heap)."""
     global _frozen
+    if _frozen:
+        return
     import diffusers.models  # noqa: F401
     import peft  # noqa: F401
     import transformers.modeling_utils  # noqa: F401
@@ -210,8 +213,7 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
 
                 diffusers_logging.disable_progress_bar()
                 transformers_logging.disable_progress_bar()
-            if not _frozen:
-                _freeze_the_model_libraries()
+            _freeze_the_model_libraries()
             device = device_for(profile, settings)
             path = model_path(role, profile, settings)
             log.info("loading %s from %s on %s", role, spec.source, device)
@@ -236,8 +238,7 @@ def get_uso_encoders(profile: ModelProfile, settings: Settings | None = None) ->
     key = ("refiner", uso.source, uso.image_encoder, profile.dtype, "uso-encoders", False, False, True)
     with _loading:
         if key not in _loaded:
-            if not _frozen:
-                _freeze_the_model_libraries()
+            _freeze_the_model_libraries()
             paths = uso_paths(profile, settings)
             if paths.projector is None or paths.image_encoder is None:
                 raise ValueError(f"profile {profile.name!r}: a USO style reference needs a projector and an encoder")
