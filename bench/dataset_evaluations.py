@@ -12,7 +12,7 @@ to the highest), then the rest of the image at the step it chose; where no tile 
 Curation may edit a shot again (up to `curation.max_tries` edits): the figures are for an edit kept on its first
 try, and the most.
 
-How large the face is in a shot is an assumption, by framing: likeness.estimate.character.FACE_SHARE.
+How large the face is in a shot is an assumption, by framing: likeness.estimate.refines.FACE_SHARE.
 """
 
 from __future__ import annotations

@@ -61,8 +61,8 @@ from likeness.estimate.calibration import (  # noqa: E402
     save_measurements,
     training_part,
 )
-from likeness.estimate.character import LORA_STATE_BYTES, checkpointing_decided  # noqa: E402
 from likeness.estimate.gpus import GPUS, GpuType  # noqa: E402
+from likeness.estimate.training import LORA_STATE_BYTES, checkpointing_decided  # noqa: E402
 from likeness.inputs import InvalidInput  # noqa: E402
 from likeness.models import wan_flops  # noqa: E402
 from likeness.models.profiles import load_profile  # noqa: E402

@@ -17,8 +17,8 @@ import argparse
 
 from likeness.config import RunConfig
 from likeness.dataset.catalogue import load_catalogue
-from likeness.estimate.character import checkpointing_decided
 from likeness.estimate.gpus import GPUS
+from likeness.estimate.training import checkpointing_decided
 from likeness.models.profiles import load_profile
 from likeness.models.wan_flops import count_evaluation, latent_shape, meta_transformer
 from likeness.models.wan_lora import LORA_TARGETS

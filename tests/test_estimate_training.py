@@ -47,7 +47,7 @@ def test_every_step_adds_a_training_step_of_flops_and_twice_the_steps_costs_abou
 
 
 def test_stopping_when_flat_is_expected_to_save_the_steps_past_the_plateau_and_at_most_saves_none():
-    from likeness.estimate.character import PLATEAU_SHARE, flat_stop
+    from likeness.estimate.training import PLATEAU_SHARE, flat_stop
 
     train = PROFILE.train.model_copy(update={"steps": 2000, "checkpoint_every": 250})
     sampled = list(range(250, 2001, 250))
@@ -80,7 +80,7 @@ def test_samples_made_as_renders_run_take_the_speed_loras_4_evaluations_where_cf
 
 
 def test_auto_checkpointing_is_off_where_the_experts_stay_resident_without_it_and_on_elsewhere():
-    from likeness.estimate.character import checkpointing_decided
+    from likeness.estimate.training import checkpointing_decided
 
     train, images = PROFILE.train, 32
     assert train.gradient_checkpointing == "auto"

@@ -73,7 +73,7 @@ class TrainConfig(Stage):
     masks: bool = True
     # Recompute each block's activations in the backward pass: a third more FLOPs a step for a ninth of the memory.
     # "auto": off where a step without it fits this GPU with the video model resident (the counts `likeness
-    # estimate` uses: likeness.estimate.character.checkpointing_decided), on elsewhere and where the GPU is not known
+    # estimate` uses: likeness.estimate.training.checkpointing_decided), on elsewhere and where the GPU is not known
     # before training starts (a pod's).
     gradient_checkpointing: bool | Literal["auto"] = True
     # AI Toolkit: offload what it can and quantise the transformer to fit a 24 GB GPU.

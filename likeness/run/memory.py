@@ -17,13 +17,8 @@ from collections.abc import Callable, Sequence
 
 from likeness.config import DatasetConfig, ModelProfile, RenderConfig, Role, TrainConfig
 from likeness.dataset.catalogue import Shot
-from likeness.estimate.character import (
-    checkpointing_decided,
-    edit_work,
-    rendering_work,
-    training_work,
-    upscale_work,
-)
+from likeness.estimate.character import edit_work, rendering_work, upscale_work
+from likeness.estimate.training import checkpointing_decided, training_work
 from likeness.estimate.work import Work, choose_mode
 from likeness.inputs import InvalidInput
 from likeness.models.profiles import device_for
