@@ -37,7 +37,7 @@ from likeness.config.limits import (
     check_shot_count,
 )
 from likeness.config.pod import BACKENDS, Backend, GpuCloud, PodConfig
-from likeness.config.profile import ROLES, LoraSpec, ModelProfile, ModelSpec, Offload, Role, UsoSpec
+from likeness.config.profile import FP8_MATMUL_ROLES, ROLES, LoraSpec, ModelProfile, ModelSpec, Offload, Role, UsoSpec
 from likeness.config.render import RenderConfig, StrengthProbe
 from likeness.config.run import RunConfig, merge_nested
 from likeness.config.training import (
@@ -96,6 +96,7 @@ __all__ = [
     "PodConfig",
     "Role",
     "ROLES",
+    "FP8_MATMUL_ROLES",
     "LoraSpec",
     "UsoSpec",
     "ModelSpec",

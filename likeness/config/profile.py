@@ -19,6 +19,10 @@ Role = Literal["editor", "refiner", "upscaler", "captioner", "video", "animator"
 # "sequential": layer by layer, for the smallest GPUs, at many times the time; "auto": the first of those three
 # that fits the GPU the stage runs on, by the estimate's counts of weights and activations (likeness.run.memory).
 Offload = Literal["auto", "none", "model", "sequential"]
+# The roles whose weights can be `fp8-matmul`: their LoRAs are fused into the weights when they load, so every call
+# runs the same modules, which are compiled. The video models take the character's LoRA and the speed LoRAs as
+# adapters at each render (other strengths at each probe pair): each would compile again.
+FP8_MATMUL_ROLES: tuple[Role, ...] = ("editor", "refiner")
 # Every profile names these; the animator (image-to-video, for `render --animate`) is optional.
 ROLES: tuple[Role, ...] = ("editor", "refiner", "upscaler", "captioner", "video")
 
@@ -79,8 +83,10 @@ class ModelSpec(Frozen):
     offload: Offload | None = None
     # "fp8": the denoiser's weights (transformer, and transformer_2 of an A14B) stored in float8 e4m3 and cast to the
     # profile's dtype layer by layer as each computes (diffusers' layerwise casting): half the memory, the same
-    # arithmetic on rounded weights. None: stored in the profile's dtype.
-    weights: Literal["fp8"] | None = None
+    # arithmetic on rounded weights. "fp8-matmul" (the editor and the refiner, in bfloat16 profiles): the linear layers
+    # of the denoiser's blocks multiply in FP8 on GPUs with FP8 tensor cores, the blocks compiled (likeness.models.fp8):
+    # half the memory and about half the time of those layers. None: stored in the profile's dtype.
+    weights: Literal["fp8", "fp8-matmul"] | None = None
     # The refiner's USO files; a run uses them when its `upscale.uso` is on.
     uso: UsoSpec | None = None
 
@@ -162,6 +168,22 @@ class ModelProfile(Frozen):
             raise ValueError(f"profile {self.name!r}: upscale.uso is on but its refiner names no USO files")
         if self.upscale.uso_style and uso and not (uso.projector and uso.image_encoder):
             raise ValueError(f"profile {self.name!r}: upscale.uso_style needs its USO's projector and image_encoder")
+        return self
+
+    @model_validator(mode="after")
+    def _fp8_matmuls_where_they_work(self) -> ModelProfile:
+        for role, spec in self.models.items():
+            if spec.weights != "fp8-matmul":
+                continue
+            if role not in FP8_MATMUL_ROLES:
+                raise ValueError(
+                    f"profile {self.name!r}: the {role} takes its LoRAs as adapters at each call, which FP8 matmuls "
+                    f"do not take; weights fp8-matmul is for the {' and the '.join(FP8_MATMUL_ROLES)} (use fp8)"
+                )
+            if self.dtype != "bfloat16":
+                raise ValueError(
+                    f"profile {self.name!r}: the {role}'s weights fp8-matmul compute from bfloat16, not {self.dtype}"
+                )
         return self
 
     @model_validator(mode="after")

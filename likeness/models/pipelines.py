@@ -44,8 +44,11 @@ def _place(pipe: Any, profile: ModelProfile, role: Role, device: str) -> Any:
         vae.enable_tiling()
     if profile.vae_slicing and vae is not None:
         vae.enable_slicing()
-    if profile.models[role].weights == "fp8":
+    weights = profile.models[role].weights
+    if weights == "fp8":
         _store_denoisers_in_fp8(pipe, profile)
+    elif weights == "fp8-matmul":
+        _multiply_denoisers_in_fp8(pipe, role, device)
     mode = memory_mode(role, profile, device)
     if mode == "model":
         pipe.enable_model_cpu_offload(device=device)
@@ -61,14 +64,42 @@ DENOISERS = ("transformer", "transformer_2")
 
 
 def _store_denoisers_in_fp8(pipe: Any, profile: ModelProfile) -> None:
-    """Keep the denoisers' weights in float8 e4m3, each layer cast to the profile's dtype while it computes; the
-    layers diffusers keeps whole (norms, embeddings, the output projection) stay as they are."""
-    import torch
+    """Keep the denoisers' weights in float8 e4m3, each layer cast to the profile's dtype while it computes."""
+    from likeness.models.fp8 import store_in_fp8
 
     for name in DENOISERS:
         denoiser = getattr(pipe, name, None)
         if denoiser is not None:
-            denoiser.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=_torch_dtype(profile))
+            store_in_fp8(denoiser, _torch_dtype(profile))
+
+
+def _multiply_denoisers_in_fp8(pipe: Any, role: Role, device: str) -> None:
+    """The linear layers of the denoisers' blocks multiplied in FP8, the blocks compiled (likeness.models.fp8)."""
+    from likeness.models.fp8 import use_fp8_matmuls
+
+    for name in DENOISERS:
+        denoiser = getattr(pipe, name, None)
+        if denoiser is None:
+            continue
+        replaced, kept = use_fp8_matmuls(denoiser, device)
+        denoiser.compile_repeated_blocks()
+        log.info(
+            "%s: %d linear layers of the %s's blocks multiply in FP8 (%d kept as they were); the blocks compile at "
+            "their first call", role, replaced, name, kept,
+        )  # fmt: skip
+
+
+def _check_fp8_matmuls(role: Role, profile: ModelProfile, device: str) -> None:
+    """ValueError before `role` loads where its fp8-matmul weights cannot run: a GPU without FP8 tensor cores, or
+    sequential offload (it moves each layer's parameters in as it runs; compiled FP8 blocks are not tested with it)."""
+    from likeness.models.fp8 import check_fp8_matmuls
+
+    if memory_mode(role, profile, device) == "sequential":
+        raise ValueError(
+            f"{role}: weights fp8-matmul do not run under sequential offload; this GPU is too small to hold the "
+            f"{role} resident or one part at a time. Use weights fp8 here"
+        )
+    check_fp8_matmuls(role, device)
 
 
 def memory_mode(role: Role, profile: ModelProfile, device: str) -> Offload:
@@ -215,6 +246,8 @@ def get_pipeline(role: Role, profile: ModelProfile, settings: Settings | None = 
                 transformers_logging.disable_progress_bar()
             _freeze_the_model_libraries()
             device = device_for(profile, settings)
+            if spec.weights == "fp8-matmul":
+                _check_fp8_matmuls(role, profile, device)
             path = model_path(role, profile, settings)
             log.info("loading %s from %s on %s", role, spec.source, device)
             model = LOADERS[role](path, profile, device)
