@@ -55,6 +55,9 @@ def test_attention_counts_its_output_as_a_fused_kernel_but_all_its_flops():
     assert measured.flops == 2 * 2 * heads * tokens * tokens * dim
     # The output alone, no tokens x tokens scores (16 MB of them in bf16, 32 MB upcast).
     assert measured.activation_bytes == heads * tokens * dim * BF16
+    # Its FLOPs are counted apart too (they stay bf16 where linear layers run in FP8); a linear layer's are not.
+    assert measured.attention_flops == measured.flops
+    assert measure(lambda: mlp((64, 32))(meta(10, 64))).attention_flops == 0
     assert torch.nn.functional.scaled_dot_product_attention.__name__ == "scaled_dot_product_attention"
 
 

@@ -141,3 +141,63 @@ def test_the_refine_and_the_edit_in_fp8_draw_close_to_bf16(likeness_env) -> None
         difference = np.abs(before - after)
         assert before.shape == after.shape, name
         assert 0 < difference.mean() < MEAN_TOLERANCE and difference.max() < MAX_TOLERANCE, (name, difference.mean())
+
+
+@pytest.fixture
+def packaged_counts(tmp_path) -> Iterator[None]:
+    from likeness.estimate import roles
+
+    roles.keep_counts_in(tmp_path / "estimate-counts.json")
+    yield
+    roles.keep_counts_in(None)
+
+
+def test_the_estimate_counts_the_block_linears_at_the_fp8_rate_and_attention_at_bf16(packaged_counts) -> None:
+    from likeness.config import RunConfig
+    from likeness.dataset.catalogue import load_catalogue, shot_size
+    from likeness.estimate import roles
+    from likeness.estimate.character import EDIT_MULTIPLE, edit_work, estimate_character
+    from likeness.estimate.gpus import GPUS, price_per_hour, seconds
+
+    h100 = GPUS["H100"]
+    price = price_per_hour(h100, None)
+    plain, fp8 = load_profile("production"), load_profile("production-fp8")
+    config = RunConfig.from_profile(fp8)
+    shots = load_catalogue().shots(config.dataset.variations, garments=0, poses=0)
+    # One shot's edit: every step's transformer FLOPs but its attention's run at the FP8 rate.
+    edit_config, shot = config.dataset.edit, shots[0]
+    width, height = shot_size(shot.aspect, edit_config.size, EDIT_MULTIPLE)
+    transformer = roles.evaluation(
+        "editor.transformer", width=width, height=height, condition_area=edit_config.condition_area,
+        conditions=1 + (shot.needs is not None), vl_condition_area=edit_config.vl_condition_area,
+        prompt_tokens=roles.EDIT_PROMPT_TOKENS,
+    )  # fmt: skip
+    edit = edit_work(config.dataset, [shot], fp8).expected
+    assert 0 < transformer.attention_flops < transformer.flops
+    assert edit.fp8_flops == edit_config.steps * (transformer.flops - transformer.attention_flops)
+    assert edit_work(config.dataset, [shot], plain).expected.fp8_flops == 0
+    assert seconds(edit.flops - edit.fp8_flops, h100) + seconds(edit.fp8_flops, h100, "fp8") < seconds(edit.flops, h100)
+
+    def rows(profile: ModelProfile) -> dict:
+        return {row.stage: row for row in estimate_character(profile, config, load_catalogue(), h100, price)}
+
+    before, after = rows(plain), rows(fp8)
+    for stage in ("dataset: edit", "dataset: upscale + refine"):
+        assert after[stage].flops == before[stage].flops
+        # Not twice as fast: attention, the VAEs, the text encoders and the upscaler stay bf16.
+        assert 0.5 * before[stage].seconds < after[stage].seconds < 0.8 * before[stage].seconds, stage
+    assert after["training"].seconds == before["training"].seconds  # the LoRA trains on the bf16 model
+    # Two models compile: from inductor's cache on a worker that compiled them before, cold at most.
+    assert "compiling" not in before
+    assert (after["compiling"].seconds, after["compiling"].most_seconds) == (20, 90)
+
+
+def test_the_estimate_refuses_fp8_matmuls_on_a_gpu_without_fp8_tensor_cores(packaged_counts) -> None:
+    from likeness.config import RunConfig
+    from likeness.dataset.catalogue import load_catalogue
+    from likeness.estimate.character import estimate_character
+    from likeness.estimate.gpus import GPUS, price_per_hour
+
+    fp8, a100 = load_profile("production-fp8"), GPUS["A100 80GB"]
+    with pytest.raises(ValueError, match="the A100 80GB has no FP8 tensor cores: weights fp8-matmul need"):
+        estimate_character(fp8, RunConfig.from_profile(fp8), load_catalogue(), a100, price_per_hour(a100, None))

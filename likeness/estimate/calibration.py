@@ -176,10 +176,19 @@ def calibrated_fraction(
     return None if measurement is None else measurement.fraction
 
 
-def calibrated_seconds(flops: float, gpu: GpuType, role_part: str | None, path: Path | None = None) -> float:
-    """How long `flops` of bf16 work take on `gpu` at the fraction `role_part` measured there (bf16 weights), or at
-    the fraction `gpus` assumes where it measured none (or `role_part` is None: nothing to calibrate on)."""
+def calibrated_seconds(
+    flops: float, gpu: GpuType, role_part: str | None, path: Path | None = None, fp8_flops: float = 0.0
+) -> float:
+    """How long `flops` take on `gpu` at the fraction `role_part` measured there (bf16 weights), or at the fraction
+    `gpus` assumes where it measured none (or `role_part` is None: nothing to calibrate on): `fp8_flops` of them at
+    the GPU's FP8 peak, the rest at its bf16 peak. ValueError for FP8 work on a GPU without FP8 tensor cores."""
+    if fp8_flops and gpu.fp8_tflops is None:
+        raise ValueError(
+            f"the {gpu.name} has no FP8 tensor cores: weights fp8-matmul need compute capability 8.9 or later "
+            "(L40S, RTX 4090, H100, H200, RTX 5090); price this profile on one of those, or use weights fp8"
+        )
     fraction = None if role_part is None else calibrated_fraction(gpu.name, role_part, path=path)
     if fraction is None:
-        return gpus.seconds(flops, gpu)
-    return flops / (gpu.bf16_tflops * 1e12 * fraction)
+        return gpus.seconds(flops - fp8_flops, gpu) + (gpus.seconds(fp8_flops, gpu, "fp8") if fp8_flops else 0.0)
+    fp8_seconds = fp8_flops / (gpu.fp8_tflops * 1e12 * fraction) if fp8_flops and gpu.fp8_tflops else 0.0
+    return (flops - fp8_flops) / (gpu.bf16_tflops * 1e12 * fraction) + fp8_seconds

@@ -14,8 +14,8 @@ keeps the face, or none) as likely as any other; at most: every shot edited `max
 down to the lowest start step. How large a face is in a shot is an assumption, by its framing (`refines.FACE_SHARE`).
 
 Counted: every transformer evaluation, the text encoders, the VAEs, the upscaler, the captioner and the identity
-model's descriptors; then, on rows of their own, reading each stage's weights and a training pod's start
-(`likeness.estimate.overheads`). Not counted: face detection (dlib's HOG, on the CPU).
+model's descriptors; then, on rows of their own, reading each stage's weights, compiling fp8-matmul models and a
+training pod's start (`likeness.estimate.overheads`). Not counted: face detection (dlib's HOG, on the CPU).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 from likeness.config import (
+    FP8_MATMUL_ROLES,
     Backend,
     DatasetConfig,
     ModelProfile,
@@ -35,8 +36,9 @@ from likeness.dataset.catalogue import Catalogue, Shot, shot_size
 from likeness.dataset.guard import target_size
 from likeness.estimate import gpus, roles
 from likeness.estimate.calibration import calibrated_seconds
+from likeness.estimate.counts import Measure
 from likeness.estimate.gpus import GpuType, MemoryMode, Price
-from likeness.estimate.overheads import load_seconds, overhead_row, pod_start_seconds
+from likeness.estimate.overheads import compile_row, load_seconds, overhead_row, pod_start_seconds
 from likeness.estimate.refines import face_share_of, guard_outcomes
 from likeness.estimate.training import checkpointing_decided, training_work
 from likeness.estimate.work import BF16_BYTES, Count, StageEstimate, Work, choose_mode
@@ -94,6 +96,9 @@ def estimate_character(
         for w, mode in loads.values()
     ]
     rows.append(overhead_row("model loading", sum(loading), price))
+    compiled = [role for role in FP8_MATMUL_ROLES if profile.models[role].weights == "fp8-matmul"]
+    if compiled:
+        rows.append(compile_row(len(compiled), price))  # each once, in the dataset stage that runs them
     if on_pod:
         pod_start = pod_start_seconds(sum(training.weight_bytes().values()))
         rows.append(overhead_row("pod start", pod_start, price))
@@ -107,7 +112,14 @@ def _reused(trained: tuple[Work, MemoryMode | None], rendered: tuple[Work, Memor
 
 
 def _fp8(profile: ModelProfile, role: Role) -> bool:
-    return profile.models[role].weights == "fp8"
+    """Whether `role`'s denoisers hold a byte a weight (stored in fp8, or multiplied in FP8)."""
+    return profile.models[role].weights in ("fp8", "fp8-matmul")
+
+
+def _fp8_matmul_flops(profile: ModelProfile, role: Role, evaluation: Measure) -> int:
+    """The FLOPs of one evaluation of `role`'s denoiser that run at the FP8 rate: all but its attention's where its
+    weights are fp8-matmul (the linear layers of its blocks, compiled, about all of the rest), else none."""
+    return evaluation.flops - evaluation.attention_flops if profile.models[role].weights == "fp8-matmul" else 0
 
 
 def edit_work(dataset: DatasetConfig, shots: list[Shot], profile: ModelProfile) -> Work:
@@ -140,7 +152,8 @@ def edit_work(dataset: DatasetConfig, shots: list[Shot], profile: ModelProfile) 
         if dataset.curation.identity:
             one_try += roles.evaluation_flops("identity")
         work.evaluations += edit.steps * cfg
-        one = Count(one_try, sum(work.weight_bytes().values()), edit.steps * cfg)
+        fp8 = edit.steps * cfg * _fp8_matmul_flops(profile, "editor", transformer)
+        one = Count(one_try, sum(work.weight_bytes().values()), edit.steps * cfg, fp8)
         work.add(one, one.times(dataset.curation.max_tries))
         work.working("transformer", transformer.activation_bytes)
         work.working("text_encoder", text.activation_bytes)
@@ -186,15 +199,16 @@ def upscale_work(dataset: DatasetConfig, shots: list[Shot], profile: ModelProfil
         tile_bytes = weights["transformer"] + weights["vae"]
         counts = []
         for refine in outcomes:
-            flops = fixed + refine.face_checks * identity
+            flops, fp8 = fixed + refine.face_checks * identity, 0
             for call in refine.calls:
                 tile = {"width": call.width, "height": call.height}
                 transformer = roles.evaluation("refiner.transformer", **tile, **uso_tokens)
                 vae = [roles.evaluation("refiner.vae_encode", **tile), roles.evaluation("refiner.vae_decode", **tile)]
                 flops += call.steps * transformer.flops + call.calls * sum(part.flops for part in vae)
+                fp8 += call.steps * _fp8_matmul_flops(profile, "refiner", transformer)
                 work.working("transformer", transformer.activation_bytes)
                 work.working("vae", max(part.activation_bytes for part in vae))
-            counts.append(Count(flops, prompt_bytes + refine.tiles * tile_bytes, refine.tile_steps))
+            counts.append(Count(flops, prompt_bytes + refine.tiles * tile_bytes, refine.tile_steps, fp8))
         mean = Count(*(sum(values) / len(counts) for values in zip(*counts, strict=True)))
         work.add(mean, max(counts))
         work.evaluations += sum(refine.tile_steps for refine in outcomes) / len(outcomes)
@@ -289,7 +303,7 @@ def _on_gpu(work: Work, gpu: GpuType, price: Price, requested: Offload) -> Stage
             offload = gpus.transfer_seconds(count.moved_bytes, gpu)
         elif mode in ("sequential", None):
             offload = gpus.transfer_seconds(count.streams * max(work.weight_bytes().values()), gpu)
-        return calibrated_seconds(count.flops, gpu, work.calibrated_part) + offload, offload
+        return calibrated_seconds(count.flops, gpu, work.calibrated_part, fp8_flops=count.fp8_flops) + offload, offload
 
     (expected, offload_seconds), (most, _) = seconds(work.expected), seconds(work.most)
     dollars = price.usd_per_hour / 3600

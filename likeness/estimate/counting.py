@@ -1,14 +1,15 @@
 """Counting one call of a model on PyTorch's `meta` device: its FLOPs and the peak bytes of the tensors it makes.
 
 FLOPs come from `torch.utils.flop_counter.FlopCounterMode`: twice the multiply-adds of matrix products and
-convolutions, attention included. Activation bytes are the most the call's own tensors (not the weights, not what
+convolutions, attention included, and counted apart too (what runs at the bf16 rate where the linear layers run in
+FP8). Activation bytes are the most the call's own tensors (not the weights, not what
 existed before it) take at once: every storage an operator allocates counts from its creation until its last
 reference goes. Attention counts as a fused kernel would run it on a GPU (flash or memory-efficient attention: its
 output, no attention matrix), though on the meta device PyTorch decomposes it into the matrix products the FLOPs
 count.
 
     measured = measure(lambda: model(hidden_states=torch.empty(1, 4096, 64, device="meta")))
-    measured.flops, measured.activation_bytes
+    measured.flops, measured.activation_bytes, measured.attention_flops
 
 Counting the real-size models takes seconds each: `likeness.estimate.counts.CountFile` keeps them between processes.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -30,12 +32,13 @@ from likeness.estimate.counts import Measure
 
 
 def measure(call: Callable[[], Any]) -> Measure:
-    """Run `call()` once without autograd and count its FLOPs and peak activation bytes."""
+    """Run `call()` once without autograd and count its FLOPs (and those of its attention), and its peak activation
+    bytes."""
     with torch.no_grad():
         live = LiveBytes()
-        with FlopCounterMode(display=False) as counter, live, fused_attention(live):
+        with FlopCounterMode(display=False) as counter, live, fused_attention(live, counter) as attention:
             call()
-    return Measure(counter.get_total_flops(), live.peak)
+    return Measure(counter.get_total_flops(), live.peak, attention.flops)
 
 
 def measure_with_grad(call: Callable[[], Any]) -> Measure:
@@ -95,25 +98,36 @@ class LiveBytes(TorchDispatchMode):
         self.current -= size
 
 
+@dataclass
+class AttentionFlops:
+    """The FLOPs of the attention calls made so far."""
+
+    flops: int = 0
+
+
 @contextmanager
-def fused_attention(live: LiveBytes) -> Iterator[None]:
+def fused_attention(live: LiveBytes, counter: FlopCounterMode | None = None) -> Iterator[AttentionFlops]:
     """While inside, an attention call counts its output alone, as a fused GPU kernel allocates, not the tensors of
-    its decomposition. It replaces `torch.nn.functional.scaled_dot_product_attention` for the while (diffusers and
-    transformers look it up at each call): a function mode would miss the calls gradient checkpointing replays in
-    the backward pass, which runs without the caller's function modes."""
+    its decomposition, and its FLOPs (what `counter` counts during it) add to the `AttentionFlops` yielded. It
+    replaces `torch.nn.functional.scaled_dot_product_attention` for the while (diffusers and transformers look it up
+    at each call): a function mode would miss the calls gradient checkpointing replays in the backward pass, which
+    runs without the caller's function modes."""
     sdpa = torch.nn.functional.scaled_dot_product_attention
+    attention = AttentionFlops()
 
     def counted_as_fused(*args: Any, **kwargs: Any) -> Any:
+        before = counter.get_total_flops() if counter else 0
         live.paused += 1
         try:
             out = sdpa(*args, **kwargs)
         finally:
             live.paused -= 1
         live.track(out)
+        attention.flops += counter.get_total_flops() - before if counter else 0
         return out
 
     torch.nn.functional.scaled_dot_product_attention = counted_as_fused
     try:
-        yield
+        yield attention
     finally:
         torch.nn.functional.scaled_dot_product_attention = sdpa

@@ -21,10 +21,12 @@ LIBRARIES = ("torch", "diffusers", "transformers", "peft")
 
 
 class Measure(NamedTuple):
-    """What one call of a model did: its FLOPs and the peak bytes of the tensors it made, alive at once."""
+    """What one call of a model did: its FLOPs, the peak bytes of the tensors it made, alive at once, and the FLOPs
+    of its attention (part of `flops`)."""
 
     flops: int
     activation_bytes: int
+    attention_flops: int = 0
 
 
 def fingerprint(sources: tuple[Path, ...]) -> str:

@@ -360,7 +360,11 @@ def _measure(call: Callable[[], Any]) -> Measure:
 
 def _in_turn(*measures: Measure) -> Measure:
     """Calls made one after another: their FLOPs add, their activations do not overlap."""
-    return Measure(sum(m.flops for m in measures), max(m.activation_bytes for m in measures))
+    return Measure(
+        sum(m.flops for m in measures),
+        max(m.activation_bytes for m in measures),
+        sum(m.attention_flops for m in measures),
+    )
 
 
 def _grids_on_cpu() -> Any:
@@ -553,11 +557,14 @@ def _captioner(model: Any, width: int, height: int, prompt_tokens: int, new_toke
     if new_tokens < 1:
         raise ValueError(f"a caption has at least one new token, got new_tokens={new_tokens}")
     prefill, first, growth = _caption_steps(model, width, height, prompt_tokens)
-    # The prefill gives the first token; each later one is a decode step over one more cached token than the last.
-    # The cache a step reads grows by a token a step: the first step's activations are within a few % of the last's.
+    # The prefill gives the first token; each later one is a decode step over one more cached token than the last
+    # (what a step adds is attention to that token). The cache a step reads grows by a token a step: the first
+    # step's activations are within a few % of the last's.
     steps = new_tokens - 1
-    flops = prefill.flops + steps * first.flops + growth * steps * (steps - 1) // 2
-    return Measure(flops, max(prefill.activation_bytes, first.activation_bytes))
+    grown = growth * steps * (steps - 1) // 2
+    flops = prefill.flops + steps * first.flops + grown
+    attention = prefill.attention_flops + steps * first.attention_flops + grown
+    return Measure(flops, max(prefill.activation_bytes, first.activation_bytes), attention)
 
 
 def _wan_transformer(base: str) -> Callable[..., Measure]:

@@ -23,11 +23,13 @@ MODE_NAMES = {"none": "resident", "model": "model offload", "sequential": "seque
 
 class Count(NamedTuple):
     """What a stage does, expected or at most: FLOPs, the weight bytes model offload moves in (each pipeline call
-    moves in the parts it runs) and evaluations of its largest part (each streams it in under sequential offload)."""
+    moves in the parts it runs), evaluations of its largest part (each streams it in under sequential offload), and
+    the FLOPs of `flops` that run at the FP8 rate (the block linears of a role whose weights are fp8-matmul)."""
 
     flops: float = 0.0
     moved_bytes: float = 0.0
     streams: float = 0.0
+    fp8_flops: float = 0.0
 
     def plus(self, other: Count) -> Count:
         return Count(*(a + b for a, b in zip(self, other, strict=True)))
@@ -50,7 +52,7 @@ class Work:
     offload: MemoryMode | None = None  # the mode the stage's code holds its models in; None: the role's
     # The part whose measured share of peak (bench/gpu_calibrate.py) times the stage's FLOPs; None: the assumed one.
     calibrated_part: str | None = None
-    # Parts whose weights are stored in fp8 (a role's `weights: fp8`): a byte a weight, computed in bf16.
+    # Parts whose weights are stored in fp8 (a role's `weights: fp8` or `fp8-matmul`): a byte a weight.
     fp8_parts: frozenset[str] = frozenset()
     # Parts a resident stage moves to CPU memory once they have encoded its inputs, before the others work (a
     # trainer's text encoder): resident with the rest at first, then making room for the work's activations.
