@@ -1,4 +1,5 @@
-"""What a character costs on one GPU, stage by stage: the production profile, and the seed's own workflow.
+"""What a character costs on one GPU, stage by stage: the production profiles (bf16 and FP8), and the seed's own
+workflow.
 
     .venv/bin/python bench/character_cost.py [--gpu H100]
 
@@ -53,6 +54,7 @@ SEED = {
 def runs() -> dict[str, tuple[ModelProfile, dict]]:
     return {
         "production": (load_profile("production"), {}),
+        "production-fp8": (load_profile("production-fp8"), {}),
         "seed, Wan 2.2 40 steps x CFG": (
             seed_without_speed_loras(),
             {**SEED, "render": {"steps": 40, "guidance_scale": 3.5}},
@@ -71,7 +73,11 @@ def main() -> None:
     totals = {}
     for name, (profile, overrides) in runs().items():
         config = RunConfig.from_profile(profile, overrides, beyond_limits=True)
-        rows = estimate_character(profile, config, load_catalogue(), gpu, price)
+        try:
+            rows = estimate_character(profile, config, load_catalogue(), gpu, price)
+        except ValueError as exc:  # production-fp8 on a GPU without FP8 tensor cores
+            print(f"{name}: {exc}")
+            continue
         console.print(estimate_table(rows, f"{name}: one {gpu.name} at ${price.usd_per_hour:.2f}/h ({price.source})"))
         totals[name] = rows
     print("side by side, expected seconds per stage (and dollars for the character):")

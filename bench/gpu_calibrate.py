@@ -10,12 +10,13 @@ profile's base (lora_training_step:wan22_14b from production, lora_training_step
 Each model is built at its real size from the configuration `likeness.estimate.roles` counts, straight on the GPU
 in bf16 with the random weights its classes initialise (nothing is downloaded), one at a time (the largest, the
 editor, takes 41 GB). An evaluation runs on the inputs roles counts at the production shape, timed after a warm-up
-with bf16 weights, then with fp8 weights through diffusers' `enable_layerwise_casting` (stored in float8_e4m3fn and
-computed in bf16, as the estimate's "fp8" memory mode assumes: no FP8 arithmetic, so no torchao and no compute
-capability needed). A training step is what likeness.training.native does at the profile's size, rank and gradient
-checkpointing (`auto` decided for this GPU as the estimate decides it: off on an H100 for production): a peft LoRA
-on its LORA_TARGETS in float32 under bf16 autocast, forward, backward and an AdamW step, on the loss roles counts
-the step with. Each call's peak is `torch.cuda.max_memory_allocated()`, weights included.
+with bf16 weights, then in fp8 as production-fp8 runs it: the editor's and the refiner's block linears multiplied in
+FP8 and the blocks compiled (`likeness.models.fp8.use_fp8_matmuls`; the warm-up call compiles; a GPU without FP8
+tensor cores says so and times bf16 alone), the Wan experts through diffusers' `enable_layerwise_casting` (stored
+in float8_e4m3fn and computed in bf16). A training step is what likeness.training.native does at the profile's
+size, rank and gradient checkpointing (`auto` decided for this GPU as the estimate decides it: off on an H100 for
+production): a peft LoRA on its LORA_TARGETS in float32 under bf16 autocast, forward, backward and an AdamW step, on
+the loss roles counts the step with. Each call's peak is `torch.cuda.max_memory_allocated()`, weights included.
 
 Prints, per part and weights: measured seconds (the median of up to 5 calls) beside the estimate's (`gpus.seconds`
 at the fraction of peak it assumes), their ratio, the fraction of the GPU's dense bf16 peak sustained, and peak
@@ -50,7 +51,7 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 import torch  # noqa: E402
 from torch.utils import _pytree  # noqa: E402
 
-from likeness.config import RunConfig, TrainConfig  # noqa: E402
+from likeness.config import FP8_MATMUL_ROLES, RunConfig, TrainConfig  # noqa: E402
 from likeness.dataset.catalogue import load_catalogue  # noqa: E402
 from likeness.estimate import gpus, roles  # noqa: E402
 from likeness.estimate.calibration import (  # noqa: E402
@@ -62,14 +63,18 @@ from likeness.estimate.calibration import (  # noqa: E402
     training_part,
 )
 from likeness.estimate.gpus import GPUS, GpuType  # noqa: E402
+from likeness.estimate.overheads import COLD_COMPILE_SECONDS  # noqa: E402
 from likeness.estimate.training import LORA_STATE_BYTES, checkpointing_decided  # noqa: E402
 from likeness.inputs import InvalidInput  # noqa: E402
 from likeness.models import wan_flops  # noqa: E402
+from likeness.models.fp8 import fp8_matmul_refusal, use_fp8_matmuls  # noqa: E402
 from likeness.models.profiles import load_profile  # noqa: E402
 from likeness.models.wan_lora import LORA_TARGETS  # noqa: E402
 from likeness.settings import get_settings  # noqa: E402
 
 EVALUATED = ("editor.transformer", "refiner.transformer", "video.transformer", "video-5b.transformer")
+# The parts production-fp8 multiplies in FP8 (weights fp8-matmul); the others it stores in fp8.
+FP8_MATMUL_PARTS = tuple(f"{role}.transformer" for role in FP8_MATMUL_ROLES)
 TRAINING_PROFILES = ("production", "production-5b")
 BF16_BYTES = 2
 # Building the 20B editor on the GPU and freeing it takes seconds; this also covers the first CUDA calls.
@@ -100,14 +105,19 @@ class Job:
     flops: int
     estimated_peak_bytes: dict[Weights, int]
     run: Callable[[str], dict[Weights, Timing]]
+    # Of `flops`, those fp8-matmul weights run at the FP8 rate (all but the attention's); 0 where it has none.
+    fp8_flops: int = 0
 
-    def estimated_seconds(self, gpu: GpuType) -> float:
-        return gpus.seconds(self.flops, gpu)
+    def estimated_seconds(self, gpu: GpuType, weights: Weights = "bf16") -> float:
+        fp8 = self.fp8_flops if weights == "fp8-matmul" else 0
+        return gpus.seconds(self.flops - fp8, gpu) + (gpus.seconds(fp8, gpu, "fp8") if fp8 else 0.0)
 
     def needed_seconds(self, gpu: GpuType) -> float:
-        """A generous guess of its wall time here: the build, and per weights a warm-up and the timed calls."""
+        """A generous guess of its wall time here: the build, and per weights a warm-up (with a cold compile for
+        fp8-matmul) and the timed calls."""
         call = SLACK * self.estimated_seconds(gpu)
-        return BUILD_ALLOWANCE_S + len(self.estimated_peak_bytes) * (call + max(TIMED_S, call))
+        compiling = COLD_COMPILE_SECONDS if "fp8-matmul" in self.estimated_peak_bytes else 0.0
+        return BUILD_ALLOWANCE_S + compiling + len(self.estimated_peak_bytes) * (call + max(TIMED_S, call))
 
 
 # Models on a device ---------------------------------------------------------------------------------------------
@@ -227,26 +237,38 @@ def _time_evaluation(part: str, shape: dict[str, int], device: str) -> dict[Weig
     model = build(roles._part(part)[0], device)
     call = evaluation_call(model, part, device, **shape)
     timings: dict[Weights, Timing] = {"bf16": timed(call)}
-    model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    if part in FP8_MATMUL_PARTS:
+        refusal = fp8_matmul_refusal(part, torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+        if refusal:
+            print(refusal)
+            return timings
+        use_fp8_matmuls(model, device)
+        model.compile_repeated_blocks()  # compiled at the warm-up call, as a run's first call compiles
+        weights: Weights = "fp8-matmul"
+    else:
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+        weights = "fp8"
     torch.cuda.empty_cache()  # the bf16 weights' blocks, so the fp8 peak is the fp8 model's own
-    timings["fp8"] = timed(call)
+    timings[weights] = timed(call)
     return timings
 
 
 def evaluation_job(part: str) -> Job:
-    """One evaluation of `part` at its production shape."""
+    """One evaluation of `part` at its production shape, in bf16 and in fp8 as production-fp8 runs it."""
     shape = roles.production_shape(part)
     counted = roles.evaluation(part)
     parameters, activations = {part: roles.parameter_count(part)}, {part: counted.activation_bytes}
+    fp8: Weights = "fp8-matmul" if part in FP8_MATMUL_PARTS else "fp8"
     return Job(
         part,
         shape,
         counted.flops,
         {
             "bf16": gpus.peak_memory(parameters, activations, BF16_BYTES, "none"),
-            "fp8": gpus.peak_memory(parameters, activations, BF16_BYTES, "fp8"),
+            fp8: gpus.peak_memory(parameters, activations, BF16_BYTES, "fp8"),
         },
         lambda device: _time_evaluation(part, shape, device),
+        fp8_flops=counted.flops - counted.attention_flops if fp8 == "fp8-matmul" else 0,
     )
 
 
@@ -314,10 +336,11 @@ def measurements_of(
             weights=weights,
             shape=job.shape,
             flops=job.flops,
+            fp8_flops=job.fp8_flops if weights == "fp8-matmul" else 0,
             seconds=timing.seconds,
             runs=timing.runs,
             peak_bytes=timing.peak_bytes,
-            estimated_seconds=job.estimated_seconds(gpu),
+            estimated_seconds=job.estimated_seconds(gpu, weights),
             estimated_peak_bytes=job.estimated_peak_bytes[weights],
             measured_at=when,
             libraries=libraries,

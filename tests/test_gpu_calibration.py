@@ -217,6 +217,46 @@ def test_the_bench_builds_and_calls_each_transformer_on_the_inputs_roles_counts(
 
 
 @pytest.mark.usefixtures("one_block")
+def test_the_bench_multiplies_the_editor_and_the_refiner_in_fp8() -> None:
+    from likeness.models.fp8 import Fp8Linear, use_fp8_matmuls
+
+    assert gpu_calibrate.FP8_MATMUL_PARTS == ("editor.transformer", "refiner.transformer")
+    for part in gpu_calibrate.FP8_MATMUL_PARTS:
+        model = gpu_calibrate.build(roles._part(part)[0], "cpu")
+        call = gpu_calibrate.evaluation_call(model, part, "cpu", **TINY_SHAPES[part])
+        expected = call()[0]
+        replaced, kept = use_fp8_matmuls(model, "cpu")
+        assert replaced == sum(isinstance(module, Fp8Linear) for module in model.modules()) > 0 and kept == 0, part
+        out = call()[0]
+        assert out.shape == expected.shape and torch.isfinite(out.float()).all(), part
+
+
+def test_fp8_matmul_timings_calibrate_the_fp8_work(tmp_path: Path) -> None:
+    refiner = gpu_calibrate.evaluation_job("refiner.transformer")
+    video = gpu_calibrate.evaluation_job("video.transformer")
+    assert set(refiner.estimated_peak_bytes) == {"bf16", "fp8-matmul"} and set(video.estimated_peak_bytes) == {
+        "bf16", "fp8"
+    }  # fmt: skip
+    counted = roles.evaluation("refiner.transformer")
+    assert refiner.fp8_flops == counted.flops - counted.attention_flops > 0 and video.fp8_flops == 0
+    # The estimate for fp8-matmul: the attention at the bf16 peak, the rest at the FP8 peak.
+    expected = seconds(counted.attention_flops, H100) + seconds(refiner.fp8_flops, H100, "fp8")
+    assert refiner.estimated_seconds(H100, "fp8-matmul") == pytest.approx(expected)
+    assert expected < refiner.estimated_seconds(H100)
+    timings = {"bf16": gpu_calibrate.Timing(2.0, 2, 30 * 2**30), "fp8-matmul": gpu_calibrate.Timing(1.5, 2, 18 * 2**30)}
+    bf16, fp8 = gpu_calibrate.measurements_of(refiner, timings, H100, "NVIDIA H100 80GB HBM3", WHEN)
+    assert (bf16.fp8_flops, fp8.fp8_flops) == (0, refiner.fp8_flops)
+    # Its share: what it would take at the peaks over what it took.
+    assert fp8.fraction == pytest.approx((counted.attention_flops / 989.4e12 + refiner.fp8_flops / 1978.9e12) / 1.5)
+    path = tmp_path / "gpu-calibration.json"
+    save_measurements(path, [bf16, fp8])
+    # FP8 work runs at the share the fp8-matmul run measured; bf16 work at the bf16 run's.
+    fp8_seconds = calibrated_seconds(counted.flops, H100, "refiner.transformer", path, fp8_flops=refiner.fp8_flops)
+    assert fp8_seconds == pytest.approx(1.5)
+    assert calibrated_seconds(counted.flops, H100, "refiner.transformer", path) == pytest.approx(2.0)
+
+
+@pytest.mark.usefixtures("one_block")
 def test_the_bench_trains_the_lora_through_gradient_checkpointing() -> None:
     train = load_profile("production").train.model_copy(update={"size": 64, "gradient_checkpointing": True})
     model = gpu_calibrate.build(train.base, "cpu")

@@ -12,7 +12,8 @@ the GPU it runs on, and keeps the measurements in `<data_dir>/gpu-calibration.js
         ...]}
 
 `gpu` is a key of `gpus.GPUS`; `part` a `roles` part or `training_part(base)`; `weights` how the weights were stored
-("fp8": diffusers' layerwise casting, computed in bf16); `flops` are the counted FLOPs of what was timed, `seconds`
+("fp8": diffusers' layerwise casting, computed in bf16; "fp8-matmul": the block linears multiplied in FP8, compiled,
+with `fp8_flops` of the FLOPs at the FP8 rate); `flops` are the counted FLOPs of what was timed, `seconds`
 the median of `runs` timed calls, `peak_bytes` `torch.cuda.max_memory_allocated()` with the weights;
 `estimated_*` what the estimate said for the same call when it was measured. A later run replaces the measurements
 of the same GPU, part and weights, and keeps the others.
@@ -41,7 +42,7 @@ CALIBRATION_FILE_NAME = "gpu-calibration.json"
 # A measurement takes about 500 bytes: 1 MiB holds every part on every GPU of the table many times over, and a file
 # past it is no file the bench wrote.
 MAX_CALIBRATION_FILE_BYTES = 2**20
-Weights = Literal["bf16", "fp8"]
+Weights = Literal["bf16", "fp8", "fp8-matmul"]
 
 
 class CalibrationFileProblem(InvalidInput):
@@ -71,6 +72,8 @@ class Measurement(BaseModel):
     weights: Weights
     shape: dict[str, int]
     flops: int = Field(gt=0)
+    # Of `flops`, those that ran at the FP8 rate (fp8-matmul: all but the attention's).
+    fp8_flops: int = Field(default=0, ge=0)
     seconds: float = Field(gt=0)
     runs: int = Field(ge=1)
     peak_bytes: int = Field(ge=0)
@@ -99,8 +102,13 @@ class Measurement(BaseModel):
 
     @property
     def fraction(self) -> float:
-        """The share of the GPU's dense bf16 peak the call sustained (the arithmetic ran in bf16 either way)."""
-        return self.flops / self.seconds / (gpus.GPUS[self.gpu].bf16_tflops * 1e12)
+        """The share of the GPU's dense peaks the call sustained: what it would take at the peaks (bf16, and FP8 for
+        `fp8_flops`) over what it took."""
+        gpu = gpus.GPUS[self.gpu]
+        at_peaks = (self.flops - self.fp8_flops) / (gpu.bf16_tflops * 1e12)
+        if self.fp8_flops:
+            at_peaks += self.fp8_flops / ((gpu.fp8_tflops or gpu.bf16_tflops) * 1e12)
+        return at_peaks / self.seconds
 
 
 class GpuCalibration(BaseModel):
@@ -170,8 +178,9 @@ def save_measurements(path: Path, measurements: list[Measurement]) -> GpuCalibra
 def calibrated_fraction(
     gpu_name: str, role_part: str, weights: Weights = "bf16", path: Path | None = None
 ) -> float | None:
-    """The share of its dense bf16 peak `role_part` sustained on a `gpu_name` (a key of `gpus.GPUS`) as measured, or
-    None where that GPU did not measure it. `path`: the calibration file, the data folder's where not given."""
+    """The share of its dense peaks `role_part` sustained on a `gpu_name` (a key of `gpus.GPUS`) with `weights`, as
+    measured, or None where that GPU did not measure it. `path`: the calibration file, the data folder's where not
+    given."""
     measurement = read_calibration(path or calibration_file()).find(gpu_name, role_part, weights)
     return None if measurement is None else measurement.fraction
 
@@ -179,7 +188,8 @@ def calibrated_fraction(
 def calibrated_seconds(
     flops: float, gpu: GpuType, role_part: str | None, path: Path | None = None, fp8_flops: float = 0.0
 ) -> float:
-    """How long `flops` take on `gpu` at the fraction `role_part` measured there (bf16 weights), or at the fraction
+    """How long `flops` take on `gpu` at the fraction `role_part` measured there (with fp8-matmul weights for FP8 work,
+    where measured, else bf16 weights), or at the fraction
     `gpus` assumes where it measured none (or `role_part` is None: nothing to calibrate on): `fp8_flops` of them at
     the GPU's FP8 peak, the rest at its bf16 peak. ValueError for FP8 work on a GPU without FP8 tensor cores."""
     if fp8_flops and gpu.fp8_tflops is None:
@@ -187,7 +197,12 @@ def calibrated_seconds(
             f"the {gpu.name} has no FP8 tensor cores: weights fp8-matmul need compute capability 8.9 or later "
             "(L40S, RTX 4090, H100, H200, RTX 5090); price this profile on one of those, or use weights fp8"
         )
-    fraction = None if role_part is None else calibrated_fraction(gpu.name, role_part, path=path)
+    fraction = None
+    if role_part is not None:
+        # FP8 work at the share its fp8-matmul run measured, else at the bf16 run's (the same share of each peak).
+        measured = ("fp8-matmul", "bf16") if fp8_flops else ("bf16",)
+        fractions = (calibrated_fraction(gpu.name, role_part, weights, path) for weights in measured)
+        fraction = next((found for found in fractions if found is not None), None)
     if fraction is None:
         return gpus.seconds(flops - fp8_flops, gpu) + (gpus.seconds(fp8_flops, gpu, "fp8") if fp8_flops else 0.0)
     fp8_seconds = fp8_flops / (gpu.fp8_tflops * 1e12 * fraction) if fp8_flops and gpu.fp8_tflops else 0.0
