@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # One intra-op thread for the tests that run models in the pytest workers too, set before anything imports torch:
@@ -113,3 +114,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _rank(file_name: str) -> int:
     return LONGEST_FILES.index(file_name) if file_name in LONGEST_FILES else len(LONGEST_FILES)
+
+
+@pytest.fixture
+def packaged_counts(tmp_path: Path) -> Iterator[None]:
+    """The estimate's counts kept in this test's own file, beside the packaged ones it reads first."""
+    from likeness.estimate import roles
+
+    roles.keep_counts_in(tmp_path / "estimate-counts.json")
+    yield
+    roles.keep_counts_in(None)

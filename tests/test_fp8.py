@@ -4,10 +4,7 @@ to the full-precision pipeline's, the LoRA still trains on the published weights
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-import pytest
 import torch
 
 from likeness.config import ModelProfile, RunConfig
@@ -70,13 +67,6 @@ def test_production_fp8_is_production_with_fp8_denoisers_and_another_output_iden
     for role, spec in fp8.models.items():
         assert spec.model_copy(update={"weights": None}) == production.models[role], role
     assert fp8.output_identity() != production.output_identity()  # its outputs differ: its caches are its own
-
-
-@pytest.fixture
-def packaged_counts(tmp_path) -> Iterator[None]:
-    roles.keep_counts_in(tmp_path / "estimate-counts.json")
-    yield
-    roles.keep_counts_in(None)
 
 
 def test_the_estimate_counts_a_byte_a_stored_weight_and_the_same_arithmetic(packaged_counts) -> None:

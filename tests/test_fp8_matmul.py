@@ -143,15 +143,6 @@ def test_the_refine_and_the_edit_in_fp8_draw_close_to_bf16(likeness_env) -> None
         assert 0 < difference.mean() < MEAN_TOLERANCE and difference.max() < MAX_TOLERANCE, (name, difference.mean())
 
 
-@pytest.fixture
-def packaged_counts(tmp_path) -> Iterator[None]:
-    from likeness.estimate import roles
-
-    roles.keep_counts_in(tmp_path / "estimate-counts.json")
-    yield
-    roles.keep_counts_in(None)
-
-
 def test_the_estimate_counts_the_block_linears_at_the_fp8_rate_and_attention_at_bf16(packaged_counts) -> None:
     from likeness.config import RunConfig
     from likeness.dataset.catalogue import load_catalogue, shot_size

@@ -188,10 +188,10 @@ def calibrated_fraction(
 def calibrated_seconds(
     flops: float, gpu: GpuType, role_part: str | None, path: Path | None = None, fp8_flops: float = 0.0
 ) -> float:
-    """How long `flops` take on `gpu` at the fraction `role_part` measured there (with fp8-matmul weights for FP8 work,
-    where measured, else bf16 weights), or at the fraction
-    `gpus` assumes where it measured none (or `role_part` is None: nothing to calibrate on): `fp8_flops` of them at
-    the GPU's FP8 peak, the rest at its bf16 peak. ValueError for FP8 work on a GPU without FP8 tensor cores."""
+    """How long `flops` take on `gpu`, `fp8_flops` of them at its FP8 peak and the rest at its bf16 peak, at the
+    fraction `role_part` measured there (with fp8-matmul weights for FP8 work where measured, else with bf16 weights),
+    or at the fraction `gpus` assumes where it measured none (or `role_part` is None: nothing to calibrate on).
+    ValueError for FP8 work on a GPU without FP8 tensor cores."""
     if fp8_flops and gpu.fp8_tflops is None:
         raise ValueError(
             f"the {gpu.name} has no FP8 tensor cores: weights fp8-matmul need compute capability 8.9 or later "
