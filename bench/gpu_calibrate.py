@@ -18,8 +18,8 @@ size, rank and gradient checkpointing (`auto` decided for this GPU as the estima
 production): a peft LoRA on its LORA_TARGETS in float32 under bf16 autocast, forward, backward and an AdamW step, on
 the loss roles counts the step with. Each call's peak is `torch.cuda.max_memory_allocated()`, weights included.
 
-Prints, per part and weights: measured seconds (the median of up to 5 calls) beside the estimate's (`gpus.seconds`
-at the fraction of peak it assumes), their ratio, the fraction of the GPU's dense bf16 peak sustained, and peak
+Prints, per part and weights: measured seconds (the median of up to 5 calls) beside the estimate's (`calibrated_seconds`
+at the fraction of peak it assumes), their ratio, the share of the GPU's dense peaks sustained, and peak
 memory beside the estimate's (`gpus.peak_memory` with the part alone resident). The measurements go into the data
 folder's gpu-calibration.json (`likeness.estimate.calibration`, where the estimate reads a measured fraction per
 part), replacing earlier ones of the same GPU, part and weights.
@@ -57,6 +57,7 @@ from likeness.estimate import gpus, roles  # noqa: E402
 from likeness.estimate.calibration import (  # noqa: E402
     Measurement,
     Weights,
+    calibrated_seconds,
     calibration_file,
     read_calibration,
     save_measurements,
@@ -109,8 +110,9 @@ class Job:
     fp8_flops: int = 0
 
     def estimated_seconds(self, gpu: GpuType, weights: Weights = "bf16") -> float:
+        """What the estimate says for the call at the fraction of peak it assumes (nothing measured counts)."""
         fp8 = self.fp8_flops if weights == "fp8-matmul" else 0
-        return gpus.seconds(self.flops - fp8, gpu) + (gpus.seconds(fp8, gpu, "fp8") if fp8 else 0.0)
+        return calibrated_seconds(self.flops, gpu, None, fp8_flops=fp8)
 
     def needed_seconds(self, gpu: GpuType) -> float:
         """A generous guess of its wall time here: the build, and per weights a warm-up (with a cold compile for

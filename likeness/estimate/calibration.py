@@ -204,6 +204,8 @@ def calibrated_seconds(
         fractions = (calibrated_fraction(gpu.name, role_part, weights, path) for weights in measured)
         fraction = next((found for found in fractions if found is not None), None)
     if fraction is None:
-        return gpus.seconds(flops - fp8_flops, gpu) + (gpus.seconds(fp8_flops, gpu, "fp8") if fp8_flops else 0.0)
-    fp8_seconds = fp8_flops / (gpu.fp8_tflops * 1e12 * fraction) if fp8_flops and gpu.fp8_tflops else 0.0
-    return (flops - fp8_flops) / (gpu.bf16_tflops * 1e12 * fraction) + fp8_seconds
+        fraction = gpus.calibration().factor
+    at_peaks = (flops - fp8_flops) / (gpu.peak_tflops("bf16") * 1e12)
+    if fp8_flops:
+        at_peaks += fp8_flops / (gpu.peak_tflops("fp8") * 1e12)
+    return at_peaks / fraction
